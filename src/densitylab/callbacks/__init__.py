@@ -1,0 +1,5 @@
+"""Thin Lightning adapters: schedule measurements and log them. No math lives here."""
+
+from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
+
+__all__ = ["FiniteLossGuard", "ThroughputLogger"]

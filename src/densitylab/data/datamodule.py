@@ -1,0 +1,358 @@
+"""LightningDataModule: source -> tokenizer -> packed windows (cached) -> DataLoaders.
+
+``prepare_data`` (one process per node) builds the corpus, trains or loads the tokenizer, inserts
+canaries, packs every split and writes the result to a cache folder keyed by a hash of every
+setting that changes it (source fingerprint, tokenizer settings, block size, canaries). ``setup``
+(every process) loads the cache and copies ``tokenizer.json`` and ``ground_truth/`` into the run
+folder. A second run with the same settings skips preparation entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from densitylab.data.corpus import SPLITS, Corpus
+from densitylab.data.packing import IGNORE_INDEX, PackedSplit, tokenize_and_pack
+from densitylab.data.sources import SOURCES
+from densitylab.data.tokenizer import EOS, get_tokenizer
+from densitylab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+class WindowDataset(Dataset):
+    """Map-style dataset over the windows of a :class:`PackedSplit`.
+
+    Item ``i`` is window (sample id) ``i``. ``__getitems__`` serves a whole batch with one gather,
+    so use it with :func:`collate_batch` (the DataLoader's ``collate_fn``).
+
+    Each batch is a dict: ``input_ids`` (B, T) int64, ``labels`` (B, T) int64 (``-100`` on
+    padding), ``sample_id`` (B,) int64.
+    """
+
+    def __init__(self, packed: PackedSplit) -> None:
+        self.packed = packed
+        self._windows = packed.windows()
+
+    def __len__(self) -> int:
+        return self.packed.n_windows
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x, y = self.packed.window(int(i))
+        return {"input_ids": x, "labels": y, "sample_id": torch.tensor(int(i))}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        sid = torch.as_tensor(indices, dtype=torch.int64)
+        w = self._windows[sid]
+        x, y = w[:, :-1], w[:, 1:].clone()
+        bs = self.packed.block_size
+        # target j of window s sits at stream position s*bs + 1 + j; mask padding past n_real
+        pos = sid[:, None] * bs + 1 + torch.arange(bs)
+        y[pos >= self.packed.n_real] = IGNORE_INDEX
+        return {"input_ids": x, "labels": y, "sample_id": sid}
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Identity collate: :meth:`WindowDataset.__getitems__` already returns a batch."""
+    return batch
+
+
+def make_canaries(
+    vocab_size: int, eos_id: int, repetitions: list[int], per_group: int, length: int, alphabet_size: int, seed: int,
+) -> pd.DataFrame:
+    """Draw random-token canaries (memorization ground truth; Morris et al., arXiv:2505.24832).
+
+    Each canary is ``length`` token ids drawn uniformly from a fixed random sub-alphabet of
+    ``alphabet_size`` ids (never ``<|endoftext|>``); ``per_group`` canaries per repetition count.
+
+    Returns:
+        DataFrame with columns canary_id (int), repetitions (int: times inserted into training),
+        alphabet_size (int), tokens (list of int).
+    Raises:
+        ConfigError: if the alphabet does not fit in the vocabulary or a value is invalid.
+    """
+    if alphabet_size < 2 or alphabet_size > vocab_size - 1:
+        raise ConfigError(f"canaries.alphabet_size={alphabet_size}: expected 2..{vocab_size - 1} (vocab size - 1)")
+    if length < 2:
+        raise ConfigError(f"canaries.length={length}: expected >= 2 tokens")
+    if any(int(r) < 0 for r in repetitions) or per_group < 1:
+        raise ConfigError(f"canaries.repetitions={list(repetitions)} / per_group={per_group}: expected counts >= 0 and per_group >= 1")
+    rng = np.random.default_rng(seed)
+    ids = np.setdiff1d(np.arange(vocab_size), [eos_id])
+    alphabet = np.sort(rng.choice(ids, size=alphabet_size, replace=False))
+    rows = []
+    for r in repetitions:
+        for _ in range(per_group):
+            rows.append({"canary_id": len(rows), "repetitions": int(r), "alphabet_size": alphabet_size,
+                         "tokens": alphabet[rng.integers(0, alphabet_size, size=length)].tolist()})
+    return pd.DataFrame(rows)
+
+
+def _atomic_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=final.name + ".tmp", dir=final.parent))
+
+
+class DataModule(L.LightningDataModule):
+    """Tokenized, packed, cached data for training, validation and probes.
+
+    Args:
+        source: ``synthetic``, ``text``, ``hub`` or a dotted path to a source class.
+        batch_size: windows per batch (per process).
+        num_workers: DataLoader workers.
+        block_size: window input length T in tokens (= ``model.block_size``).
+        tokenizer: dict with ``vocab_size``, ``min_frequency``, ``path`` (load instead of train).
+        canaries: dict with ``repetitions`` (list; empty = no canaries), ``per_group``, ``length``,
+            ``alphabet_size``.
+        seed: seed for shuffling, canaries and the synthetic generator's default.
+        cache_dir: folder for the tokenized-data cache.
+        output_dir: run folder (``tokenizer.json`` and ``ground_truth/`` are copied there);
+            None writes nothing.
+        max_val_windows: cap on validation windows (evenly spaced over the held-out split), or
+            None for all.
+        progress: show progress bars while preparing data.
+        **source_kwargs: the source's own settings (e.g. ``files``, ``name``, ``n_people``).
+
+    Raises:
+        ConfigError: for an unknown source or invalid settings (at construction or preparation).
+    """
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        block_size: int = 128,
+        tokenizer: dict | None = None,
+        canaries: dict | None = None,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        output_dir: str | None = None,
+        max_val_windows: int | None = 256,
+        progress: bool = True,
+        **source_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if source in SOURCES:
+            cls = SOURCES[source]
+        else:
+            try:
+                import hydra.utils
+
+                cls = hydra.utils.get_class(source)
+            except Exception:
+                raise ConfigError(f"data.source={source!r}: expected one of {sorted(SOURCES)} or a dotted class path") from None
+        if "cache_dir" in getattr(cls, "__dataclass_fields__", {}) and source_kwargs.get("cache_dir") is None and cache_dir:
+            source_kwargs["cache_dir"] = str(Path(cache_dir) / "hf_datasets")
+        try:
+            self.source = cls(**source_kwargs)
+        except TypeError as e:
+            raise ConfigError(f"data: {e}") from None
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size}: expected a positive integer")
+        self.batch_size, self.num_workers, self.block_size = batch_size, num_workers, block_size
+        self.tokenizer_cfg = dict(tokenizer or {})
+        self.canary_cfg = dict(canaries or {})
+        self.seed = seed
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "densitylab")
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.max_val_windows = max_val_windows
+        self.progress = progress
+        self.tokenizer: Tokenizer | None = None
+        self.splits: dict[str, PackedSplit] = {}
+        self.meta: dict = {}
+        self.canaries: pd.DataFrame | None = None
+        self.ground_truth_dir: Path | None = None
+        self._key: str | None = None
+
+    # ------------------------------------------------------------------ cache key
+    def cache_key(self) -> str:
+        """Hex key of the prepared data (validates the source's input; no heavy work)."""
+        if self._key is None:
+            spec = {
+                "v": CACHE_VERSION,
+                "source": self.source.fingerprint(),
+                "tokenizer": {k: self.tokenizer_cfg.get(k) for k in ("vocab_size", "min_frequency", "path")},
+                "block_size": self.block_size,
+                "canaries": self.canary_cfg if self.canary_cfg.get("repetitions") else None,
+                "seed": self.seed,
+            }
+            if spec["tokenizer"]["path"]:
+                p = Path(spec["tokenizer"]["path"])
+                spec["tokenizer"]["stat"] = [p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else None
+            self._key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return self._key
+
+    @property
+    def data_dir(self) -> Path:
+        """Cache folder of this configuration's prepared data."""
+        return self.cache_dir / "data" / self.cache_key()
+
+    # ------------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        """Build and cache everything once (local rank 0). Raises the source's errors."""
+        final = self.data_dir
+        if (final / "meta.json").is_file():
+            log.info("data: cache hit %s", final)
+            return
+        bar = tqdm(total=5, desc="preparing data", disable=not self.progress, unit="stage")
+        bar.set_postfix_str("loading corpus")
+        corpus: Corpus = self.source.load(progress=self.progress)
+        bar.update()
+        bar.set_postfix_str("tokenizer")
+        tok, tok_key = get_tokenizer(
+            corpus.texts["train"], vocab_size=int(self.tokenizer_cfg.get("vocab_size", 4096)),
+            min_frequency=int(self.tokenizer_cfg.get("min_frequency", 2)), path=self.tokenizer_cfg.get("path"),
+            cache_dir=self.cache_dir / "tokenizers", show_progress=False,
+        )
+        bar.update()
+        eos = tok.token_to_id(EOS)
+        canaries, extra = None, None
+        if self.canary_cfg.get("repetitions"):
+            bar.set_postfix_str("canaries")
+            c = self.canary_cfg
+            canaries = make_canaries(
+                tok.get_vocab_size(), eos, list(c["repetitions"]), int(c.get("per_group", 1)), int(c.get("length", 64)),
+                int(c.get("alphabet_size", 256)), int(c.get("seed", self.seed)),
+            )
+            rng = np.random.default_rng(int(c.get("seed", self.seed)) + 1)
+            n_docs = len(corpus.texts["train"])
+            extra = [(int(rng.integers(0, n_docs + 1)), toks) for toks, r in zip(canaries["tokens"], canaries["repetitions"]) for _ in range(r)]
+        bar.update()
+        tmp = _atomic_dir(final)
+        try:
+            packed = {}
+            for split in SPLITS:
+                if split not in corpus.texts or not corpus.texts[split]:
+                    continue
+                bar.set_postfix_str(f"packing {split}")
+                packed[split] = tokenize_and_pack(
+                    tok, corpus.texts[split], corpus.spans_for(split), self.block_size, split,
+                    extra_docs=extra if split == "train" else None,
+                )
+                torch.save({"tokens": packed[split].tokens, "n_real": packed[split].n_real,
+                            "block_size": self.block_size, "doc_offsets": torch.from_numpy(packed[split].doc_offsets)},
+                           tmp / f"{split}.pt")
+                packed[split].spans.to_parquet(tmp / f"{split}_spans.parquet", index=False)
+            bar.update()
+            bar.set_postfix_str("ground truth")
+            tok.save(str(tmp / "tokenizer.json"))
+            gt = tmp / "ground_truth"
+            gt.mkdir()
+            for name, table in corpus.ground_truth.items():
+                table.to_parquet(gt / f"{name}.parquet", index=False)
+            if canaries is not None:
+                canaries.to_parquet(gt / "canaries.parquet", index=False)
+            train = packed["train"]
+            counts = torch.bincount(train.tokens[: train.n_real], minlength=tok.get_vocab_size()).double()
+            p = counts[counts > 0] / counts.sum()
+            meta = {
+                "corpus": corpus.name, "cache_key": self.cache_key(), "tokenizer_key": tok_key,
+                "vocab_size": tok.get_vocab_size(), "block_size": self.block_size,
+                "splits": {s: {"documents": len(corpus.texts[s]), "tokens": pk.n_real, "windows": pk.n_windows,
+                               "characters": corpus.n_chars(s)} for s, pk in packed.items()},
+                "unigram_entropy_nats": float(-(p * p.log()).sum()),
+                "canaries": 0 if canaries is None else len(canaries),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            bar.update()
+            if final.exists():  # another process finished first: keep its copy
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            bar.close()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the prepared data (every process) and copy run-folder artifacts (rank 0)."""
+        if self.splits:
+            return
+        d = self.data_dir
+        if not (d / "meta.json").is_file():
+            self.prepare_data()
+        self.meta = json.loads((d / "meta.json").read_text())
+        self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
+        for split in SPLITS:
+            f = d / f"{split}.pt"
+            if f.is_file():
+                s = torch.load(f, weights_only=True)
+                self.splits[split] = PackedSplit(s["tokens"], int(s["n_real"]), int(s["block_size"]),
+                                                 s["doc_offsets"].numpy(), pd.read_parquet(d / f"{split}_spans.parquet"))
+        self.ground_truth_dir = d / "ground_truth"
+        canary_file = self.ground_truth_dir / "canaries.parquet"
+        self.canaries = pd.read_parquet(canary_file) if canary_file.is_file() else None
+        self._export()
+
+    @rank_zero_only
+    def _export(self) -> None:
+        if self.output_dir is None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.data_dir / "tokenizer.json", self.output_dir / "tokenizer.json")
+        gt = self.output_dir / "ground_truth"
+        if any(self.ground_truth_dir.iterdir()):
+            shutil.copytree(self.ground_truth_dir, gt, dirs_exist_ok=True)
+        (self.output_dir / "data.json").write_text(json.dumps(self.meta, indent=2))
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def vocab_size(self) -> int:
+        """Tokenizer vocabulary size (after :meth:`setup`)."""
+        return int(self.meta["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        """Id of ``<|endoftext|>``."""
+        return self.tokenizer.token_to_id(EOS)
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, generator=g if shuffle else None, drop_last=False,
+            num_workers=self.num_workers, collate_fn=collate_batch, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) training windows; every window once per epoch."""
+        return self._loader(WindowDataset(self.splits["train"]), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out windows (never trained on), at most ``max_val_windows``, evenly spaced."""
+        ds: Dataset = WindowDataset(self.splits["heldout"])
+        n = len(ds)
+        if self.max_val_windows and n > self.max_val_windows:
+            idx = np.linspace(0, n - 1, self.max_val_windows).round().astype(int).tolist()
+            ds = torch.utils.data.Subset(ds, idx)
+        return self._loader(ds, shuffle=False)
+
+    def tokens_per_step_per_process(self) -> int:
+        """Input tokens in one full batch: batch_size x block_size."""
+        return self.batch_size * self.block_size
+
+    @property
+    def unigram_entropy(self) -> float:
+        """Entropy of the training split's token unigram distribution in nats/token
+        (the loss of the best context-free model; a trained LM must beat it)."""
+        return float(self.meta["unigram_entropy_nats"])
+

@@ -1,0 +1,120 @@
+"""Byte-level BPE tokenizer (GPT-2 style) trained with Hugging Face ``tokenizers``.
+
+The tokenizer is trained on the training split only, cached under a key that hashes the corpus
+text and every setting, and saved as ``tokenizer.json`` in the run folder. An existing
+``tokenizer.json`` can be loaded instead of training one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from densitylab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EOS = "<|endoftext|>"
+
+
+def corpus_fingerprint(texts: Iterable[str], settings: dict) -> str:
+    """SHA-256 (hex, first 16 chars) of every document of ``texts`` and the JSON of ``settings``.
+
+    Documents are hashed with their lengths, so ``["ab", "c"]`` and ``["a", "bc"]`` differ.
+    """
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for t in texts:
+        b = t.encode("utf-8", errors="surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()[:16]
+
+
+def train_bpe(texts: list[str], vocab_size: int = 4096, min_frequency: int = 2, show_progress: bool = False) -> Tokenizer:
+    """Train a byte-level BPE tokenizer on ``texts``.
+
+    Args:
+        texts: training documents (the training split only).
+        vocab_size: target vocabulary size including the 256 byte symbols and ``<|endoftext|>``
+            (id 0). Must be >= 257 + 1.
+        min_frequency: minimum pair count for a merge.
+        show_progress: show the ``tokenizers`` progress bar.
+    Returns:
+        A ``tokenizers.Tokenizer`` whose decoder inverts the encoder exactly on any UTF-8 text.
+    Raises:
+        ConfigError: if ``vocab_size`` is too small.
+    """
+    if vocab_size < 258:
+        raise ConfigError(f"tokenizer.vocab_size={vocab_size}: expected >= 258 (256 bytes + <|endoftext|> + merges)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load a ``tokenizer.json``.
+
+    Raises:
+        ConfigError: if the file does not exist, is not a tokenizer, or lacks ``<|endoftext|>``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"tokenizer.path={str(p)!r} does not exist: expected a tokenizer.json file")
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise ConfigError(f"tokenizer.path={str(p)!r} is not a valid tokenizer.json ({e})") from None
+    if tok.token_to_id(EOS) is None:
+        raise ConfigError(f"tokenizer.path={str(p)!r} has no {EOS} token: expected a GPT-2 style tokenizer")
+    return tok
+
+
+def get_tokenizer(
+    texts: list[str],
+    vocab_size: int = 4096,
+    min_frequency: int = 2,
+    path: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    show_progress: bool = False,
+) -> tuple[Tokenizer, str]:
+    """Return ``(tokenizer, fingerprint)``: loaded from ``path``, from the cache, or trained.
+
+    The cache key hashes ``texts`` plus ``vocab_size`` and ``min_frequency``; a cached file is
+    written atomically (temporary file then rename) so concurrent jobs never read half a file.
+
+    Raises:
+        ConfigError: see :func:`load_tokenizer` and :func:`train_bpe`.
+    """
+    if path:
+        tok = load_tokenizer(path)
+        return tok, "file-" + hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+    settings = {"kind": "byte_bpe", "vocab_size": vocab_size, "min_frequency": min_frequency, "v": 1}
+    key = corpus_fingerprint(texts, settings)
+    cached = Path(cache_dir) / f"tokenizer-{key}.json" if cache_dir else None
+    if cached is not None and cached.is_file():
+        log.info("tokenizer: cache hit %s", cached)
+        return Tokenizer.from_file(str(cached)), key
+    log.info("tokenizer: training byte-level BPE (vocab %d) on %d documents", vocab_size, len(texts))
+    tok = train_bpe(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        tok.save(str(tmp))
+        os.replace(tmp, cached)
+    return tok, key

@@ -1,0 +1,184 @@
+"""Build every object from the composed Hydra config and fit: the body of ``train.py``.
+
+Everything a user may swap is built with ``hydra.utils.instantiate`` from ``conf/``. The run
+folder is Hydra's output folder; see the README ("What the run folder holds").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from densitylab.errors import ConfigError, DensitylabError
+
+log = logging.getLogger("densitylab")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename (never half a file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if not ckpt_path:
+        return None
+    p = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not p.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} does not exist ({p}): expected a Lightning checkpoint file or 'last'")
+    return str(p)
+
+
+def _check_output_dir(output_dir: Path, resuming: bool) -> None:
+    if (output_dir / "summary.json").exists() and not resuming:
+        raise ConfigError(
+            f"hydra.run.dir={str(output_dir)!r} already holds a finished run (summary.json): expected a new folder, "
+            "or ckpt_path=... to resume it"
+        )
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate every entry of ``cfg.logger`` (CSV, W&B)."""
+    from hydra.utils import instantiate
+
+    loggers = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        if lcfg is not None and "_target_" in lcfg:
+            if name == "wandb":
+                os.environ.setdefault("WANDB_MODE", "offline")
+                os.environ.setdefault("WANDB_SILENT", "true")
+            loggers.append(instantiate(lcfg))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """Instantiate every entry of ``cfg.callbacks``."""
+    from hydra.utils import instantiate
+
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict:
+    """Prepare data, build model, trainer, loggers and callbacks from ``cfg``, fit, validate once
+    more, and write ``summary.json``.
+
+    Returns:
+        The summary dict (also written to ``RUN_DIR/summary.json`` on rank 0).
+    Raises:
+        DensitylabError: for bad configuration or data (train.py turns it into one line + exit 2).
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from densitylab.lit import LitGPT
+
+    t_start = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+    _check_output_dir(output_dir, resuming=ckpt is not None)
+    if _is_rank_zero():
+        print(f"run folder: {output_dir}", flush=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("vocab_size") in (None, 0):
+        model_cfg["vocab_size"] = dm.vocab_size
+    elif model_cfg["vocab_size"] < dm.vocab_size:
+        raise ConfigError(f"model.vocab_size={model_cfg['vocab_size']}: expected >= the tokenizer's {dm.vocab_size} (or null)")
+    try:
+        lit = LitGPT(model=model_cfg, compile=bool(cfg.get("compile", False)), **OmegaConf.to_container(cfg.optim, resolve=True))
+    except DensitylabError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model/optim: {e}") from None
+
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir))
+
+    try:
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        val = trainer.validate(lit, datamodule=dm, verbose=False)
+        summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
+        if trainer.is_global_zero:
+            for lg in loggers:
+                if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
+                    lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            write_json_atomic(output_dir / "summary.json", summary)
+        return summary
+    finally:
+        _finish_wandb()
+
+
+def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) -> dict:
+    from densitylab.callbacks.perf import ThroughputLogger
+
+    def metric(name: str) -> float | None:
+        v = trainer.callback_metrics.get(name)
+        return None if v is None else float(v)
+
+    tput = next((c for c in callbacks if isinstance(c, ThroughputLogger)), None)
+    val_loss = float(val[0]["val/loss"]) if val and "val/loss" in val[0] else metric("val/loss")
+    model = lit.model
+    return {
+        "status": "completed",
+        "experiment": cfg.experiment_name,
+        "run_dir": str(cfg.paths.output_dir),
+        "data": dm.meta.get("corpus"),
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "train/tokens_seen": int(lit.tokens_seen),
+        "train/loss": train_metrics.get("train/loss"),
+        "val/loss": val_loss,
+        "data/unigram_entropy_nats": dm.unigram_entropy,
+        "val/loss_below_unigram_entropy": val_loss is not None and val_loss < dm.unigram_entropy,
+        "model/params": model.num_params(non_embedding=False),
+        "model/params_non_embedding": model.num_params(),
+        "model/flops_per_token": model.flops_per_token(),
+        "perf/tokens_per_sec": None if tput is None or math.isnan(tput.mean_tokens_per_sec) else tput.mean_tokens_per_sec,
+        "wall_time_s": wall_time,
+        "device": str(lit.device),
+        "precision": str(trainer.precision),
+        "world_size": int(trainer.world_size),
+    }
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run if one is open (Lightning never does; runs would merge in multirun)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def mark_failed(output_dir: str | Path, message: str) -> None:
+    """Write ``FAILED`` (the error line) into a run folder so it never looks like a success."""
+    p = Path(output_dir)
+    if p.is_dir():
+        (p / "FAILED").write_text(message + "\n")
