@@ -6,10 +6,13 @@
     python train.py -m seed=0,1,2                    # Hydra multirun
 """
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -25,7 +28,16 @@ def main(cfg: DictConfig) -> float | None:
         mark_failed(cfg.paths.output_dir, message)
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except BaseException as e:  # a bug or an interrupt: keep the traceback, but never look like a success
+        mark_failed(cfg.paths.output_dir, f"{type(e).__name__}: {e}")
+        raise
 
 
 if __name__ == "__main__":
+    from densitylab.config import check_overrides
+
+    problem = check_overrides(CONFIG_DIR, "config", sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -47,29 +47,58 @@ def _check_output_dir(output_dir: Path, resuming: bool) -> None:
         )
 
 
+def quiet_lightning_logging() -> None:
+    """Lightning adds its own console handler *and* propagates to the root logger that Hydra set up,
+    printing every message twice; keep only Hydra's handlers (console + ``train.log``). Also
+    silence warnings that say nothing about the user's run."""
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+        lg.propagate = True
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
+
+
 def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+def instantiate(node: Any, name: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that turns a construction error into a one-line ConfigError
+    naming the config node (``name``) and the problem."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as _instantiate
+
+    from densitylab.config import _one_line
+
+    try:
+        return _instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, DensitylabError):
+            raise e.__cause__ from None
+        raise ConfigError(f"{name}: {_one_line(e)}") from None
+
+
 def build_loggers(cfg: DictConfig) -> list:
     """Instantiate every entry of ``cfg.logger`` (CSV, W&B)."""
-    from hydra.utils import instantiate
-
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is not None and "_target_" in lcfg:
             if name == "wandb":
                 os.environ.setdefault("WANDB_MODE", "offline")
                 os.environ.setdefault("WANDB_SILENT", "true")
-            loggers.append(instantiate(lcfg))
+            loggers.append(instantiate(lcfg, f"logger.{name}"))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig) -> list:
     """Instantiate every entry of ``cfg.callbacks``."""
-    from hydra.utils import instantiate
-
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    return [instantiate(c, f"callbacks.{n}") for n, c in (cfg.get("callbacks") or {}).items() if c is not None and "_target_" in c]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -82,9 +111,10 @@ def train(cfg: DictConfig) -> dict:
         DensitylabError: for bad configuration or data (train.py turns it into one line + exit 2).
     """
     import lightning as L
-    from hydra.utils import instantiate
 
     from densitylab.lit import LitGPT
+
+    quiet_lightning_logging()
 
     t_start = time.time()
     output_dir = Path(cfg.paths.output_dir)
@@ -92,11 +122,15 @@ def train(cfg: DictConfig) -> dict:
     _check_output_dir(output_dir, resuming=ckpt is not None)
     if _is_rank_zero():
         print(f"run folder: {output_dir}", flush=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        seed = int(cfg.seed)
+    except (TypeError, ValueError):
+        raise ConfigError(f"seed={cfg.seed!r}: expected an integer") from None
+    L.seed_everything(seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
 
-    dm = instantiate(cfg.data, _convert_="all")
+    dm = instantiate(cfg.data, "data", _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
 
@@ -110,13 +144,14 @@ def train(cfg: DictConfig) -> dict:
     except DensitylabError:
         raise
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model/optim: {e}") from None
+        raise ConfigError(str(e) if str(e).startswith(("model.", "optim.")) else f"model/optim: {e}") from None
 
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir))
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                     default_root_dir=str(output_dir))
 
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)

@@ -211,7 +211,8 @@ class DataModule(L.LightningDataModule):
         """Build and cache everything once (local rank 0). Raises the source's errors."""
         final = self.data_dir
         if (final / "meta.json").is_file():
-            log.info("data: cache hit %s", final)
+            if not self.splits:
+                log.info("data: cache hit %s", final)
             return
         bar = tqdm(total=5, desc="preparing data", disable=not self.progress, unit="stage")
         bar.set_postfix_str("loading corpus")

@@ -1,0 +1,52 @@
+"""Config helpers: turn Hydra's multi-line composition errors into one clear line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def _one_line(exc: BaseException) -> str:
+    parts: list[str] = []
+    e: BaseException | None = exc
+    while e is not None:
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        text = re.sub(r"\s*full_key: .*$", "", text)
+        if text and text not in parts:
+            parts.append(text)
+        e = e.__cause__
+    msg = "; ".join(parts) or type(exc).__name__
+    msg = re.sub(r"\s*Config search path:.*$", "", msg)
+    msg = re.sub(r"\s*Set the environment variable HYDRA_FULL_ERROR.*$", "", msg)
+    msg = msg.replace(" Available options in", "; expected one of the options in")
+    return msg
+
+
+def check_overrides(config_dir: str | Path, config_name: str, overrides: list[str]) -> str | None:
+    """Compose ``config_name`` with ``overrides`` once, as ``@hydra.main`` will, and return a
+    one-line error message if composition fails (unknown key, unknown group option, bad syntax),
+    or None when it succeeds.
+
+    Command lines with Hydra flags (``-m``, ``--cfg``, ``--help`` ...) or sweep syntax
+    (``a=1,2``, ``glob(...)``, ``range(...)``) are not checked here: Hydra reports those itself.
+    """
+    if any(a.startswith("-") for a in overrides):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        return _one_line(e)
+    if any(o.is_sweep_override() for o in parsed):
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides)
+    except Exception as e:
+        return _one_line(e)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
