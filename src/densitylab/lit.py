@@ -76,12 +76,14 @@ class LitGPT(L.LightningModule):
 
     @staticmethod
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy in nats over non-ignored targets.
+        """Mean next-token cross-entropy in nats over non-ignored targets (0 with zero gradient
+        when every target is ignored, e.g. a batch of padding windows; never NaN).
 
         Args:
             logits: (B, T, V); labels: (B, T) with ``-100`` marking ignored positions.
         """
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss_fn(self(batch["input_ids"]), batch["labels"])

@@ -131,8 +131,9 @@ def train(cfg: DictConfig) -> dict:
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
 
     dm = instantiate(cfg.data, "data", _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        dm.prepare_data()
+    dm.setup("fit")  # other local ranks wait for rank 0's cache
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if model_cfg.get("vocab_size") in (None, 0):

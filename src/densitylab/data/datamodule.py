@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +42,46 @@ CACHE_VERSION = 1
 class WindowDataset(Dataset):
     """Map-style dataset over the windows of a :class:`PackedSplit`.
 
-    Item ``i`` is window (sample id) ``i``. ``__getitems__`` serves a whole batch with one gather,
-    so use it with :func:`collate_batch` (the DataLoader's ``collate_fn``).
+    Item ``i < n_windows`` is window (sample id) ``i``. With ``pad_to_multiple = m`` the length is
+    rounded up to a multiple of ``m`` with **padding windows**: inputs all ``pad_id``, labels all
+    ``-100`` (no loss), ``sample_id`` -1. Training uses ``m = batch_size × world_size`` so that one
+    epoch visits every real window exactly once *and* every step has exactly B·T tokens per process
+    (fewer than ``m`` padding windows per epoch).
 
-    Each batch is a dict: ``input_ids`` (B, T) int64, ``labels`` (B, T) int64 (``-100`` on
-    padding), ``sample_id`` (B,) int64.
+    ``__getitems__`` serves a whole batch with one gather; use it with :func:`collate_batch` as the
+    DataLoader's ``collate_fn``. Each batch is a dict: ``input_ids`` (B, T) int64, ``labels``
+    (B, T) int64 (``-100`` on padding), ``sample_id`` (B,) int64 (-1 for padding windows).
     """
 
-    def __init__(self, packed: PackedSplit) -> None:
+    def __init__(self, packed: PackedSplit, pad_to_multiple: int = 1, pad_id: int = 0) -> None:
         self.packed = packed
         self._windows = packed.windows()
+        n = packed.n_windows
+        self._len = -(-n // pad_to_multiple) * pad_to_multiple
+        self.pad_id = pad_id
 
     def __len__(self) -> int:
-        return self.packed.n_windows
+        return self._len
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x, y = self.packed.window(int(i))
-        return {"input_ids": x, "labels": y, "sample_id": torch.tensor(int(i))}
+        batch = self.__getitems__([int(i)])
+        return {k: v[0] for k, v in batch.items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         sid = torch.as_tensor(indices, dtype=torch.int64)
-        w = self._windows[sid]
-        x, y = w[:, :-1], w[:, 1:].clone()
-        bs = self.packed.block_size
+        if sid.numel() and (sid.min() < 0 or sid.max() >= self._len):
+            raise IndexError(f"window index outside [0, {self._len})")
+        n, bs = self.packed.n_windows, self.packed.block_size
+        real = sid < n
+        w = self._windows[sid.clamp(max=n - 1)]
+        x, y = w[:, :-1].clone(), w[:, 1:].clone()
         # target j of window s sits at stream position s*bs + 1 + j; mask padding past n_real
         pos = sid[:, None] * bs + 1 + torch.arange(bs)
         y[pos >= self.packed.n_real] = IGNORE_INDEX
+        if not bool(real.all()):
+            x[~real] = self.pad_id
+            y[~real] = IGNORE_INDEX
+            sid = torch.where(real, sid, torch.full_like(sid, -1))
         return {"input_ids": x, "labels": y, "sample_id": sid}
 
 
@@ -215,6 +230,12 @@ class DataModule(L.LightningDataModule):
                 log.info("data: cache hit %s", final)
             return
         bar = tqdm(total=5, desc="preparing data", disable=not self.progress, unit="stage")
+        try:
+            self._prepare(final, bar)
+        finally:
+            bar.close()
+
+    def _prepare(self, final: Path, bar: tqdm) -> None:
         bar.set_postfix_str("loading corpus")
         corpus: Corpus = self.source.load(progress=self.progress)
         bar.update()
@@ -282,8 +303,6 @@ class DataModule(L.LightningDataModule):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            bar.close()
 
     def setup(self, stage: str | None = None) -> None:
         """Load the prepared data (every process) and copy run-folder artifacts (rank 0)."""
@@ -291,7 +310,14 @@ class DataModule(L.LightningDataModule):
             return
         d = self.data_dir
         if not (d / "meta.json").is_file():
-            self.prepare_data()
+            if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+                self.prepare_data()
+            else:  # another process of this node prepares it (Lightning calls prepare_data on local rank 0)
+                deadline = time.time() + float(os.environ.get("DENSITYLAB_PREPARE_TIMEOUT", 3600))
+                while not (d / "meta.json").is_file():
+                    if time.time() > deadline:
+                        raise TimeoutError(f"waited too long for local rank 0 to prepare {d}")
+                    time.sleep(0.5)
         self.meta = json.loads((d / "meta.json").read_text())
         self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
         for split in SPLITS:
@@ -335,12 +361,15 @@ class DataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training windows; every window once per epoch."""
-        return self._loader(WindowDataset(self.splits["train"]), shuffle=True)
+        """Shuffled (seeded) training windows: every window exactly once per epoch, every batch full
+        (padded with < batch_size × world_size padding windows per epoch; see :class:`WindowDataset`)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        ds = WindowDataset(self.splits["train"], pad_to_multiple=self.batch_size * world, pad_id=self.eos_id)
+        return self._loader(ds, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out windows (never trained on), at most ``max_val_windows``, evenly spaced."""
-        ds: Dataset = WindowDataset(self.splits["heldout"])
+        ds: Dataset = WindowDataset(self.splits["heldout"], pad_id=self.eos_id)
         n = len(ds)
         if self.max_val_windows and n > self.max_val_windows:
             idx = np.linspace(0, n - 1, self.max_val_windows).round().astype(int).tolist()

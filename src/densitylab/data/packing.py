@@ -4,8 +4,9 @@ Packing (nanoGPT / litgpt style): the documents of a split are tokenized, joined
 ``<|endoftext|>`` after each one into one token stream of length L, and cut into windows of
 ``block_size + 1`` tokens with stride ``block_size``: window ``w`` (its **sample id**) holds stream
 positions ``[w·bs, w·bs + bs]``; its inputs are the first ``bs`` tokens and its targets the last
-``bs``. Every stream position is an input in exactly one window and every position after the first
-is a target in exactly one window, so no token is lost. The last window is padded with
+``bs``. Every stream position after the first is a target in exactly one window and every position
+but the last (the final ``<|endoftext|>``, which has nothing to predict) is an input in exactly one
+window, so no token is lost. The last window is padded with
 ``<|endoftext|>`` and its padded targets are set to ``IGNORE_INDEX`` (excluded from the loss).
 
 Sample ids depend only on the data, the tokenizer and ``block_size``: the same inputs always give

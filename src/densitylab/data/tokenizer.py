@@ -46,7 +46,9 @@ def train_bpe(texts: list[str], vocab_size: int = 4096, min_frequency: int = 2, 
         min_frequency: minimum pair count for a merge.
         show_progress: show the ``tokenizers`` progress bar.
     Returns:
-        A ``tokenizers.Tokenizer`` whose decoder inverts the encoder exactly on any UTF-8 text.
+        A ``tokenizers.Tokenizer`` whose decoder inverts the encoder exactly on any UTF-8 text,
+        except that a literal ``<|endoftext|>`` in the text is encoded as the special EOS token
+        (as in GPT-2) and so marks a document boundary.
     Raises:
         ConfigError: if ``vocab_size`` is too small.
     """

@@ -1,0 +1,38 @@
+# densitylab: `make train` (set up + default experiment), `make test` (set up + test suite).
+# Variables: PYTHON (interpreter that creates the venv), VENV, TORCH (pip spec for PyTorch; the
+# default is the 2.13.0 release: its CPU wheel is on the project machines' disk, elsewhere pip
+# fetches it from PyPI), ARGS (Hydra overrides for `make train`, e.g. ARGS="experiment=smoke").
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+ARGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.densitylab-installed
+
+.PHONY: setup train smoke test test-fast bench clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: setup            ## the default experiment (density_emergence) on the embedded synthetic corpus
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py $(ARGS)
+
+smoke: setup            ## the whole pipeline in under a minute
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py experiment=smoke $(ARGS)
+
+test: setup             ## the whole test suite (fast unit tests + end-to-end runs marked slow)
+	WANDB_MODE=offline $(PY) -m pytest -q
+
+test-fast: setup        ## unit tests only
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
+
+bench: setup            ## training throughput, plain PyTorch loop vs Lightning step
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf outputs multirun .cache .pytest_cache

@@ -1,0 +1,461 @@
+"""Tests of packing, sample ids, span mapping and canaries (densitylab.data.packing / datamodule)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from densitylab.data.datamodule import WindowDataset, collate_batch, make_canaries
+from densitylab.data.packing import (
+    IGNORE_INDEX,
+    WINDOW_SPAN_COLUMNS,
+    PackedSplit,
+    char_spans_to_tokens,
+    pack_documents,
+    tokenize_and_pack,
+)
+from densitylab.data.tokenizer import EOS, train_bpe
+from densitylab.errors import ConfigError, DataError
+
+EOS_ID = 0
+
+
+def random_docs(n_docs: int = 40, seed: int = 0, vocab: int = 100, max_len: int = 30) -> list[list[int]]:
+    rng = random.Random(seed)
+    docs = [[rng.randint(1, vocab - 1) for _ in range(rng.randint(0, max_len))] for _ in range(n_docs)]
+    docs[3] = []  # an empty document still contributes its EOS
+    return docs
+
+
+def flat_with_eos(docs: list[list[int]], eos: int = EOS_ID) -> list[int]:
+    return [t for d in docs for t in (*d, eos)]
+
+
+# ---------------------------------------------------------------------------------------------
+# pack_documents: nothing lost, padding only at the end
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 7, 16, 33])
+def test_pack_documents_loses_no_token(block_size):
+    docs = random_docs()
+    packed = pack_documents(docs, EOS_ID, block_size)
+    flat = flat_with_eos(docs)
+    L, bs = len(flat), block_size
+
+    assert packed.n_real == L
+    assert packed.block_size == bs
+    assert packed.tokens.dtype == torch.int64
+    assert packed.tokens[:L].tolist() == flat
+    assert torch.all(packed.tokens[L:] == EOS_ID)
+    assert packed.tokens.numel() == packed.n_windows * bs + 1
+    assert packed.n_windows == -(-(L - 1) // bs)  # the fewest windows that cover every target
+    # doc_offsets locate every document (ending with its EOS).
+    assert packed.doc_offsets[0] == 0 and packed.doc_offsets[-1] == L
+    for i, d in enumerate(docs):
+        s, e = packed.doc_offsets[i], packed.doc_offsets[i + 1]
+        assert packed.tokens[s:e].tolist() == [*d, EOS_ID]
+
+    windows = packed.windows()
+    assert windows.shape == (packed.n_windows, bs + 1)
+    input_count: Counter[int] = Counter()
+    target_count: Counter[int] = Counter()
+    for w in range(packed.n_windows):
+        x, y = packed.window(w)
+        assert x.shape == y.shape == (bs,)
+        assert x.dtype == y.dtype == torch.int64
+        assert torch.equal(x, windows[w, :-1])
+        real = y != IGNORE_INDEX
+        assert torch.equal(y[real], windows[w, 1:][real])
+        for j in range(bs):
+            pos = w * bs + j
+            assert x[j].item() == packed.tokens[pos].item()
+            input_count[pos] += 1
+            if real[j]:
+                assert pos + 1 < L
+                assert y[j].item() == flat[pos + 1]
+                target_count[pos + 1] += 1
+            else:
+                assert pos + 1 >= L  # only padding targets are ignored
+                assert w == packed.n_windows - 1  # ... and only in the last window
+        # Ignored targets form a suffix of the window.
+        if not real.all():
+            first_pad = int((~real).nonzero()[0])
+            assert not real[first_pad:].any()
+
+    # Every real position except possibly the final EOS is an input exactly once; every position
+    # after the first is a target exactly once.
+    for pos in range(L - 1):
+        assert input_count[pos] == 1, pos
+    assert input_count[L - 1] <= 1
+    assert all(c == 1 for c in input_count.values())
+    assert sorted(target_count) == list(range(1, L))
+    assert all(c == 1 for c in target_count.values())
+
+
+def test_pack_documents_exact_fit_has_no_padding():
+    # 4 docs of 4 tokens + EOS = 20 tokens; block_size 19 -> exactly one full window, no padding.
+    docs = [[1, 2, 3, 4]] * 4
+    packed = pack_documents(docs, EOS_ID, 19)
+    assert packed.n_real == 20 and packed.n_windows == 1
+    x, y = packed.window(0)
+    assert torch.all(y != IGNORE_INDEX)
+    assert x.tolist() == flat_with_eos(docs)[:-1]
+    assert y.tolist() == flat_with_eos(docs)[1:]
+    # L - 1 = 20 divisible by block_size 5: four full windows, no padding, no extra window.
+    docs = [[1, 2, 3, 4]] * 4 + [[]]
+    packed = pack_documents(docs, EOS_ID, 5)
+    assert packed.n_real == 21 and packed.n_windows == 4
+    assert packed.tokens.numel() == 21
+    assert all(torch.all(packed.window(w)[1] != IGNORE_INDEX) for w in range(4))
+
+
+def test_last_window_padding_is_ignore_index():
+    docs = [[5, 6, 7], [8, 9]]  # stream 5 6 7 E 8 9 E : L = 7
+    packed = pack_documents(docs, EOS_ID, 4)
+    assert packed.n_windows == 2
+    x0, y0 = packed.window(0)
+    x1, y1 = packed.window(1)
+    assert x0.tolist() == [5, 6, 7, EOS_ID] and y0.tolist() == [6, 7, EOS_ID, 8]
+    assert x1.tolist() == [8, 9, EOS_ID, EOS_ID] and y1.tolist() == [9, EOS_ID, IGNORE_INDEX, IGNORE_INDEX]
+    with pytest.raises(IndexError):
+        packed.window(2)
+    with pytest.raises(IndexError):
+        packed.window(-1)
+
+
+def test_packing_is_deterministic():
+    docs = random_docs(seed=5)
+    a = pack_documents(docs, EOS_ID, 8)
+    b = pack_documents([list(d) for d in docs], EOS_ID, 8)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.windows(), b.windows())
+    assert np.array_equal(a.doc_offsets, b.doc_offsets)
+    for w in range(a.n_windows):
+        assert all(torch.equal(u, v) for u, v in zip(a.window(w), b.window(w)))
+
+
+def test_block_size_larger_than_corpus_raises():
+    docs = [[1, 2, 3], [4]]  # 6 tokens with EOS
+    with pytest.raises(DataError, match="block_size"):
+        pack_documents(docs, EOS_ID, 6)
+    with pytest.raises(DataError, match="block_size"):
+        pack_documents(docs, EOS_ID, 100)
+    assert pack_documents(docs, EOS_ID, 5).n_windows == 1
+
+
+@pytest.mark.parametrize("docs", [[[], [], []], []])
+def test_all_empty_documents_raise(docs):
+    with pytest.raises(DataError, match="train"):
+        pack_documents(docs, EOS_ID, 1)
+    with pytest.raises(DataError, match="heldout"):
+        pack_documents(docs, EOS_ID, 1, split="heldout")
+
+
+# ---------------------------------------------------------------------------------------------
+# WindowDataset: stable sample ids through a shuffled DataLoader
+# ---------------------------------------------------------------------------------------------
+
+
+def test_window_dataset_shuffled_loader_returns_the_right_windows():
+    packed = pack_documents(random_docs(seed=2), EOS_ID, 8)
+    ds = WindowDataset(packed)
+    assert len(ds) == packed.n_windows
+    loader = DataLoader(ds, batch_size=5, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for batch in loader:
+        assert set(batch) == {"input_ids", "labels", "sample_id"}
+        n = batch["sample_id"].shape[0]
+        assert batch["input_ids"].shape == batch["labels"].shape == (n, 8)
+        assert batch["input_ids"].dtype == batch["labels"].dtype == batch["sample_id"].dtype == torch.int64
+        for row in range(n):
+            sid = int(batch["sample_id"][row])
+            x, y = packed.window(sid)
+            assert torch.equal(batch["input_ids"][row], x), sid
+            assert torch.equal(batch["labels"][row], y), sid
+            seen.append(sid)
+    assert sorted(seen) == list(range(packed.n_windows))  # every window once per epoch
+    assert seen != sorted(seen)  # and actually shuffled
+
+    # Sample ids do not depend on the shuffle: repacking and another seed give the same content.
+    ds2 = WindowDataset(pack_documents(random_docs(seed=2), EOS_ID, 8))
+    loader2 = DataLoader(ds2, batch_size=3, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(1))
+    for batch in loader2:
+        for row, sid in enumerate(batch["sample_id"].tolist()):
+            assert torch.equal(batch["input_ids"][row], packed.window(sid)[0])
+
+
+def test_getitems_agrees_with_getitem():
+    packed = pack_documents(random_docs(seed=3), EOS_ID, 6)
+    ds = WindowDataset(packed)
+    last = packed.n_windows - 1
+    assert (packed.window(last)[1] == IGNORE_INDEX).any(), "fixture should pad the last window"
+    indices = [last, 0, 3, last, 1]
+    batch = ds.__getitems__(indices)
+    assert batch["sample_id"].tolist() == indices
+    for row, i in enumerate(indices):
+        item = ds[i]
+        x, y = packed.window(i)
+        assert int(item["sample_id"]) == i
+        assert torch.equal(item["input_ids"], x) and torch.equal(item["labels"], y)
+        assert torch.equal(batch["input_ids"][row], x)
+        assert torch.equal(batch["labels"][row], y)
+    # The labels of a batch are a copy: editing them does not corrupt the stream.
+    before = packed.tokens.clone()
+    batch["labels"].fill_(7)
+    batch["input_ids"].fill_(7)
+    batch2 = ds.__getitems__(indices)
+    assert torch.equal(packed.tokens, before)
+    assert torch.equal(batch2["labels"][0], packed.window(last)[1])
+    # Out-of-range indices are errors, not silent wrap-around.
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, -1])
+
+
+def test_window_dataset_pad_to_multiple():
+    packed = pack_documents(random_docs(seed=4), EOS_ID, 8)
+    n = packed.n_windows
+    m = 7 if n % 7 else 6
+    ds = WindowDataset(packed, pad_to_multiple=m, pad_id=3)
+    assert len(ds) % m == 0 and n <= len(ds) < n + m and len(ds) > n
+    loader = DataLoader(ds, batch_size=m, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0))
+    real_seen, n_pad = [], 0
+    for batch in loader:
+        assert batch["input_ids"].shape == (m, 8)  # every batch is full
+        for row, sid in enumerate(batch["sample_id"].tolist()):
+            if sid == -1:
+                n_pad += 1
+                assert torch.all(batch["input_ids"][row] == 3)
+                assert torch.all(batch["labels"][row] == IGNORE_INDEX)
+            else:
+                x, y = packed.window(sid)
+                assert torch.equal(batch["input_ids"][row], x) and torch.equal(batch["labels"][row], y)
+                real_seen.append(sid)
+    assert sorted(real_seen) == list(range(n))
+    assert n_pad == len(ds) - n
+
+
+# ---------------------------------------------------------------------------------------------
+# Spans
+# ---------------------------------------------------------------------------------------------
+
+NAMES = ["Alice Smith", "Bob Jones", "Chloé Dubois", "Zoë Åberg", "李小龙", "Emeka Obi"]
+FILLERS = [
+    "once upon a time", "the quick brown fox", "über café naïve", "🚀 launch day", "東京 大学",
+    "in the river", "and then", "\n\t", "",
+]
+
+
+@pytest.fixture(scope="module")
+def span_corpus() -> tuple[list[str], pd.DataFrame]:
+    rng = random.Random(7)
+    texts, rows = [], []
+    for d in range(25):
+        text = ""
+        for _ in range(rng.randint(1, 4)):
+            text += rng.choice(FILLERS) + " "
+            ent = rng.randrange(len(NAMES))
+            start = len(text)
+            text += NAMES[ent]
+            rows.append({"doc": d, "start": start, "end": len(text), "kind": "name", "entity": ent, "value": NAMES[ent]})
+            text += rng.choice([", ", " ", ". "]) + rng.choice(FILLERS)
+        texts.append(text)
+    spans = pd.DataFrame(rows).astype({"kind": "string", "value": "string"})
+    for r in spans.itertuples():
+        assert texts[r.doc][r.start : r.end] == r.value
+    return texts, spans
+
+
+@pytest.fixture(scope="module")
+def span_tok(span_corpus):
+    texts, _ = span_corpus
+    return train_bpe(texts, vocab_size=320)
+
+
+def _check_spans(packed: PackedSplit, tok, spans_in: pd.DataFrame, bs: int) -> None:
+    out = packed.spans
+    assert tuple(out.columns) == WINDOW_SPAN_COLUMNS
+    assert len(out) == len(spans_in)
+    # Sorted by (sample_id, start).
+    keys = list(zip(out["sample_id"], out["start"]))
+    assert keys == sorted(keys)
+    # One output row per input span (matched by doc, entity and order within doc).
+    assert Counter(zip(out["doc"], out["entity"])) == Counter(zip(spans_in["doc"], spans_in["entity"]))
+    for r in out.itertuples():
+        assert 0 <= r.start < bs  # first token is an input of its window
+        assert r.end > r.start
+        abs0, abs1 = r.sample_id * bs + r.start, r.sample_id * bs + r.end
+        assert r.sample_id == abs0 // bs
+        assert abs1 <= packed.n_real
+        # The span lies inside its document.
+        assert packed.doc_offsets[0] <= abs0  # trivially
+        name = NAMES[r.entity]
+        decoded = tok.decode(packed.tokens[abs0:abs1].tolist())
+        assert name in decoded, (name, decoded)
+        # Minimal: dropping the first or last token loses part of the name.
+        assert name not in tok.decode(packed.tokens[abs0 + 1 : abs1].tolist())
+        assert name not in tok.decode(packed.tokens[abs0 : abs1 - 1].tolist())
+        assert r.kind == "name"
+
+
+@pytest.mark.parametrize("bs", [4, 16])
+def test_tokenize_and_pack_maps_char_spans_to_window_tokens(span_corpus, span_tok, bs):
+    texts, spans = span_corpus
+    packed = tokenize_and_pack(span_tok, texts, spans, bs)
+    _check_spans(packed, span_tok, spans, bs)
+    # Each span lies within the document it came from.
+    for r in packed.spans.itertuples():
+        abs0, abs1 = r.sample_id * bs + r.start, r.sample_id * bs + r.end
+        assert packed.doc_offsets[r.doc] <= abs0 and abs1 < packed.doc_offsets[r.doc + 1]
+    if bs == 4:
+        assert (packed.spans["end"] > bs).any(), "some span should cross a window boundary"
+    # The stream is the tokenized documents joined with EOS.
+    eos = span_tok.token_to_id(EOS)
+    expected = [t for t in texts for t in (*span_tok.encode(t, add_special_tokens=False).ids, eos)]
+    assert packed.tokens[: packed.n_real].tolist() == expected
+
+
+def test_tokenize_and_pack_without_spans(span_corpus, span_tok):
+    texts, spans = span_corpus
+    packed = tokenize_and_pack(span_tok, texts, spans.iloc[:0], 8)
+    assert len(packed.spans) == 0
+    assert tuple(packed.spans.columns) == WINDOW_SPAN_COLUMNS
+    with_spans = tokenize_and_pack(span_tok, texts, spans, 8)
+    assert torch.equal(packed.tokens, with_spans.tokens)
+
+
+def test_extra_docs_are_spliced_and_span_doc_keeps_text_index(span_corpus, span_tok):
+    texts, spans = span_corpus
+    bs = 8
+    eos = span_tok.token_to_id(EOS)
+    extra_a, extra_b, extra_c, extra_d = [301, 302, 303], [304] * 11, [305, 306], [307]
+    # Given out of order; two at the same index keep their given order; one appended at the end.
+    extra = [(5, extra_b), (0, extra_a), (5, extra_c), (len(texts), extra_d)]
+    packed = tokenize_and_pack(span_tok, texts, spans, bs, extra_docs=extra)
+
+    ids = [span_tok.encode(t, add_special_tokens=False).ids for t in texts]
+    order = [extra_a, *ids[:5], extra_b, extra_c, *ids[5:], extra_d]
+    assert packed.tokens[: packed.n_real].tolist() == flat_with_eos(order, eos)
+    assert len(packed.doc_offsets) == len(order) + 1
+
+    # doc still refers to the index in texts, and positions account for the spliced documents.
+    _check_spans(packed, span_tok, spans, bs)
+    packed_index = {i: i + 1 + (2 if i >= 5 else 0) for i in range(len(texts))}
+    for r in packed.spans.itertuples():
+        p = packed_index[r.doc]
+        abs0 = r.sample_id * bs + r.start
+        assert packed.doc_offsets[p] <= abs0 < packed.doc_offsets[p + 1]
+        lo, hi = packed.doc_offsets[p], packed.doc_offsets[p + 1] - 1  # without EOS
+        assert packed.tokens[lo:hi].tolist() == ids[r.doc]
+
+    # Spans of a doc shift by exactly the spliced tokens before it.
+    plain = tokenize_and_pack(span_tok, texts, spans, bs)
+    shift = {d: (len(extra_a) + 1) + ((len(extra_b) + 1 + len(extra_c) + 1) if d >= 5 else 0) for d in range(len(texts))}
+    a = plain.spans.assign(abs0=plain.spans.sample_id * bs + plain.spans.start).sort_values(["doc", "abs0"], ignore_index=True)
+    b = packed.spans.assign(abs0=packed.spans.sample_id * bs + packed.spans.start).sort_values(["doc", "abs0"], ignore_index=True)
+    assert (b["abs0"] - a["abs0"]).tolist() == [shift[d] for d in a["doc"]]
+    assert a["entity"].tolist() == b["entity"].tolist()
+
+
+def test_char_spans_to_tokens_hand_built():
+    offsets = np.array([[0, 3], [3, 4], [4, 9]])
+    cases = {
+        (0, 3): (0, 1),  # exactly token 0
+        (0, 4): (0, 2),  # tokens 0..1
+        (3, 4): (1, 2),  # exactly token 1
+        (4, 9): (2, 3),  # exactly token 2
+        (1, 2): (0, 1),  # inside token 0
+        (2, 5): (0, 3),  # starts mid token 0, ends mid token 2
+        (3, 9): (1, 3),
+        (5, 6): (2, 3),  # inside token 2
+        (0, 9): (0, 3),  # everything
+        (2, 4): (0, 2),  # starts mid token 0, ends at a boundary
+    }
+    starts = np.array([k[0] for k in cases])
+    ends = np.array([k[1] for k in cases])
+    t0, t1 = char_spans_to_tokens(offsets, starts, ends)
+    assert t0.dtype == t1.dtype == np.int64
+    assert list(zip(t0.tolist(), t1.tolist())) == list(cases.values())
+
+
+def test_char_spans_to_tokens_matches_overlap_definition():
+    rng = np.random.default_rng(0)
+    # Contiguous tokens of 1..4 characters plus two byte-tokens sharing one character (as byte-level BPE does).
+    lens = rng.integers(1, 5, size=40)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    offsets = np.stack([starts, ends], axis=1)
+    offsets = np.insert(offsets, 10, offsets[10], axis=0)  # a duplicated (split) character token
+    n_chars = int(ends[-1])
+    s = rng.integers(0, n_chars - 1, size=200)
+    e = np.minimum(s + rng.integers(1, 12, size=200), n_chars)
+    t0, t1 = char_spans_to_tokens(offsets, s, e)
+    for a, b, x0, x1 in zip(s, e, t0, t1):
+        overlapping = [k for k, (os_, oe) in enumerate(offsets) if os_ < b and oe > a]
+        assert (x0, x1) == (overlapping[0], overlapping[-1] + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Canaries
+# ---------------------------------------------------------------------------------------------
+
+CANARY = dict(vocab_size=50, eos_id=7, repetitions=[1, 2, 4], per_group=3, length=40, alphabet_size=6, seed=11)
+
+
+def test_make_canaries_is_deterministic_per_seed():
+    a = make_canaries(**CANARY)
+    b = make_canaries(**CANARY)
+    pd.testing.assert_frame_equal(a, b)
+    c = make_canaries(**{**CANARY, "seed": 12})
+    assert a["tokens"].tolist() != c["tokens"].tolist()
+
+
+def test_make_canaries_layout_and_alphabet():
+    df = make_canaries(**CANARY)
+    assert list(df.columns) == ["canary_id", "repetitions", "alphabet_size", "tokens"]
+    assert len(df) == 3 * 3
+    assert df["canary_id"].tolist() == list(range(9))
+    assert df["repetitions"].tolist() == [1, 1, 1, 2, 2, 2, 4, 4, 4]
+    assert (df["alphabet_size"] == 6).all()
+    used: set[int] = set()
+    for toks in df["tokens"]:
+        assert len(toks) == 40
+        assert all(isinstance(t, int) for t in toks)
+        assert 7 not in toks
+        assert all(0 <= t < 50 for t in toks)
+        used.update(toks)
+    # 360 uniform draws over 6 symbols cover the whole (shared) alphabet.
+    assert len(used) == 6
+    # Canaries differ from each other.
+    assert len({tuple(t) for t in df["tokens"]}) == 9
+
+
+def test_make_canaries_full_alphabet_excludes_only_eos():
+    df = make_canaries(vocab_size=10, eos_id=4, repetitions=[0, 8], per_group=5, length=64, alphabet_size=9, seed=0)
+    used = set().union(*map(set, df["tokens"]))
+    assert used == set(range(10)) - {4}
+    assert df["repetitions"].tolist() == [0] * 5 + [8] * 5
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"alphabet_size": 1}, "alphabet_size"),
+        ({"alphabet_size": 50}, "alphabet_size"),  # vocab_size: only vocab-1 ids are not EOS
+        ({"alphabet_size": 500}, "alphabet_size"),
+        ({"length": 1}, "length"),
+        ({"per_group": 0}, "per_group"),
+        ({"repetitions": [1, -1]}, "repetitions"),
+    ],
+)
+def test_make_canaries_bad_values_raise_configerror(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        make_canaries(**{**CANARY, **overrides})

@@ -1,0 +1,179 @@
+"""End-to-end runs of train.py (subprocesses, as a user runs it). Marked slow; CI runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+pytestmark = pytest.mark.slow
+
+
+def run_train(*overrides: str, cache_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    t0 = time.time()
+    proc = run_train("experiment=smoke", f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.time() - t0 < 60, "the smoke experiment must finish within 60 s on 2 CPU cores"
+    assert f"run folder: {run_dir}" in proc.stdout
+    return run_dir
+
+
+def test_smoke_run_folder_holds_the_output_contract(smoke_run: Path):
+    for name in ("metrics.csv", "summary.json", "tokenizer.json", "checkpoints/last.ckpt", ".hydra/config.yaml",
+                 "ground_truth/mentions_train.parquet", "ground_truth/comentions_train.parquet",
+                 "ground_truth/people.parquet", "ground_truth/canaries.parquet", "data.json"):
+        assert (smoke_run / name).is_file(), name
+    assert not (smoke_run / "FAILED").exists()
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["global_step"] == 80
+    assert summary["train/tokens_seen"] == 80 * 16 * 64  # steps x batch x block, one process
+    assert summary["model/params"] > 0 and summary["perf/tokens_per_sec"] > 0
+
+
+def test_smoke_training_lowers_loss_below_unigram_entropy(smoke_run: Path):
+    m = pd.read_csv(smoke_run / "metrics.csv")
+    train = m.dropna(subset=["train/loss"])["train/loss"].to_numpy()
+    assert len(train) >= 10
+    assert train[:3].mean() > train[-3:].mean() + 1.0, train
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    vocab = json.loads((smoke_run / "data.json").read_text())["vocab_size"]
+    assert summary["val/loss"] < summary["data/unigram_entropy_nats"] < math.log(vocab)
+    assert summary["val/loss_below_unigram_entropy"] is True
+
+
+def test_smoke_canaries_are_in_the_training_stream(smoke_run: Path):
+    canaries = pd.read_parquet(smoke_run / "ground_truth" / "canaries.parquet")
+    assert sorted(canaries["repetitions"]) == [1, 2, 4, 8, 16, 32]
+    assert all(len(t) == 64 for t in canaries["tokens"])
+
+
+def _wandb_history(run_dir: Path) -> list[dict]:
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, offline
+    wandb_bin = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_bin), "leet", "inspect", "--json", str(offline[0])],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "history":
+            rows.append(rec["history"]["item"])
+    return rows
+
+
+def test_wandb_offline_run_holds_train_loss(smoke_run: Path):
+    history = _wandb_history(smoke_run)
+    wb = {int(r["trainer/global_step"]): float(r["train/loss"]) for r in history if "train/loss" in r}
+    m = pd.read_csv(smoke_run / "metrics.csv").dropna(subset=["train/loss"])
+    csv = dict(zip(m["step"].astype(int), m["train/loss"].astype(float)))
+    assert len(wb) >= 10
+    assert wb == pytest.approx(csv, rel=1e-6)  # the same values reached W&B and the CSV
+    assert any("val/loss" in r for r in history)
+
+
+def test_text_data_trains_on_tinyshakespeare(tmp_path, cache_dir):
+    assert SHAKESPEARE.is_file(), f"expected the shared data at {SHAKESPEARE}"
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", "data=text", f"data.files={SHAKESPEARE}", "logger=csv",
+                     f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = pd.read_csv(run_dir / "metrics.csv")
+    val = m.dropna(subset=["val/loss"])["val/loss"].to_numpy()
+    vocab = json.loads((run_dir / "data.json").read_text())["vocab_size"]
+    assert len(val) >= 2
+    assert val[-1] < val[0] < math.log(vocab)  # falls from the uniform-guess loss ln V and keeps falling
+    data = json.loads((run_dir / "data.json").read_text())
+    assert data["splits"]["heldout"]["documents"] > 0 and data["splits"]["train"]["tokens"] > 100_000
+
+
+def test_resume_continues_from_checkpoint(tmp_path, cache_dir):
+    first = tmp_path / "first"
+    proc = run_train("experiment=smoke", "logger=csv", "trainer.max_steps=40", f"hydra.run.dir={first}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = tmp_path / "second"
+    proc = run_train("experiment=smoke", "logger=csv", f"ckpt_path={first}/checkpoints/last.ckpt",
+                     f"hydra.run.dir={second}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["global_step"] == 80
+    assert summary["train/tokens_seen"] == 80 * 16 * 64
+    steps = pd.read_csv(second / "metrics.csv").dropna(subset=["train/loss"])["step"]
+    assert steps.min() > 40  # no step trained twice
+
+
+def test_finished_run_folder_is_never_overwritten(smoke_run: Path, cache_dir):
+    before = (smoke_run / "summary.json").read_bytes()
+    ckpt_before = (smoke_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    proc = run_train("experiment=smoke", f"hydra.run.dir={smoke_run}", cache_dir=cache_dir)
+    assert proc.returncode == 2
+    assert "already holds a finished run" in proc.stderr
+    assert (smoke_run / "summary.json").read_bytes() == before
+    assert (smoke_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_before
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp / "empty.txt").write_text("")
+    (tmp / "binary.txt").write_bytes(bytes(range(256)) * 20)
+    (tmp / "tiny.txt").write_text("To be, or not to be.\n")
+    return {
+        "missing file": (["data=text", f"data.files={tmp}/missing.txt"], "missing.txt"),
+        "empty file": (["data=text", f"data.files={tmp}/empty.txt"], "empty.txt"),
+        "binary file": (["data=text", f"data.files={tmp}/binary.txt"], "binary.txt"),
+        "unknown config key": (["model.n_layerz=3"], "n_layerz"),
+        "unknown group option": (["model=huge"], "model/huge"),
+        "block_size larger than corpus": (["data=text", f"data.files={tmp}/tiny.txt"], "block_size"),
+        "unknown hub id offline": (["data=hub", "data.name=nobody/no-such-dataset"], "nobody/no-such-dataset"),
+        "missing checkpoint": ([f"ckpt_path={tmp}/nope.ckpt"], "nope.ckpt"),
+    }
+
+
+BAD_INPUT_CASES = [
+    "missing file", "empty file", "binary file", "unknown config key", "unknown group option",
+    "block_size larger than corpus", "unknown hub id offline", "missing checkpoint",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_CASES)
+def test_bad_input_gives_one_clear_line(case, tmp_path, cache_dir):
+    overrides, needle = _bad_inputs(tmp_path)[case]
+    run_dir = tmp_path / "run"
+    t0 = time.time()
+    proc = run_train("experiment=smoke", "logger=csv", *overrides, f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    assert proc.returncode != 0
+    assert time.time() - t0 < 60
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert needle in errors[0], errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "summary.json").exists()
+    assert not (run_dir / "checkpoints").exists()
+    if run_dir.exists():
+        assert (run_dir / "FAILED").is_file()
+    if case == "unknown hub id offline":
+        assert "data=text" in errors[0]
