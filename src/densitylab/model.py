@@ -17,6 +17,7 @@ records a chosen subset.
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -59,7 +60,10 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                value = int(value)
+                setattr(self, name, value)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"model.{name}={value!r}: expected a positive integer")
         if self.n_embd % self.n_head:
             raise ValueError(
@@ -206,6 +210,8 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig | None = None, **kwargs) -> None:
         super().__init__()
+        if cfg is not None and kwargs:
+            raise TypeError(f"pass either a GPTConfig or keyword arguments, not both (got {sorted(kwargs)})")
         self.config = cfg if cfg is not None else GPTConfig(**kwargs)
         cfg = self.config
         self.transformer = nn.ModuleDict(
