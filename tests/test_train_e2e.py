@@ -112,9 +112,12 @@ def test_text_data_trains_on_tinyshakespeare(tmp_path, cache_dir):
     assert data["splits"]["heldout"]["documents"] > 0 and data["splits"]["train"]["tokens"] > 100_000
 
 
-def test_resume_continues_from_checkpoint(tmp_path, cache_dir):
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(smoke_run: Path, tmp_path, cache_dir):
+    """Stop at step 40 (mid-epoch: 50 batches per epoch), resume to 80: same data order, same optimizer
+    and LR state, so the losses after the resume equal the uninterrupted smoke run's."""
     first = tmp_path / "first"
-    proc = run_train("experiment=smoke", "logger=csv", "trainer.max_steps=40", f"hydra.run.dir={first}", cache_dir=cache_dir)
+    proc = run_train("experiment=smoke", "logger=csv", "trainer.max_steps=40", "optim.decay_steps=80",
+                     f"hydra.run.dir={first}", cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = tmp_path / "second"
     proc = run_train("experiment=smoke", "logger=csv", f"ckpt_path={first}/checkpoints/last.ckpt",
@@ -123,8 +126,14 @@ def test_resume_continues_from_checkpoint(tmp_path, cache_dir):
     summary = json.loads((second / "summary.json").read_text())
     assert summary["global_step"] == 80
     assert summary["train/tokens_seen"] == 80 * 16 * 64
-    steps = pd.read_csv(second / "metrics.csv").dropna(subset=["train/loss"])["step"]
-    assert steps.min() > 40  # no step trained twice
+    resumed = pd.read_csv(second / "metrics.csv").dropna(subset=["train/loss"])
+    assert resumed["step"].min() > 40  # no step trained twice
+    full = pd.read_csv(smoke_run / "metrics.csv").dropna(subset=["train/loss"])
+    full = dict(zip(full["step"], full["train/loss"]))
+    for step, loss in zip(resumed["step"], resumed["train/loss"]):
+        assert loss == pytest.approx(full[step], abs=1e-4), step
+    reference = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["val/loss"] == pytest.approx(reference["val/loss"], abs=1e-4)
 
 
 def test_finished_run_folder_is_never_overwritten(smoke_run: Path, cache_dir):

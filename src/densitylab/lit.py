@@ -36,6 +36,8 @@ class LitGPT(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear warmup length in optimizer steps.
         min_lr_ratio: final LR as a fraction of ``lr`` at the end of the cosine decay.
+        decay_steps: optimizer step at which the cosine decay ends (nanoGPT's ``lr_decay_iters``);
+            None = the trainer's total steps (``max_steps``, or epochs × batches).
         compile: wrap the training forward in ``torch.compile`` (the uncompiled ``self.model`` stays
             available for probes).
 
@@ -51,6 +53,7 @@ class LitGPT(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
+        decay_steps: int | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -109,7 +112,7 @@ class LitGPT(L.LightningModule):
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr, betas=tuple(hp.betas), fused=fused,
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        total = int(hp.decay_steps or self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: cosine_with_warmup(s, hp.warmup_steps, total, hp.min_lr_ratio)
         )

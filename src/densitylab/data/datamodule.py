@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from densitylab.data.corpus import SPLITS, Corpus
@@ -83,6 +84,66 @@ class WindowDataset(Dataset):
             y[~real] = IGNORE_INDEX
             sid = torch.where(real, sid, torch.full_like(sid, -1))
         return {"input_ids": x, "labels": y, "sample_id": sid}
+
+
+class ResumableShardSampler(Sampler[int]):
+    """Seeded shuffled order with a new permutation per epoch, sharded across processes, and able to
+    start mid-epoch, so a resumed run trains exactly the windows an uninterrupted run would.
+
+    Epoch ``e`` uses ``randperm(n, seed + e)``; process ``rank`` of ``world_size`` takes every
+    ``world_size``-th index of it (``n`` must be a multiple of ``world_size``). :meth:`set_epoch` is
+    called by Lightning before each epoch; :meth:`skip` drops the first samples of the next pass only.
+
+    Raises:
+        ValueError: if ``n`` is not a multiple of ``world_size`` or rank is out of range.
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        if world_size < 1 or not 0 <= rank < world_size or n % world_size:
+            raise ValueError(f"n={n}, rank={rank}, world_size={world_size}: expected n divisible by world_size and 0 <= rank < world_size")
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch`` (Lightning calls this before every epoch)."""
+        self.epoch = int(epoch)
+
+    def skip(self, n_samples: int) -> None:
+        """Drop the first ``n_samples`` of this process's shard on the next pass only (resume)."""
+        self._skip = int(n_samples)
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        shard = order[self.rank :: self.world_size]
+        start, self._skip = self._skip, 0
+        return iter(shard[start:].tolist())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning treats as resumable (``state_dict`` / ``load_state_dict``).
+
+    The position inside an epoch is not stored here but derived from the restored global step (every
+    training batch is full, so batches consumed = global_step × accumulate_grad_batches): see
+    :meth:`DataModule.train_dataloader`. The state records the settings that make that derivation
+    valid; a resume that changes them gets a warning (the order then differs from an uninterrupted run).
+    """
+
+    def state_dict(self) -> dict:
+        s = self.sampler
+        return {"seed": s.seed, "n": s.n, "world_size": s.world_size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        if state and state != mine:
+            warnings.warn(f"resuming with a different data order ({state} -> {mine}): the run will not see exactly the "
+                          "windows an uninterrupted run would", stacklevel=2)
 
 
 def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -353,19 +414,24 @@ class DataModule(L.LightningDataModule):
         """Id of ``<|endoftext|>``."""
         return self.tokenizer.token_to_id(EOS)
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, generator=g if shuffle else None, drop_last=False,
-            num_workers=self.num_workers, collate_fn=collate_batch, persistent_workers=self.num_workers > 0,
-        )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training windows: every window exactly once per epoch, every batch full
-        (padded with < batch_size × world_size padding windows per epoch; see :class:`WindowDataset`)."""
-        world = self.trainer.world_size if self.trainer is not None else 1
+        (padded with < batch_size × world_size padding windows per epoch; see :class:`WindowDataset`),
+        sharded over processes by :class:`ResumableShardSampler` (set ``use_distributed_sampler=False``
+        on the Trainer). When a run resumes mid-epoch, the batches already trained in that epoch are
+        skipped, so the resumed run trains exactly what an uninterrupted run would."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         ds = WindowDataset(self.splits["train"], pad_to_multiple=self.batch_size * world, pad_id=self.eos_id)
-        return self._loader(ds, shuffle=True)
+        sampler = ResumableShardSampler(len(ds), seed=self.seed, rank=rank, world_size=world)
+        if trainer is not None and trainer.global_step > 0:
+            batches_done = trainer.global_step * trainer.accumulate_grad_batches
+            batches_per_epoch = len(sampler) // self.batch_size
+            sampler.skip((batches_done % batches_per_epoch) * self.batch_size)
+        return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+                                   num_workers=self.num_workers, collate_fn=collate_batch,
+                                   persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out windows (never trained on), at most ``max_val_windows``, evenly spaced."""
@@ -374,7 +440,8 @@ class DataModule(L.LightningDataModule):
         if self.max_val_windows and n > self.max_val_windows:
             idx = np.linspace(0, n - 1, self.max_val_windows).round().astype(int).tolist()
             ds = torch.utils.data.Subset(ds, idx)
-        return self._loader(ds, shuffle=False)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_batch, persistent_workers=self.num_workers > 0)
 
     def tokens_per_step_per_process(self) -> int:
         """Input tokens in one full batch: batch_size x block_size."""
