@@ -1,14 +1,16 @@
-"""Training throughput: a plain PyTorch loop against the Lightning training step, same model and data.
+"""Training throughput: plain PyTorch loop vs the Lightning training step, and the exposure ledger's cost.
 
     python bench/throughput.py                 # tiny model: 4 layers, 4 heads, d=128, T=128, B=32, V=4096, fp32
-    python bench/throughput.py --steps 60 --json out.json
+    python bench/throughput.py --steps 60 --repeats 3 --json out.json
 
-Both loops run the same GPT, AdamW (decay on >= 2-D params), gradient clipping at 1.0, the same
-packed-window DataLoader (``WindowDataset`` over a random token stream), fp32 on CPU (bf16-mixed on
-CUDA). The Lightning side uses the real ``LitGPT`` with the default callbacks (throughput logger,
-finite-loss guard), the progress bar and the CSV logger, i.e. what ``train.py`` runs, minus
-checkpoint writes. Prints tokens/s for each and their ratio (Lightning / plain). Not a test: numbers
-go into notes and the README.
+Data: ``../shared/data/tinyshakespeare.txt`` through the real DataModule (byte-level BPE, vocab 4096,
+capitalized-span entities), or a random token stream with ``--data random``. All loops run the same
+GPT, AdamW (decay on >= 2-D params), gradient clipping at 1.0, the same packed-window batches, fp32 on
+CPU (bf16-mixed on CUDA). The Lightning runs use the real ``LitGPT`` with the default callbacks
+(throughput logger, finite-loss guard), the progress bar and the CSV logger, i.e. what ``train.py``
+runs minus checkpoint writes; once without and once with the ``LedgerCallback``. Runs alternate and the
+median of ``--repeats`` is kept. The ledger's own per-step cost (``ExposureLedger.update``) is also timed
+in isolation. Prints tokens/s and ratios. Not a test: numbers go into notes and the README.
 """
 
 from __future__ import annotations
@@ -19,40 +21,50 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 
-from densitylab.data.datamodule import WindowDataset, collate_batch  # noqa: E402
-from densitylab.data.packing import pack_documents  # noqa: E402
+from densitylab.callbacks import FiniteLossGuard, LedgerCallback, ThroughputLogger  # noqa: E402
+from densitylab.data import DataModule  # noqa: E402
 from densitylab.lit import LitGPT, cosine_with_warmup  # noqa: E402
 
-MODEL = dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128)
+MODEL = dict(block_size=128, n_layer=4, n_head=4, n_embd=128)
 
 
-def make_loader(batch: int, block: int, vocab: int, n_windows: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    stream = torch.randint(1, vocab, (n_windows * block + 1,), generator=g).tolist()
-    packed = pack_documents([stream], eos_id=0, block_size=block)
-    return torch.utils.data.DataLoader(WindowDataset(packed), batch_size=batch, shuffle=True,
-                                       generator=torch.Generator().manual_seed(seed), collate_fn=collate_batch)
+def make_datamodule(args, cache: str) -> DataModule:
+    if args.data == "random":
+        path = Path(cache) / "random.txt"
+        g = torch.Generator().manual_seed(0)
+        words = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (int(n),), generator=g))
+                 for n in torch.randint(2, 9, (200_000,), generator=g)]
+        path.write_text("\n\n".join(" ".join(words[i : i + 50]) for i in range(0, len(words), 50)))
+        files = str(path)
+    else:
+        files = str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")
+    dm = DataModule(source="text", files=files, block_size=args.block, batch_size=args.batch,
+                    tokenizer={"vocab_size": 4096}, cache_dir=cache, progress=False)
+    dm.prepare_data()
+    dm.setup()
+    return dm
 
 
-def plain_loop(args, device) -> float:
+def plain_loop(args, dm, device) -> float:
     """nanoGPT-style loop; returns tokens/s over the timed steps."""
     torch.manual_seed(0)
-    lit = LitGPT(model=dict(MODEL, block_size=args.block), lr=1e-3, warmup_steps=10)
-    model = lit.model.to(device).train()
+    model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=args.block)).model.to(device).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.95), fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, 10, args.warmup + args.steps, 0.1))
-    loader = make_loader(args.batch, args.block, MODEL["vocab_size"], (args.warmup + args.steps) * args.batch)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     t0 = None
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(dm.train_dataloader()):
         if i == args.warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -73,45 +85,56 @@ def plain_loop(args, device) -> float:
     return args.steps * args.batch * args.block / (time.perf_counter() - t0)
 
 
-class _Timer:
-    def __init__(self, warmup: int, steps: int, cuda: bool) -> None:
-        import lightning as L
-
-        class T(L.Callback):
-            def on_train_batch_start(s, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == warmup:
-                    if cuda:
-                        torch.cuda.synchronize()
-                    s.t0 = time.perf_counter()
-
-            def on_train_end(s, trainer, pl_module):
-                if cuda:
-                    torch.cuda.synchronize()
-                s.t1 = time.perf_counter()
-
-        self.cb = T()
-
-
-def lightning_loop(args, device) -> float:
+def lightning_loop(args, dm, device, ledger: bool) -> float:
     import lightning as L
 
-    from densitylab.callbacks import FiniteLossGuard, ThroughputLogger
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.t0 = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.t1 = time.perf_counter()
 
     torch.manual_seed(0)
-    lit = LitGPT(model=dict(MODEL, block_size=args.block), lr=1e-3, warmup_steps=10)
-    loader = make_loader(args.batch, args.block, MODEL["vocab_size"], (args.warmup + args.steps) * args.batch)
-    timer = _Timer(args.warmup, args.steps, device.type == "cuda")
+    lit = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=args.block), lr=1e-3, warmup_steps=10)
+    timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
+        callbacks = [ThroughputLogger(), FiniteLossGuard(), timer]
+        if ledger:
+            callbacks.append(LedgerCallback(output_dir=tmp, every_n_steps=100))
         trainer = L.Trainer(
-            accelerator=device.type if device.type == "cuda" else "cpu", devices=1,
+            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
             precision="bf16-mixed" if device.type == "cuda" else "32-true",
             max_steps=args.warmup + args.steps, gradient_clip_val=1.0, log_every_n_steps=10,
             logger=L.pytorch.loggers.CSVLogger(tmp, name="", version=""), enable_checkpointing=False,
             enable_model_summary=False, enable_progress_bar=not args.no_progress_bar, limit_val_batches=0,
-            callbacks=[ThroughputLogger(), FiniteLossGuard(), timer.cb], default_root_dir=tmp,
+            num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=callbacks, default_root_dir=tmp,
         )
-        trainer.fit(lit, train_dataloaders=loader)
-    return args.steps * args.batch * args.block / (timer.cb.t1 - timer.cb.t0)
+        trainer.fit(lit, datamodule=dm)
+    return args.steps * args.batch * args.block / (timer.t1 - timer.t0)
+
+
+def ledger_update_cost(dm, device, n: int = 500) -> float:
+    """Seconds per ``ExposureLedger.update`` call on real batches (isolated micro-benchmark)."""
+    from densitylab.ledger import ExposureLedger
+
+    packed = dm.splits["train"]
+    names = packed.spans[packed.spans["kind"] == "name"]
+    led = ExposureLedger(4096, packed.n_windows, torch.tensor(names["sample_id"].to_numpy()),
+                         torch.tensor(names["entity"].to_numpy()), len(dm.entity_table), device)
+    batches = [{k: v.to(device) for k, v in b.items()} for _, b in zip(range(20), dm.train_dataloader())]
+    t0 = time.perf_counter()
+    for i in range(n):
+        b = batches[i % len(batches)]
+        led.update(b["input_ids"], b["sample_id"], i + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
 
 
 def main() -> None:
@@ -120,27 +143,36 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--block", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2, help="alternate plain/Lightning this many times; best of each")
+    ap.add_argument("--repeats", type=int, default=3, help="alternate the three loops this many times; median of each")
+    ap.add_argument("--data", choices=["shakespeare", "random"], default="shakespeare")
     ap.add_argument("--no-progress-bar", action="store_true")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    plain, light = [], []
-    for _ in range(args.repeats):
-        plain.append(plain_loop(args, device))
-        light.append(lightning_loop(args, device))
+    with tempfile.TemporaryDirectory() as cache:
+        dm = make_datamodule(args, cache)
+        runs = {"plain": [], "lightning": [], "lightning+ledger": []}
+        for _ in range(args.repeats):
+            runs["plain"].append(plain_loop(args, dm, device))
+            runs["lightning"].append(lightning_loop(args, dm, device, ledger=False))
+            runs["lightning+ledger"].append(lightning_loop(args, dm, device, ledger=True))
+        update_s = ledger_update_cost(dm, device)
+    best = {k: float(np.median(v)) for k, v in runs.items()}  # median: the 2-core machine has outliers both ways
+    step_s = args.batch * args.block / best["lightning"]
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
-        "model": MODEL | {"block_size": args.block}, "batch": args.batch, "timed_steps": args.steps,
-        "plain_tokens_per_sec": max(plain), "lightning_tokens_per_sec": max(light),
-        "ratio": max(light) / max(plain), "all_plain": plain, "all_lightning": light,
+        "model": MODEL | {"vocab_size": 4096}, "batch": args.batch, "timed_steps": args.steps, "data": args.data,
+        "tokens_per_sec": best, "ratio_lightning_over_plain": best["lightning"] / best["plain"],
+        "ledger_slowdown": 1 - best["lightning+ledger"] / best["lightning"],
+        "ledger_update_ms": update_s * 1e3, "ledger_update_fraction_of_step": update_s / step_s, "all": runs,
     }
-    print(f"plain PyTorch loop : {result['plain_tokens_per_sec']:10.0f} tokens/s")
-    print(f"Lightning step     : {result['lightning_tokens_per_sec']:10.0f} tokens/s")
-    print(f"ratio (Lightning / plain): {result['ratio']:.3f}")
+    print(f"plain PyTorch loop  : {best['plain']:10.0f} tokens/s")
+    print(f"Lightning step      : {best['lightning']:10.0f} tokens/s   ratio to plain {result['ratio_lightning_over_plain']:.3f}")
+    print(f"Lightning + ledger  : {best['lightning+ledger']:10.0f} tokens/s   slowdown {100 * result['ledger_slowdown']:+.2f}%")
+    print(f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% of a {step_s * 1e3:.0f} ms step")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,21 @@ def test_smoke_run_folder_holds_the_output_contract(smoke_run: Path):
     assert summary["model/params"] > 0 and summary["perf/tokens_per_sec"] > 0
 
 
+def test_smoke_ledger_token_total_equals_tokens_seen(smoke_run: Path):
+    tokens = pd.read_parquet(smoke_run / "ledger" / "tokens.parquet")
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert int(tokens["count"].sum()) == summary["train/tokens_seen"] == 80 * 16 * 64
+    m = pd.read_csv(smoke_run / "metrics.csv")
+    last = m.dropna(subset=["ledger/tokens_seen"]).iloc[-1]
+    assert last["ledger/tokens_seen"] == last["train/tokens_seen"]
+    assert (smoke_run / "plots" / "ledger_zipf.png").stat().st_size > 5000
+    entities = pd.read_parquet(smoke_run / "ledger" / "entities.parquet")
+    people = pd.read_parquet(smoke_run / "ground_truth" / "people.parquet")
+    unfamiliar = set(people.loc[~people["familiar"], "entity"])
+    assert (entities.loc[entities["entity"].isin(unfamiliar), "mentions"] == 0).all()
+    assert entities.loc[~entities["entity"].isin(unfamiliar), "mentions"].sum() > 0
+
+
 def test_smoke_training_lowers_loss_below_unigram_entropy(smoke_run: Path):
     m = pd.read_csv(smoke_run / "metrics.csv")
     train = m.dropna(subset=["train/loss"])["train/loss"].to_numpy()
@@ -134,6 +149,10 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(smoke_run: Path, tmp_
         assert loss == pytest.approx(full[step], abs=1e-4), step
     reference = json.loads((smoke_run / "summary.json").read_text())
     assert summary["val/loss"] == pytest.approx(reference["val/loss"], abs=1e-4)
+    for table in ("tokens", "entities", "cooccurrence"):  # the ledger continued the same counts
+        resumed_t = pd.read_parquet(second / "ledger" / f"{table}.parquet")
+        full_t = pd.read_parquet(smoke_run / "ledger" / f"{table}.parquet")
+        pd.testing.assert_frame_equal(resumed_t, full_t)
 
 
 def test_finished_run_folder_is_never_overwritten(smoke_run: Path, cache_dir):
@@ -186,3 +205,63 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, cache_dir):
         assert (run_dir / "FAILED").is_file()
     if case == "unknown hub id offline":
         assert "data=text" in errors[0]
+
+
+def _ledger_vs_truth(run_dir: Path) -> None:
+    entities = pd.read_parquet(run_dir / "ledger" / "entities.parquet").set_index("entity")["mentions"]
+    truth = pd.read_parquet(run_dir / "ground_truth" / "mentions_train.parquet").set_index("entity")["mentions"]
+    assert entities.sort_index().to_dict() == truth.sort_index().to_dict()
+    co = pd.read_parquet(run_dir / "ledger" / "cooccurrence.parquet").set_index(["entity_a", "entity_b"])["count"]
+    co_truth = pd.read_parquet(run_dir / "ground_truth" / "comentions_windows_train.parquet").set_index(["entity_a", "entity_b"])["windows"]
+    assert co.sort_index().to_dict() == co_truth.sort_index().to_dict()
+    assert len(co) > 100
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory, cache_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("epoch") / "run"
+    proc = run_train("experiment=smoke", "logger=csv", "trainer.max_epochs=1", "trainer.max_steps=-1",
+                     f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_one_epoch_ledger_equals_ground_truth_exactly(one_epoch_run: Path):
+    _ledger_vs_truth(one_epoch_run)
+    seq_tokens = pd.read_parquet(one_epoch_run / "ledger" / "tokens.parquet")["count"].sum()
+    data = json.loads((one_epoch_run / "data.json").read_text())
+    windows = data["splits"]["train"]["windows"]
+    assert seq_tokens == -(-windows // 16) * 16 * 64  # every window once, padded to full batches
+
+
+def test_ddp_two_processes_count_what_one_process_counts(one_epoch_run: Path, tmp_path, cache_dir):
+    run_dir = tmp_path / "ddp"
+    proc = run_train("experiment=smoke", "logger=csv", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=1",
+                     "trainer.max_steps=-1", f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _ledger_vs_truth(run_dir)
+    for table in ("entities", "cooccurrence"):  # first_step differs: a DDP step trains 2 batches
+        pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"),
+                                      pd.read_parquet(one_epoch_run / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"))
+    one = pd.read_parquet(one_epoch_run / "ledger" / "tokens.parquet").set_index("token_id")["count"]
+    two = pd.read_parquet(run_dir / "ledger" / "tokens.parquet").set_index("token_id")["count"]
+    eos = 0  # padding windows are all <|endoftext|>; their number depends on batch_size x world_size
+    assert one.drop(eos).equals(two.drop(eos))
+    windows = json.loads((run_dir / "data.json").read_text())["splits"]["train"]["windows"]
+    pad_one, pad_two = (-(-windows // m) * m - windows for m in (16, 32))
+    assert two[eos] - one[eos] == (pad_two - pad_one) * 64
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["train/tokens_seen"] == two.sum()
+
+
+def test_capitalized_entities_on_shakespeare_are_characters(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", "data=text", f"data.files={SHAKESPEARE}", "logger=csv", "trainer.max_steps=200",
+                     f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = pd.read_parquet(run_dir / "ledger" / "entities.parquet").nlargest(10, "mentions")["entity"].tolist()
+    characters = {"Warwick", "York", "Romeo", "Edward", "Clarence", "Richard", "Kate", "Henry", "Marcius", "Angelo",
+                  "Juliet", "Buckingham", "Clifford", "Bolingbroke", "Montague", "Tybalt", "Norfolk", "Claudio",
+                  "Camillo", "Gloucester", "Bianca", "Tranio", "Lucentio", "Petruchio", "Isabella", "Hastings",
+                  "Northumberland", "Lancaster", "Pompey", "Aufidius", "Menenius", "Paulina", "Escalus", "Margaret"}
+    assert len(set(top) & characters) >= 6, top

@@ -1,5 +1,6 @@
 """Thin Lightning adapters: schedule measurements and log them. No math lives here."""
 
+from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
 
-__all__ = ["FiniteLossGuard", "ThroughputLogger"]
+__all__ = ["FiniteLossGuard", "LedgerCallback", "ThroughputLogger"]

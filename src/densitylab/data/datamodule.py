@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from densitylab.data.corpus import SPLITS, Corpus
+from densitylab.data.entities import EXTRACTORS, extract_entities
 from densitylab.data.packing import IGNORE_INDEX, PackedSplit, tokenize_and_pack
 from densitylab.data.sources import SOURCES
 from densitylab.data.tokenizer import EOS, get_tokenizer
@@ -37,7 +38,7 @@ from densitylab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class WindowDataset(Dataset):
@@ -182,6 +183,33 @@ def make_canaries(
     return pd.DataFrame(rows)
 
 
+def _file_stat(path: str | None) -> list | None:
+    p = Path(path) if path else None
+    return [p.stat().st_size, p.stat().st_mtime_ns] if p is not None and p.is_file() else None
+
+
+def window_comentions(window_spans: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
+    """Unordered entity pairs mentioned in the same window, with the number of windows.
+
+    A window co-mentions ``a`` and ``b`` when both have a ``kind="name"`` span whose first token is
+    in it (each window counts once per pair). Returns columns entity_a, entity_b (names, a < b),
+    entity_id_a, entity_id_b, windows.
+    """
+    names = window_spans[window_spans["kind"] == "name"][["sample_id", "entity"]].drop_duplicates()
+    pairs = names.merge(names, on="sample_id")
+    pairs = pairs[pairs["entity_x"] < pairs["entity_y"]]
+    counts = pairs.groupby(["entity_x", "entity_y"]).size().reset_index(name="windows")
+    lookup = entities.set_index("entity_id")["entity"]
+    a, b = lookup.loc[counts["entity_x"]].to_numpy(), lookup.loc[counts["entity_y"]].to_numpy()
+    swap = a > b
+    return pd.DataFrame({
+        "entity_a": np.where(swap, b, a), "entity_b": np.where(swap, a, b),
+        "entity_id_a": np.where(swap, counts["entity_y"], counts["entity_x"]),
+        "entity_id_b": np.where(swap, counts["entity_x"], counts["entity_y"]),
+        "windows": counts["windows"].to_numpy(),
+    })
+
+
 def _atomic_dir(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=final.name + ".tmp", dir=final.parent))
@@ -205,6 +233,11 @@ class DataModule(L.LightningDataModule):
         max_val_windows: cap on validation windows (evenly spaced over the held-out split), or
             None for all.
         progress: show progress bars while preparing data.
+        entities: entity extractor (:mod:`densitylab.data.entities`): ``synthetic``, ``gazetteer``,
+            ``capitalized``, ``spacy`` or ``none``; None = ``synthetic`` for the synthetic source,
+            ``capitalized`` otherwise.
+        entity_list: names file for ``gazetteer`` (one per line).
+        spacy_model: spaCy pipeline for ``spacy``.
         **source_kwargs: the source's own settings (e.g. ``files``, ``name``, ``n_people``).
 
     Raises:
@@ -224,6 +257,9 @@ class DataModule(L.LightningDataModule):
         output_dir: str | None = None,
         max_val_windows: int | None = 256,
         progress: bool = True,
+        entities: str | None = None,
+        entity_list: str | None = None,
+        spacy_model: str = "en_core_web_sm",
         **source_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -252,6 +288,12 @@ class DataModule(L.LightningDataModule):
         self.output_dir = Path(output_dir) if output_dir else None
         self.max_val_windows = max_val_windows
         self.progress = progress
+        self.entities = entities or ("synthetic" if source == "synthetic" else "capitalized")
+        if self.entities not in EXTRACTORS:
+            raise ConfigError(f"data.entities={self.entities!r}: expected one of {EXTRACTORS}")
+        self.entity_list = str(Path(entity_list).expanduser().resolve()) if entity_list else None
+        self.spacy_model = spacy_model
+        self.entity_table: pd.DataFrame | None = None
         self.tokenizer: Tokenizer | None = None
         self.splits: dict[str, PackedSplit] = {}
         self.meta: dict = {}
@@ -269,6 +311,8 @@ class DataModule(L.LightningDataModule):
                 "tokenizer": {k: self.tokenizer_cfg.get(k) for k in ("vocab_size", "min_frequency", "path")},
                 "block_size": self.block_size,
                 "canaries": self.canary_cfg if self.canary_cfg.get("repetitions") else None,
+                "entities": [self.entities, self.entity_list, self.spacy_model if self.entities == "spacy" else None,
+                             _file_stat(self.entity_list)],
                 "seed": self.seed,
             }
             if spec["tokenizer"]["path"]:
@@ -299,6 +343,7 @@ class DataModule(L.LightningDataModule):
     def _prepare(self, final: Path, bar: tqdm) -> None:
         bar.set_postfix_str("loading corpus")
         corpus: Corpus = self.source.load(progress=self.progress)
+        corpus = extract_entities(corpus, self.entities, self.entity_list, self.spacy_model)
         bar.update()
         bar.set_postfix_str("tokenizer")
         tok, tok_key = get_tokenizer(
@@ -342,6 +387,11 @@ class DataModule(L.LightningDataModule):
             gt.mkdir()
             for name, table in corpus.ground_truth.items():
                 table.to_parquet(gt / f"{name}.parquet", index=False)
+            if corpus.entities is not None:
+                corpus.entities[["entity_id", "entity"]].to_parquet(tmp / "entities.parquet", index=False)
+                if self.entities == "synthetic":  # generator truth, as packed: pairs sharing a window
+                    window_comentions(packed["train"].spans, corpus.entities).to_parquet(
+                        gt / "comentions_windows_train.parquet", index=False)
             if canaries is not None:
                 canaries.to_parquet(gt / "canaries.parquet", index=False)
             train = packed["train"]
@@ -354,6 +404,8 @@ class DataModule(L.LightningDataModule):
                                "characters": corpus.n_chars(s)} for s, pk in packed.items()},
                 "unigram_entropy_nats": float(-(p * p.log()).sum()),
                 "canaries": 0 if canaries is None else len(canaries),
+                "entities": {"method": self.entities, "count": 0 if corpus.entities is None else len(corpus.entities),
+                             "train_mentions": int((packed["train"].spans["kind"] == "name").sum())},
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             bar.update()
@@ -388,6 +440,7 @@ class DataModule(L.LightningDataModule):
                 self.splits[split] = PackedSplit(s["tokens"], int(s["n_real"]), int(s["block_size"]),
                                                  s["doc_offsets"].numpy(), pd.read_parquet(d / f"{split}_spans.parquet"))
         self.ground_truth_dir = d / "ground_truth"
+        self.entity_table = pd.read_parquet(d / "entities.parquet") if (d / "entities.parquet").is_file() else None
         canary_file = self.ground_truth_dir / "canaries.parquet"
         self.canaries = pd.read_parquet(canary_file) if canary_file.is_file() else None
         self._export()

@@ -1,0 +1,237 @@
+"""The exposure ledger: exact counts of what the model has trained on (design §4). Pure torch.
+
+Per training step the ledger does two device-side scatter operations and no host-device
+synchronisation: ``token`` counts (a ``torch.bincount`` of the batch's input ids) and ``sequence``
+counts (``index_add`` of ones at the batch's sample ids, padding windows excluded), plus a running
+minimum of the step at which each window was first trained. Entity mentions and entity-pair
+co-mentions are *derived* exactly from the sequence counts when read, through the fixed
+window→mention and window→pair incidence lists built once from the packed data:
+
+    mentions[e] = Σ_{mentions m of e} sequence[window(m)]
+    cooccurrence[a, b] = Σ_{windows w mentioning both a and b} sequence[w]
+
+so an entity's count is the number of its mentions in trained windows (a mention belongs to the
+window holding its first token) and a pair's count is the number of trained windows naming both.
+
+Under DDP each process counts its own batches into *pending* tensors; :meth:`ExposureLedger.sync`
+adds them up across processes with ``all_reduce(SUM)`` (never the default mean) into the totals,
+which are then identical on every process. Call it before reading, logging or checkpointing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+NEVER = torch.iinfo(torch.int64).max
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class ExposureLedger:
+    """Exact token / sequence / entity / co-mention exposure counts.
+
+    Args:
+        vocab_size: V, number of token ids (``token_ids`` must be < V).
+        n_windows: number of training windows (sample ids 0..n_windows-1).
+        mention_window: (M,) int64 sample id of each entity mention in the training windows.
+        mention_entity: (M,) int64 entity id of each mention.
+        n_entities: E, number of entities (ids 0..E-1); 0 when there are none.
+        device: where the counters live (the training device).
+
+    Attributes (totals after :meth:`sync`; int64):
+        token_counts: (V,) input positions holding each token id, padding included.
+        sequence_counts: (n_windows,) times each window was trained.
+        window_first_step: (n_windows,) first step that trained each window (``NEVER`` if none).
+        pair_a, pair_b: (P,) the entity pairs (a < b) that share at least one window.
+
+    Raises:
+        ValueError: if mention arrays differ in length or hold ids out of range.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_windows: int,
+        mention_window: torch.Tensor,
+        mention_entity: torch.Tensor,
+        n_entities: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        mention_window = torch.as_tensor(mention_window, dtype=torch.int64).flatten()
+        mention_entity = torch.as_tensor(mention_entity, dtype=torch.int64).flatten()
+        if mention_window.shape != mention_entity.shape:
+            raise ValueError(f"mention_window {tuple(mention_window.shape)} and mention_entity {tuple(mention_entity.shape)}: expected equal lengths")
+        if len(mention_window) and (mention_window.min() < 0 or mention_window.max() >= n_windows):
+            raise ValueError(f"mention_window holds ids outside [0, {n_windows})")
+        if len(mention_entity) and (mention_entity.min() < 0 or mention_entity.max() >= n_entities):
+            raise ValueError(f"mention_entity holds ids outside [0, {n_entities})")
+        self.vocab_size, self.n_windows, self.n_entities = int(vocab_size), int(n_windows), int(n_entities)
+        self.device = torch.device(device)
+        # pairs of distinct entities sharing a window: one incidence row per (window, pair)
+        uniq = torch.unique(mention_window * max(n_entities, 1) + mention_entity)
+        win, ent = uniq // max(n_entities, 1), uniq % max(n_entities, 1)
+        pw, pa, pb = self._window_pairs(win, ent)
+        key = pa * max(n_entities, 1) + pb
+        pair_keys, pair_index = torch.unique(key, return_inverse=True)
+        self.pair_a, self.pair_b = pair_keys // max(n_entities, 1), pair_keys % max(n_entities, 1)
+        self._mention_window, self._mention_entity = mention_window.to(self.device), mention_entity.to(self.device)
+        self._pair_window, self._pair_index = pw.to(self.device), pair_index.to(self.device)
+        z = dict(dtype=torch.int64, device=self.device)
+        self.token_counts = torch.zeros(self.vocab_size, **z)
+        self.sequence_counts = torch.zeros(self.n_windows, **z)
+        self.window_first_step = torch.full((self.n_windows,), NEVER, **z)
+        self._pending_tokens = torch.zeros(self.vocab_size, **z)
+        self._pending_sequences = torch.zeros(self.n_windows, **z)
+
+    @staticmethod
+    def _window_pairs(win: torch.Tensor, ent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All (window, a, b) with a < b both mentioned in the window; input sorted by window."""
+        if win.numel() == 0:
+            e = torch.zeros(0, dtype=torch.int64)
+            return e, e, e
+        counts = torch.unique_consecutive(win, return_counts=True)[1]
+        starts = torch.cumsum(counts, 0) - counts
+        ws, as_, bs = [], [], []
+        for k in torch.unique(counts).tolist():  # group windows by how many distinct entities they hold
+            if k < 2:
+                continue
+            sel = starts[counts == k]
+            block = sel[:, None] + torch.arange(k)  # (n_windows_with_k, k) positions into win/ent
+            i, j = torch.triu_indices(k, k, offset=1)
+            ws.append(win[block[:, 0]].repeat_interleave(len(i)))
+            as_.append(ent[block[:, i]].flatten())
+            bs.append(ent[block[:, j]].flatten())
+        if not ws:
+            e = torch.zeros(0, dtype=torch.int64)
+            return e, e, e
+        return torch.cat(ws), torch.cat(as_), torch.cat(bs)
+
+    # ------------------------------------------------------------------ per step (no sync)
+    @torch.no_grad()
+    def update(self, input_ids: torch.Tensor, sample_ids: torch.Tensor, step: int) -> None:
+        """Count one training batch. No host-device synchronisation.
+
+        Args:
+            input_ids: (B, T) int64 token ids the model received as inputs.
+            sample_ids: (B,) int64 window ids; negative ids (padding windows) count tokens only.
+            step: the training step that trained this batch (1-based ``trainer.global_step``).
+        """
+        self._pending_tokens += torch.bincount(input_ids.reshape(-1), minlength=self.vocab_size)
+        sid = sample_ids.reshape(-1)
+        valid = sid >= 0
+        idx = sid.clamp(min=0)
+        self._pending_sequences.index_add_(0, idx, valid.to(torch.int64))
+        steps = torch.where(valid, torch.full_like(sid, step), torch.full_like(sid, NEVER))
+        self.window_first_step.scatter_reduce_(0, idx, steps, reduce="amin")
+
+    # ------------------------------------------------------------------ reduction
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Fold pending counts into the totals, summed over all DDP processes (a collective call:
+        every process must call it at the same point). Without DDP it is a local add."""
+        if _distributed():
+            dist.all_reduce(self._pending_tokens, op=dist.ReduceOp.SUM)
+            dist.all_reduce(self._pending_sequences, op=dist.ReduceOp.SUM)
+            dist.all_reduce(self.window_first_step, op=dist.ReduceOp.MIN)
+        self.token_counts += self._pending_tokens
+        self.sequence_counts += self._pending_sequences
+        self._pending_tokens.zero_()
+        self._pending_sequences.zero_()
+
+    # ------------------------------------------------------------------ derived counts
+    def entity_mentions(self) -> torch.Tensor:
+        """(E,) int64 mentions of each entity in trained windows (call :meth:`sync` first)."""
+        out = torch.zeros(self.n_entities, dtype=torch.int64, device=self.device)
+        return out.index_add_(0, self._mention_entity, self.sequence_counts[self._mention_window])
+
+    def entity_first_step(self) -> torch.Tensor:
+        """(E,) int64 first step whose batch mentioned each entity (``NEVER`` if none yet)."""
+        out = torch.full((self.n_entities,), NEVER, dtype=torch.int64, device=self.device)
+        return out.scatter_reduce_(0, self._mention_entity, self.window_first_step[self._mention_window], reduce="amin")
+
+    def cooccurrence(self) -> torch.Tensor:
+        """(P,) int64 trained windows naming both ``pair_a[p]`` and ``pair_b[p]``."""
+        out = torch.zeros(len(self.pair_a), dtype=torch.int64, device=self.device)
+        return out.index_add_(0, self._pair_index, self.sequence_counts[self._pair_window])
+
+    def padding_tokens(self, block_size: int) -> torch.Tensor:
+        """() int64 input positions that belonged to padding windows (all ``<|endoftext|>``; they are
+        included in ``token_counts``): tokens seen − block_size × windows trained."""
+        return self.token_counts.sum() - block_size * self.sequence_counts.sum()
+
+    def summary(self, block_size: int | None = None) -> dict[str, int]:
+        """Headline counts (python ints; one device-to-host copy): tokens_seen (input positions,
+        padding included), distinct_tokens_seen, windows_seen (distinct), entities_seen (distinct),
+        mentions_seen, and padding_tokens when ``block_size`` is given."""
+        mentions = self.entity_mentions()
+        parts = [self.token_counts.sum(), (self.token_counts > 0).sum(), (self.sequence_counts > 0).sum(),
+                 (mentions > 0).sum(), mentions.sum()]
+        names = ["tokens_seen", "distinct_tokens_seen", "windows_seen", "entities_seen", "mentions_seen"]
+        if block_size is not None:
+            parts.append(self.padding_tokens(block_size))
+            names.append("padding_tokens")
+        return dict(zip(names, torch.stack(parts).tolist()))
+
+    # ------------------------------------------------------------------ probes
+    @torch.no_grad()
+    def familiarity(
+        self,
+        input_ids: torch.Tensor,
+        sample_ids: torch.Tensor | None = None,
+        spans: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-position exposure counts of probe windows at the current step.
+
+        Args:
+            input_ids: (B, T) token ids.
+            sample_ids: (B,) training window ids of the rows, or -1 for windows that are not training
+                windows (held-out, shuffled, random); None = all -1.
+            spans: ``(row, start, end, entity)`` int64 tensors (N,) of entity mentions in the rows:
+                positions ``start <= t < end`` of row ``row`` belong to ``entity`` (clipped to T).
+        Returns:
+            ``token`` (B, T): exposures of each position's input token; ``sequence`` (B, T): times
+            the row's window was trained (0 for non-training windows); ``entity`` (B, T): mentions of
+            the entity the position belongs to, -1 outside mentions. All int64.
+        """
+        B, T = input_ids.shape
+        dev = self.device
+        token = self.token_counts[input_ids.to(dev)]
+        seq = torch.zeros(B, dtype=torch.int64, device=dev)
+        if sample_ids is not None:
+            sid = sample_ids.to(dev)
+            ok = (sid >= 0) & (sid < self.n_windows)
+            seq = torch.where(ok, self.sequence_counts[sid.clamp(0, self.n_windows - 1)], seq)
+        entity = torch.full((B, T), -1, dtype=torch.int64, device=dev)
+        if spans is not None and len(spans[0]):
+            row, start, end, ent = (torch.as_tensor(s, dtype=torch.int64, device=dev) for s in spans)
+            start, end = start.clamp(0, T), end.clamp(0, T)
+            length = (end - start).clamp(min=0)
+            pos = torch.repeat_interleave(start, length) + (
+                torch.arange(int(length.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(length, 0) - length, length))
+            entity[torch.repeat_interleave(row, length), pos] = self.entity_mentions()[torch.repeat_interleave(ent, length)]
+        return {"token": token, "sequence": seq[:, None].expand(B, T), "entity": entity}
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """Totals on CPU (call :meth:`sync` first so nothing is pending)."""
+        return {"token_counts": self.token_counts.cpu(), "sequence_counts": self.sequence_counts.cpu(),
+                "window_first_step": self.window_first_step.cpu(), "vocab_size": self.vocab_size,
+                "n_windows": self.n_windows, "n_entities": self.n_entities}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore totals saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: if the saved ledger was built for different data (sizes differ).
+        """
+        for k in ("vocab_size", "n_windows", "n_entities"):
+            if int(state[k]) != getattr(self, k):
+                raise ValueError(f"ledger checkpoint has {k}={int(state[k])} but this run has {getattr(self, k)}: expected the same data and tokenizer")
+        self.token_counts.copy_(state["token_counts"])
+        self.sequence_counts.copy_(state["sequence_counts"])
+        self.window_first_step.copy_(state["window_first_step"])
+        self._pending_tokens.zero_()
+        self._pending_sequences.zero_()

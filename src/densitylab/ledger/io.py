@@ -1,0 +1,83 @@
+"""Ledger outputs: parquet tables (written atomically) and the rank-frequency plot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from densitylab.ledger.exposure import NEVER, ExposureLedger
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | None, entity_names: list[str]) -> dict[str, pd.DataFrame]:
+    """The ledger as tables (call ``ledger.sync()`` first).
+
+    Returns:
+        ``tokens``: token_id, token (decoded text), count; ``entities``: entity_id, entity, mentions,
+        first_step (nullable: never mentioned yet); ``cooccurrence``: entity_a, entity_b (names,
+        entity_a < entity_b alphabetically), entity_id_a, entity_id_b, count (pairs with count > 0).
+    """
+    counts = ledger.token_counts.cpu().numpy()
+    ids = np.arange(len(counts))
+    tokens = pd.DataFrame({"token_id": ids, "token": [token_text(int(i)) if token_text else str(i) for i in ids], "count": counts})
+    mentions = ledger.entity_mentions().cpu().numpy()
+    first = ledger.entity_first_step().cpu().numpy()
+    entities = pd.DataFrame({
+        "entity_id": np.arange(ledger.n_entities), "entity": list(entity_names), "mentions": mentions,
+        "first_step": pd.array(np.where(first == NEVER, 0, first), dtype="Int64"),
+    })
+    entities.loc[first == NEVER, "first_step"] = pd.NA
+    co = ledger.cooccurrence().cpu().numpy()
+    keep = co > 0
+    a, b = ledger.pair_a.numpy()[keep], ledger.pair_b.numpy()[keep]
+    names = np.asarray(entity_names, dtype=object)
+    if len(a):  # store each unordered pair once, names in alphabetical order (as the ground truth does)
+        swap = names[a] > names[b]
+        a, b = np.where(swap, b, a), np.where(swap, a, b)
+    cooc = pd.DataFrame({"entity_a": names[a] if len(a) else [], "entity_b": names[b] if len(b) else [],
+                         "entity_id_a": a, "entity_id_b": b, "count": co[keep]})
+    return {"tokens": tokens, "entities": entities, "cooccurrence": cooc}
+
+
+def write_ledger(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> None:
+    """Write ``{name}.parquet`` for each table into ``out_dir`` (temporary file, then rename)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        _write_parquet(df, out / f"{name}.parquet")
+
+
+def plot_rank_frequency(tables: dict[str, pd.DataFrame], path: str | Path, step: int | None = None) -> None:
+    """Log-log rank-frequency plot of token and entity exposure counts (Zipf's law check)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for name, col, label in (("tokens", "count", "tokens (input positions)"), ("entities", "mentions", "entities (mentions)")):
+        c = np.sort(tables[name][col].to_numpy())[::-1]
+        c = c[c > 0]
+        if len(c):
+            ax.loglog(np.arange(1, len(c) + 1), c, label=f"{label}: {len(c)} seen")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("exposures")
+    ax.set_title("Exposure rank-frequency" + (f" at step {step}" if step is not None else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Pure measurements: tensors in, records out. No Lightning imports here."""
