@@ -137,6 +137,29 @@ def ledger_update_cost(dm, device, n: int = 500) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def probe_call_cost(dm, device, windows_per_set: int = 32, repeats: int = 3) -> float:
+    """Seconds of one density probe call (all probe sets, all layers, records with CIs) on the tiny
+    model: what ``DensityCallback`` does at each probe step."""
+    from densitylab.ledger import ExposureLedger
+    from densitylab.probes.density import density_records, measure_density
+    from densitylab.probes.sets import build_probe_sets
+
+    packed = dm.splits["train"]
+    names = packed.spans[packed.spans["kind"] == "name"]
+    led = ExposureLedger(4096, packed.n_windows, torch.tensor(names["sample_id"].to_numpy()),
+                         torch.tensor(names["entity"].to_numpy()), len(dm.entity_table), device)
+    sets = build_probe_sets(dm.splits, dm.vocab_size, windows_per_set, 0, dm.eos_id)
+    model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=dm.block_size)).model.to(device).eval()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        metrics = {s.name: measure_density(model, s.input_ids, 32) for s in sets}
+        fam = {s.name: {k: v.cpu().numpy() for k, v in led.familiarity(s.input_ids, s.sample_ids, s.spans).items()} for s in sets}
+        density_records(0, metrics, fam, "token")
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
@@ -146,9 +169,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternate the three loops this many times; median of each")
     ap.add_argument("--data", choices=["shakespeare", "random"], default="shakespeare")
     ap.add_argument("--no-progress-bar", action="store_true")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default mmap thresholds")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
+    if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
+        from densitylab.system import tune_malloc
+
+        tune_malloc()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as cache:
         dm = make_datamodule(args, cache)
@@ -158,19 +186,22 @@ def main() -> None:
             runs["lightning"].append(lightning_loop(args, dm, device, ledger=False))
             runs["lightning+ledger"].append(lightning_loop(args, dm, device, ledger=True))
         update_s = ledger_update_cost(dm, device)
+        probe_s = probe_call_cost(dm, device)
     best = {k: float(np.median(v)) for k, v in runs.items()}  # median: the 2-core machine has outliers both ways
     step_s = args.batch * args.block / best["lightning"]
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
-        "model": MODEL | {"vocab_size": 4096}, "batch": args.batch, "timed_steps": args.steps, "data": args.data,
+        "model": MODEL | {"vocab_size": 4096}, "batch": args.batch, "malloc_tuning": not args.no_malloc_tuning, "timed_steps": args.steps, "data": args.data,
         "tokens_per_sec": best, "ratio_lightning_over_plain": best["lightning"] / best["plain"],
         "ledger_slowdown": 1 - best["lightning+ledger"] / best["lightning"],
-        "ledger_update_ms": update_s * 1e3, "ledger_update_fraction_of_step": update_s / step_s, "all": runs,
+        "ledger_update_ms": update_s * 1e3, "ledger_update_fraction_of_step": update_s / step_s,
+        "density_probe_call_s": probe_s, "density_probe_call_in_steps": probe_s / step_s, "all": runs,
     }
     print(f"plain PyTorch loop  : {best['plain']:10.0f} tokens/s")
     print(f"Lightning step      : {best['lightning']:10.0f} tokens/s   ratio to plain {result['ratio_lightning_over_plain']:.3f}")
     print(f"Lightning + ledger  : {best['lightning+ledger']:10.0f} tokens/s   slowdown {100 * result['ledger_slowdown']:+.2f}%")
     print(f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% of a {step_s * 1e3:.0f} ms step")
+    print(f"density probe call  : {probe_s:.2f} s = {probe_s / step_s:.1f} training steps (5 sets x 32 windows)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

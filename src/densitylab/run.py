@@ -117,6 +117,10 @@ def train(cfg: DictConfig) -> dict:
     quiet_lightning_logging()
 
     t_start = time.time()
+    if cfg.get("malloc_tuning", True):
+        from densitylab.system import tune_malloc
+
+        tune_malloc()
     output_dir = Path(cfg.paths.output_dir)
     ckpt = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
     _check_output_dir(output_dir, resuming=ckpt is not None)
@@ -166,6 +170,11 @@ def train(cfg: DictConfig) -> dict:
                 if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
                     lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             write_json_atomic(output_dir / "summary.json", summary)
+            if (output_dir / "probes" / "density.parquet").is_file():
+                from densitylab.report.density import density_report, format_table
+
+                plots, table = density_report([output_dir])
+                log.info("density report in %s:\n%s", plots, format_table(table))
         return summary
     finally:
         _finish_wandb()
@@ -181,6 +190,10 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
     tput = next((c for c in callbacks if isinstance(c, ThroughputLogger)), None)
     val_loss = float(val[0]["val/loss"]) if val and "val/loss" in val[0] else metric("val/loss")
     model = lit.model
+    extra = {}
+    for cb in callbacks:  # probes contribute their final headline numbers
+        if hasattr(cb, "summary_metrics"):
+            extra.update(cb.summary_metrics())
     return {
         "status": "completed",
         "experiment": cfg.experiment_name,
@@ -201,6 +214,7 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
         "device": str(lit.device),
         "precision": str(trainer.precision),
         "world_size": int(trainer.world_size),
+        **extra,
     }
 
 

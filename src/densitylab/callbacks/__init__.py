@@ -1,6 +1,7 @@
 """Thin Lightning adapters: schedule measurements and log them. No math lives here."""
 
+from densitylab.callbacks.density import DensityCallback
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
 
-__all__ = ["FiniteLossGuard", "LedgerCallback", "ThroughputLogger"]
+__all__ = ["DensityCallback", "FiniteLossGuard", "LedgerCallback", "ThroughputLogger"]
