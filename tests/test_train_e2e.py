@@ -265,3 +265,53 @@ def test_capitalized_entities_on_shakespeare_are_characters(tmp_path, cache_dir)
                   "Camillo", "Gloucester", "Bianca", "Tranio", "Lucentio", "Petruchio", "Isabella", "Hastings",
                   "Northumberland", "Lancaster", "Pompey", "Aufidius", "Menenius", "Paulina", "Escalus", "Margaret"}
     assert len(set(top) & characters) >= 6, top
+
+
+def test_smoke_density_records_every_layer_set_view_and_step(smoke_run: Path):
+    from densitylab.probes.schedule import is_scheduled
+
+    df = pd.read_parquet(smoke_run / "probes" / "density.parquet")
+    assert sorted(df["step"].unique()) == [s for s in range(81) if is_scheduled(s, 20)]
+    metrics = df[df["metric"].isin(["active_frac", "hoyer", "top5_energy", "eff_rank"])]
+    sets = pd.read_parquet(smoke_run / "probes" / "probe_sets.parquet")
+    positions = sets.groupby("probe_set")["tokens"].apply(lambda t: sum(len(x) for x in t)).to_dict()
+    assert set(positions) == {"seen", "heldout", "unfamiliar_entities", "shuffled", "random"}
+    for step in df["step"].unique():
+        for layer in (0, 1):
+            for name, n_pos in positions.items():
+                views = {"all", "token", "sequence"} | ({"entity"} if name in ("seen", "heldout", "unfamiliar_entities") else set())
+                sub = metrics[(metrics["step"] == step) & (metrics["layer"] == layer) & (metrics["probe_set"] == name)]
+                assert set(sub["view"]) == views, (step, layer, name)
+                for view in ("all", "token", "sequence"):
+                    n = sub[(sub["view"] == view) & (sub["metric"] == "active_frac")]["n"].sum()
+                    assert n == n_pos, (step, layer, name, view)
+    assert ((metrics["ci_low"] <= metrics["value"]) & (metrics["value"] <= metrics["ci_high"])).all()
+    assert metrics["value"].between(0, 1).all()
+    # step 0: nothing trained yet, so every familiarity is bucket 0
+    first = metrics[(metrics["step"] == 0) & (metrics["view"] != "all")]
+    assert (first["bucket"] == 0).all()
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert {"density/L0/slope", "density/L1/slope", "density/L0/gap", "density/L1/slope_ci_low"} <= set(summary)
+    assert summary["density/probe_calls"] == len(df["step"].unique())
+    for plot in ("density_over_training.png", "density_vs_familiarity.png"):
+        assert (smoke_run / "plots" / plot).stat().st_size > 10_000
+
+
+def test_multirun_seeds_then_report_aggregates_across_seeds(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", "experiment=smoke", "logger=csv", "seed=0,1", "trainer.max_steps=40",
+                     f"hydra.sweep.dir={sweep}", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.parent for p in sweep.rglob("probes/density.parquet"))
+    assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
+    out = subprocess.run([sys.executable, "-m", "densitylab.report", str(sweep)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pd.read_csv(sweep / "report" / "density_headline.csv")
+    assert list(table["layer"]) == [0, 1] and (table["n_runs"] == 2).all()
+    assert (table["slope_ci_low"] <= table["slope"]).all() and (table["slope"] <= table["slope_ci_high"]).all()
+    assert (sweep / "report" / "density_over_training.png").is_file()
+    assert "layer 0: slope" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")], capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")

@@ -274,15 +274,19 @@ class GPT(nn.Module):
         T = seq_len or cfg.block_size
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.d_head * T
 
-    def forward(self, idx: torch.Tensor, head_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, head_mask: torch.Tensor | None = None, stop_at_layer: int | None = None) -> torch.Tensor:
         """Compute next-token logits.
 
         Args:
             idx: (B, T) int64 token ids, T <= ``block_size``.
             head_mask: optional (L, H) or (B, L, H) multipliers on each head's output
                 (1 keeps a head, 0 zero-ablates it; HF GPT-2's ``head_mask`` convention).
+            stop_at_layer: run only blocks ``0 .. stop_at_layer-1`` and return the residual stream
+                (B, T, d) after them, skipping ``ln_f`` and ``lm_head`` (TransformerLens semantics;
+                probes that only read hooks use it).
         Returns:
-            (B, T, vocab_size) logits (float32 unless run under autocast).
+            (B, T, vocab_size) logits (float32 unless run under autocast), or the (B, T, d) residual
+            stream with ``stop_at_layer``.
         Raises:
             ValueError: if T exceeds ``block_size``.
         """
@@ -292,10 +296,14 @@ class GPT(nn.Module):
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
+            if stop_at_layer is not None and i >= stop_at_layer:
+                return x
             mask = None
             if head_mask is not None:
                 mask = head_mask[i] if head_mask.dim() == 2 else head_mask[:, i]
             x = block(x, mask)
+        if stop_at_layer is not None:
+            return x
         return self.lm_head(self.transformer.ln_f(x))
 
     @contextmanager

@@ -129,7 +129,7 @@ def measure_density(model, input_ids: torch.Tensor, batch_size: int = 16) -> dic
     with model.hooks(hooks):
         for s in range(0, len(input_ids), batch_size):
             current.clear()
-            model(input_ids[s : s + batch_size].to(device))
+            model(input_ids[s : s + batch_size].to(device), stop_at_layer=n_layer)  # no lm_head: hooks only
             for k, v in current.items():
                 out[k].append(v.float().cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items()}
@@ -154,28 +154,32 @@ def _positions(name: str, metrics: dict[str, np.ndarray], familiarity: dict[str,
 
 def _grouped_ci(pos: pd.DataFrame, metric_cols: list[str], level: float = 0.95) -> pd.DataFrame:
     """Cluster-robust mean and CI per (probe_set, view, bucket) for every metric column (windows =
-    clusters), vectorised with groupby (same estimator as :func:`cluster_mean_ci`)."""
+    clusters), vectorised over groups and metrics (same estimator as :func:`cluster_mean_ci`)."""
     from scipy import stats
 
     keys = ["probe_set", "view", "bucket"]
-    per_w = pos.groupby(keys + ["row"], sort=False)[metric_cols].agg(["sum", "size"])
-    sums = per_w.xs("sum", axis=1, level=1)
-    sizes = per_w[(metric_cols[0], "size")].rename("n_w")
-    g = sums.join(sizes).reset_index()
-    tot = g.groupby(keys, sort=False)
-    n = tot["n_w"].sum()
-    k = tot["n_w"].size()
+    # one row per (group, window): sums of each metric and the number of positions
+    gw = pos.groupby(keys + ["row"], sort=False)
+    sums = gw[metric_cols].sum()
+    n_w = gw.size().to_numpy().astype(np.float64)
+    groups = sums.index.droplevel("row")
+    gid, uniq = pd.factorize(groups)
+    n_g = np.bincount(gid, weights=n_w)
+    k_g = np.bincount(gid).astype(np.float64)
+    S = sums.to_numpy()  # (rows, metrics)
+    S_g = np.stack([np.bincount(gid, weights=S[:, j]) for j in range(S.shape[1])], axis=1)
+    mean = S_g / n_g[:, None]
+    resid = S - mean[gid] * n_w[:, None]
+    R_g = np.stack([np.bincount(gid, weights=resid[:, j] ** 2) for j in range(S.shape[1])], axis=1)
+    se = np.sqrt(k_g[:, None] / np.maximum(k_g - 1, 1)[:, None] * R_g) / n_g[:, None]
+    t = stats.t.ppf(0.5 + level / 2, np.maximum(k_g - 1, 1))
+    half = np.where((k_g >= 2)[:, None], t[:, None] * se, np.inf)
+    idx = pd.MultiIndex.from_tuples(list(uniq), names=keys).to_frame(index=False)
     records = []
-    for m in metric_cols:
-        mean = tot[m].sum() / n
-        g["_mean"] = g.set_index(keys).index.map(mean.to_dict())
-        resid2 = ((g[m] - g["_mean"] * g["n_w"]) ** 2).groupby([g[c] for c in keys], sort=False).sum()
-        se = np.sqrt(k / (k - 1).clip(lower=1) * resid2) / n
-        t = pd.Series(stats.t.ppf(0.5 + level / 2, (k - 1).clip(lower=1)), index=k.index)
-        half = (t * se).where(k >= 2, np.inf)
+    for j, m in enumerate(metric_cols):
         layer, metric = m.split("/")
-        records.append(pd.DataFrame({"layer": int(layer[1:]), "metric": metric, "value": mean, "ci_low": mean - half,
-                                     "ci_high": mean + half, "n": n, "n_windows": k}).reset_index())
+        records.append(idx.assign(layer=int(layer[1:]), metric=metric, value=mean[:, j], ci_low=mean[:, j] - half[:, j],
+                                  ci_high=mean[:, j] + half[:, j], n=n_g.astype(np.int64), n_windows=k_g.astype(np.int64)))
     return pd.concat(records, ignore_index=True)
 
 

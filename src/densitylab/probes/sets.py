@@ -22,7 +22,7 @@ def _spans_for(packed: PackedSplit, windows: np.ndarray):
         return None
     row_of = pd.Series(np.arange(len(windows)), index=windows)
     cols = (row_of.loc[names["sample_id"]].to_numpy(), names["start"].to_numpy(), names["end"].to_numpy(), names["entity"].to_numpy())
-    return tuple(torch.as_tensor(np.ascontiguousarray(c), dtype=torch.int64) for c in cols)
+    return tuple(torch.tensor(np.asarray(c), dtype=torch.int64) for c in cols)
 
 
 def _draw(packed: PackedSplit, n: int, rng: np.random.Generator) -> np.ndarray:
