@@ -63,7 +63,8 @@ def plain_loop(args, dm, device) -> float:
                             lr=1e-3, betas=(0.9, 0.95), fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, 10, args.warmup + args.steps, 0.1))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    t0 = None
+    dm.trainer = None  # a previous Lightning run left its trainer here: its global step would skip batches
+    t0, timed = None, 0
     for i, batch in enumerate(dm.train_dataloader()):
         if i == args.warmup:
             if device.type == "cuda":
@@ -78,11 +79,14 @@ def plain_loop(args, dm, device) -> float:
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss.item()  # as a loop that prints its loss does
+        timed += i >= args.warmup
         if i + 1 == args.warmup + args.steps:
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return args.steps * args.batch * args.block / (time.perf_counter() - t0)
+    if timed != args.steps:
+        raise RuntimeError(f"the data ran out after {timed} timed steps: expected {args.steps}; lower --steps")
+    return timed * args.batch * args.block / (time.perf_counter() - t0)
 
 
 def lightning_loop(args, dm, device, ledger: bool) -> float:
@@ -115,7 +119,10 @@ def lightning_loop(args, dm, device, ledger: bool) -> float:
             enable_model_summary=False, enable_progress_bar=not args.no_progress_bar, limit_val_batches=0,
             num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=callbacks, default_root_dir=tmp,
         )
+        dm.trainer = None
         trainer.fit(lit, datamodule=dm)
+        if trainer.global_step != args.warmup + args.steps:
+            raise RuntimeError(f"Lightning stopped at step {trainer.global_step}: expected {args.warmup + args.steps}")
     return args.steps * args.batch * args.block / (timer.t1 - timer.t0)
 
 
@@ -127,6 +134,7 @@ def ledger_update_cost(dm, device, n: int = 500) -> float:
     names = packed.spans[packed.spans["kind"] == "name"]
     led = ExposureLedger(4096, packed.n_windows, torch.tensor(names["sample_id"].to_numpy()),
                          torch.tensor(names["entity"].to_numpy()), len(dm.entity_table), device)
+    dm.trainer = None
     batches = [{k: v.to(device) for k, v in b.items()} for _, b in zip(range(20), dm.train_dataloader())]
     t0 = time.perf_counter()
     for i in range(n):
@@ -160,6 +168,26 @@ def probe_call_cost(dm, device, windows_per_set: int = 32, repeats: int = 3) -> 
     return float(np.median(times))
 
 
+def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tuple[float, int, int]:
+    """Seconds of one modularity probe call (every head and MLP group mean-ablated, every task) on the
+    tiny model; returns (seconds, components, tasks)."""
+    from densitylab.probes.modularity import ablation_effects
+    from densitylab.probes.sets import build_probe_sets, task_masks
+
+    probe = next(s for s in build_probe_sets(dm.splits, dm.vocab_size, windows, 0, dm.eos_id) if s.name == "heldout")
+    counts = torch.bincount(dm.splits["train"].tokens, minlength=4096)
+    tasks = task_masks(dm.splits["heldout"], probe, counts)
+    x = probe.input_ids
+    y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
+    model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=dm.block_size)).model.to(device).eval()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        comps, E, _ = ablation_effects(model, x, y, tasks, mlp_groups=MODEL["n_head"])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), len(comps), len(tasks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
@@ -187,6 +215,7 @@ def main() -> None:
             runs["lightning+ledger"].append(lightning_loop(args, dm, device, ledger=True))
         update_s = ledger_update_cost(dm, device)
         probe_s = probe_call_cost(dm, device)
+        mod_s, n_comp, n_task = modularity_call_cost(dm, device)
     best = {k: float(np.median(v)) for k, v in runs.items()}  # median: the 2-core machine has outliers both ways
     step_s = args.batch * args.block / best["lightning"]
     result = {
@@ -195,13 +224,15 @@ def main() -> None:
         "tokens_per_sec": best, "ratio_lightning_over_plain": best["lightning"] / best["plain"],
         "ledger_slowdown": 1 - best["lightning+ledger"] / best["lightning"],
         "ledger_update_ms": update_s * 1e3, "ledger_update_fraction_of_step": update_s / step_s,
-        "density_probe_call_s": probe_s, "density_probe_call_in_steps": probe_s / step_s, "all": runs,
+        "density_probe_call_s": probe_s, "density_probe_call_in_steps": probe_s / step_s,
+        "modularity_probe_call_s": mod_s, "modularity_components": n_comp, "modularity_tasks": n_task, "all": runs,
     }
     print(f"plain PyTorch loop  : {best['plain']:10.0f} tokens/s")
     print(f"Lightning step      : {best['lightning']:10.0f} tokens/s   ratio to plain {result['ratio_lightning_over_plain']:.3f}")
     print(f"Lightning + ledger  : {best['lightning+ledger']:10.0f} tokens/s   slowdown {100 * result['ledger_slowdown']:+.2f}%")
     print(f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% of a {step_s * 1e3:.0f} ms step")
     print(f"density probe call  : {probe_s:.2f} s = {probe_s / step_s:.1f} training steps (5 sets x 32 windows)")
+    print(f"modularity call     : {mod_s:.2f} s for {n_comp} components x {n_task} tasks on 32 held-out windows")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -315,3 +315,21 @@ def test_multirun_seeds_then_report_aggregates_across_seeds(tmp_path, cache_dir)
     bad = subprocess.run([sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")], capture_output=True,
                          text=True, timeout=60, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_smoke_modularity_rows_and_scores(smoke_run: Path):
+    from densitylab.probes.schedule import is_scheduled
+
+    df = pd.read_parquet(smoke_run / "probes" / "modularity.parquet")
+    steps = [s for s in range(81) if is_scheduled(s, 40)]
+    assert sorted(df["step"].unique()) == [-1] + steps  # -1: the untrained control
+    n_comp = 2 * 2 + 2 * 2  # smoke: 2 layers x (2 heads + 2 MLP groups)
+    tasks = {"name", "birth_date", "birth_city", "university", "major", "employer", "employer_city"}
+    for step, g in df.groupby("step"):
+        assert set(g["task"]) == tasks and g["component"].nunique() == n_comp and len(g) == n_comp * len(tasks)
+    assert df["delta_loss"].notna().all()
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    for k in ("modularity/score", "modularity/score_heads", "modularity/score_mlp", "modularity/control_score"):
+        assert 0.0 <= summary[k] <= 1.0, k
+    assert summary["modularity/score_minus_control"] == pytest.approx(summary["modularity/score"] - summary["modularity/control_score"])
+    assert (smoke_run / "plots" / "modularity_over_training.png").stat().st_size > 10_000

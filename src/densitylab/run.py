@@ -6,7 +6,6 @@ folder is Hydra's output folder; see the README ("What the run folder holds").
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,15 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from densitylab.errors import ConfigError, DensitylabError
+from densitylab.io import write_json_atomic
 
 log = logging.getLogger("densitylab")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename (never half a file)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -175,6 +168,10 @@ def train(cfg: DictConfig) -> dict:
 
                 plots, table = density_report([output_dir])
                 log.info("density report in %s:\n%s", plots, format_table(table))
+            if (output_dir / "probes" / "modularity.parquet").is_file():
+                from densitylab.report.modularity import plot_modularity
+
+                plot_modularity(output_dir)
         return summary
     finally:
         _finish_wandb()

@@ -2,6 +2,7 @@
 
 from densitylab.callbacks.density import DensityCallback
 from densitylab.callbacks.ledger import LedgerCallback
+from densitylab.callbacks.modularity import ModularityCallback
 from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
 
-__all__ = ["DensityCallback", "FiniteLossGuard", "LedgerCallback", "ThroughputLogger"]
+__all__ = ["DensityCallback", "FiniteLossGuard", "LedgerCallback", "ModularityCallback", "ThroughputLogger"]

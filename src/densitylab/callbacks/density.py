@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
-import torch
 
 from densitylab.callbacks.ledger import LedgerCallback
+from densitylab.io import write_parquet_atomic
 from densitylab.probes.density import METRICS, density_records, measure_density
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets, probe_sets_table
 
 log = logging.getLogger(__name__)
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 class DensityCallback(L.Callback):
@@ -67,7 +59,7 @@ class DensityCallback(L.Callback):
         self.sets = build_probe_sets(dm.splits, dm.vocab_size, self.windows_per_set, self.seed, dm.eos_id)
         self.primary_view = "entity" if any(s.spans is not None for s in self.sets if s.name == "seen") else "token"
         if trainer.is_global_zero and self.output_dir is not None:
-            _write_parquet(probe_sets_table(self.sets), self.output_dir / "probes" / "probe_sets.parquet")
+            write_parquet_atomic(probe_sets_table(self.sets), self.output_dir / "probes" / "probe_sets.parquet")
             old = self.output_dir / "probes" / "density.parquet"
             if old.is_file():  # resumed into the same folder: keep the earlier records
                 self.rows = [pd.read_parquet(old)]
@@ -110,7 +102,7 @@ class DensityCallback(L.Callback):
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         if self.output_dir is not None:
-            _write_parquet(pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "density.parquet")
+            write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "density.parquet")
         self._log(trainer, step, rows, headline)
 
     def _log(self, trainer: L.Trainer, step: int, rows: pd.DataFrame, headline: dict[str, float]) -> None:

@@ -9,13 +9,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from densitylab.io import write_parquet_atomic
 from densitylab.ledger.exposure import NEVER, ExposureLedger
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | None, entity_names: list[str]) -> dict[str, pd.DataFrame]:
@@ -53,7 +48,7 @@ def write_ledger(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
-        _write_parquet(df, out / f"{name}.parquet")
+        write_parquet_atomic(df, out / f"{name}.parquet")
 
 
 def plot_rank_frequency(tables: dict[str, pd.DataFrame], path: str | Path, step: int | None = None) -> None:

@@ -87,12 +87,15 @@ class ProbeSet:
         input_ids: (N, T) int64 token ids.
         sample_ids: (N,) int64 training window ids, -1 for windows that are not training windows.
         spans: entity mentions ``(row, start, end, entity)``, int64 tensors of shape (M,), or None.
+        window_ids: (N,) int64 window ids inside the split the rows come from (None for generated
+            sets), to look up that split's other spans (e.g. attribute values).
     """
 
     name: str
     input_ids: torch.Tensor
     sample_ids: torch.Tensor
     spans: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    window_ids: torch.Tensor | None = None
 
 
 @torch.no_grad()

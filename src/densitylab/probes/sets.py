@@ -57,15 +57,16 @@ def build_probe_sets(splits: dict[str, PackedSplit], vocab_size: int, n_windows:
     sets = []
     w = _draw(splits["train"], n_windows, rng)
     sets.append(ProbeSet("seen", torch.stack([splits["train"].window(int(i))[0] for i in w]),
-                         torch.as_tensor(w, dtype=torch.int64), _spans_for(splits["train"], w)))
+                         torch.as_tensor(w, dtype=torch.int64), _spans_for(splits["train"], w), torch.as_tensor(w)))
     hw = _draw(splits["heldout"], n_windows, rng)
     held = torch.stack([splits["heldout"].window(int(i))[0] for i in hw])
     none = torch.full((len(hw),), -1, dtype=torch.int64)
-    sets.append(ProbeSet("heldout", held, none, _spans_for(splits["heldout"], hw)))
+    sets.append(ProbeSet("heldout", held, none, _spans_for(splits["heldout"], hw), torch.as_tensor(hw)))
     if "unfamiliar" in splits:
         uw = _draw(splits["unfamiliar"], n_windows, rng)
         sets.append(ProbeSet("unfamiliar_entities", torch.stack([splits["unfamiliar"].window(int(i))[0] for i in uw]),
-                             torch.full((len(uw),), -1, dtype=torch.int64), _spans_for(splits["unfamiliar"], uw)))
+                             torch.full((len(uw),), -1, dtype=torch.int64), _spans_for(splits["unfamiliar"], uw),
+                             torch.as_tensor(uw)))
     perm = torch.as_tensor(np.stack([rng.permutation(held.shape[1]) for _ in range(len(held))]))
     sets.append(ProbeSet("shuffled", torch.gather(held, 1, perm), none.clone(), None))
     T = held.shape[1]
@@ -80,3 +81,48 @@ def probe_sets_table(sets: list[ProbeSet]) -> pd.DataFrame:
     """The probe sets as a table (probe_set, row, sample_id, tokens) for ``probes/probe_sets.parquet``."""
     return pd.DataFrame([{"probe_set": s.name, "row": r, "sample_id": int(s.sample_ids[r]), "tokens": s.input_ids[r].tolist()}
                          for s in sets for r in range(len(s.input_ids))])
+
+
+def task_masks(packed: PackedSplit, probe: ProbeSet, token_counts: torch.Tensor | None = None,
+               n_freq_buckets: int = 4) -> dict[str, torch.Tensor]:
+    """Tasks for the modularity probe on the rows of ``probe`` (drawn from ``packed``): the positions
+    whose **target** (next token) belongs to the task, as (N, T) bool masks.
+
+    With attribute spans (synthetic data): one task per span kind: ``name`` and each attribute
+    (``birth_date``, ``birth_city``, ...) = positions predicting a token of such a span. Otherwise
+    (text): ``entity`` / ``non_entity`` (target inside an entity mention or not) plus
+    ``freq_1..freq_n`` = targets split into ``n_freq_buckets`` equal-count groups by their token
+    exposure (``token_counts``, from the ledger; rarest first). Tasks without any position are dropped.
+    """
+    N, T = probe.input_ids.shape
+    rows = pd.Series(np.arange(N), index=probe.window_ids.numpy())
+    spans = packed.spans[packed.spans["sample_id"].isin(rows.index)]
+    kinds = sorted(set(spans["kind"])) if len(spans) else []
+    masks: dict[str, torch.Tensor] = {}
+
+    def span_mask(sel: pd.DataFrame) -> torch.Tensor:
+        m = torch.zeros(N, T, dtype=torch.bool)
+        for r, a, b in zip(rows.loc[sel["sample_id"]].to_numpy(), sel["start"].to_numpy(), sel["end"].to_numpy()):
+            lo, hi = max(int(a) - 1, 0), min(int(b) - 1, T)  # position p predicts token p + 1
+            if hi > lo:
+                m[r, lo:hi] = True
+        return m
+
+    if len(kinds) > 1:  # attribute spans present
+        for k in kinds:
+            masks[k] = span_mask(spans[spans["kind"] == k])
+    else:
+        ent = span_mask(spans[spans["kind"] == "name"]) if kinds else torch.zeros(N, T, dtype=torch.bool)
+        masks["entity"], masks["non_entity"] = ent, ~ent
+        if token_counts is not None:
+            target_ids = torch.cat([probe.input_ids[:, 1:], probe.input_ids[:, -1:]], 1)  # last position: no target in-window
+            c = token_counts.cpu()[target_ids].double().log1p()
+            edges = torch.quantile(c[:, :-1].flatten(), torch.linspace(0, 1, n_freq_buckets + 1, dtype=torch.float64))
+            b = torch.bucketize(c, edges[1:-1], right=True)
+            for i in range(n_freq_buckets):
+                masks[f"freq_{i + 1}"] = b == i
+    for k in list(masks):
+        masks[k][:, -1] = False  # the target of the last input position lies outside the window
+        if not masks[k].any():
+            del masks[k]
+    return masks

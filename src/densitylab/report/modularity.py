@@ -1,0 +1,59 @@
+"""Modularity plot from ``probes/modularity.parquet`` (no W&B needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from densitylab.probes.modularity import Component, modularity_summary
+
+
+def scores_by_step(df: pd.DataFrame, eps: float = 1e-3) -> pd.DataFrame:
+    """Recompute score / score_heads / score_mlp for every step of a modularity table (step -1 is the
+    untrained control)."""
+    out = []
+    for step, g in df.groupby("step"):
+        E = g.pivot_table(index=["kind", "layer", "index"], columns="task", values="delta_loss", sort=True)
+        comps = [Component(k, int(l), int(i)) for k, l, i in E.index]
+        out.append({"step": int(step), **modularity_summary(comps, E.to_numpy(), eps)})
+    return pd.DataFrame(out)
+
+
+def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``plots/modularity_over_training.png``: modularity scores against step, the untrained
+    control as dashed lines.
+
+    Raises:
+        FileNotFoundError: if the run has no ``probes/modularity.parquet``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run_dir)
+    f = run / "probes" / "modularity.parquet"
+    if not f.is_file():
+        raise FileNotFoundError(f"{str(f)!r} does not exist: expected a run with the modularity probe")
+    s = scores_by_step(pd.read_parquet(f))
+    trained, control = s[s["step"] >= 0], s[s["step"] < 0]
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
+    for col, c in (("score", "k"), ("score_heads", "tab:blue"), ("score_mlp", "tab:orange")):
+        ax.plot(trained["step"], trained[col], marker="o", ms=3, color=c, label=col.replace("score", "modularity"))
+        if len(control) and np.isfinite(control[col].iloc[0]):
+            ax.axhline(control[col].iloc[0], color=c, linestyle="--", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean specialization")
+    ax.set_title("Modularity under mean-ablation (dashed: untrained control)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path) if path else run / "plots" / "modularity_over_training.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
