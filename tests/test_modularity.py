@@ -118,3 +118,44 @@ def test_records_table_and_tiny_model_cost():
     assert list(rows.columns) == ["step", "component", "kind", "layer", "index", "task", "delta_loss"]
     assert set(rows["kind"]) == {"head", "mlp"} and (rows["step"] == 5).all()
     assert [c.name for c in components(1, 2, 3)] == ["L0.H0", "L0.H1", "L0.M0", "L0.M1", "L0.M2"]
+
+
+def _packed_with_spans(kinds: list[str]):
+    import pandas as pd
+
+    from densitylab.data.packing import pack_documents
+    from densitylab.probes.density import ProbeSet
+
+    docs = [list(range(1, 33)) for _ in range(4)]  # 4 docs of 32 tokens (+ EOS each)
+    spans = pd.DataFrame({"doc": [0, 0, 1], "t0": [3, 10, 0], "t1": [5, 12, 2], "kind": kinds, "entity": [0, 0, 1]})
+    packed = pack_documents(docs, eos_id=0, block_size=16, token_spans=spans)
+    w = torch.arange(packed.n_windows - 1)
+    probe = ProbeSet("heldout", torch.stack([packed.window(int(i))[0] for i in w]), torch.full((len(w),), -1), None, w)
+    return packed, probe
+
+
+def test_task_masks_mark_positions_that_predict_each_span():
+    from densitylab.probes.sets import task_masks
+
+    packed, probe = _packed_with_spans(["name", "birth_city", "name"])
+    masks = task_masks(packed, probe)
+    assert set(masks) == {"name", "birth_city"}
+    # doc 0 = window 0 positions 0..15: name tokens 3-4 are predicted from positions 2-3, city 10-11 from 9-10
+    assert masks["name"][0].nonzero().flatten().tolist() == [2, 3]
+    assert masks["birth_city"][0].nonzero().flatten().tolist() == [9, 10]
+    # doc 1 starts at stream position 33 = window 2, offset 1: its name tokens 33-34 are predicted from 0-1
+    assert masks["name"][2].nonzero().flatten().tolist() == [0, 1]
+    assert not any(m[:, -1].any() for m in masks.values())
+
+
+def test_task_masks_for_text_use_entities_and_frequency_quartiles():
+    from densitylab.probes.sets import task_masks
+
+    packed, probe = _packed_with_spans(["name", "name", "name"])
+    counts = torch.arange(64)  # token id = its exposure count
+    masks = task_masks(packed, probe, counts, n_freq_buckets=4)
+    assert {"entity", "non_entity", "freq_1", "freq_2", "freq_3", "freq_4"} == set(masks)
+    assert torch.equal(masks["entity"] | masks["non_entity"], masks["freq_1"] | masks["freq_2"] | masks["freq_3"] | masks["freq_4"])
+    assert not (masks["entity"] & masks["non_entity"]).any()
+    targets = torch.cat([probe.input_ids[:, 1:], probe.input_ids[:, -1:]], 1)
+    assert targets[masks["freq_1"]].max() < targets[masks["freq_4"]].min()  # rarest quartile first
