@@ -70,12 +70,14 @@ class LedgerCallback(L.Callback):
             self._pending_state = None
 
     def state_dict(self) -> dict:
+        """The ledger's totals (after a DDP sum) for the checkpoint."""
         if self.ledger is None:
             return self._pending_state or {}
         self.ledger.sync()  # collective under DDP: every process saves the checkpoint's state
         return self.ledger.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the totals from a checkpoint (applied when the ledger is built, at fit start)."""
         if not state_dict:
             return
         if self.ledger is None:

@@ -137,10 +137,12 @@ class ResumableDataLoader(DataLoader):
     """
 
     def state_dict(self) -> dict:
+        """Seed, padded length, world size and batch size: what the resume position depends on."""
         s = self.sampler
         return {"seed": s.seed, "n": s.n, "world_size": s.world_size, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Warn when the saved order settings differ from this run's (the resumed order then differs)."""
         mine = self.state_dict()
         if state and state != mine:
             warnings.warn(f"resuming with a different data order ({state} -> {mine}): the run will not see exactly the "

@@ -12,6 +12,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "density":
         argv = argv[1:]
