@@ -156,3 +156,21 @@ def test_window_dataset_padding_windows():
     pad = b["sample_id"] < 0
     assert int(pad.sum()) == len(ds) - packed.n_windows
     assert (b["labels"][pad] == -100).all() and (b["input_ids"][pad] == 0).all()
+
+
+@pytest.mark.parametrize("step,accum", [(3, 1), (4, 4), (5, 3), (7, 2)])
+def test_resume_skip_counts_optimizer_steps_with_accumulation(dm: DataModule, step, accum):
+    """Lightning steps after every `accum` batches and on an epoch's last partial window, so an epoch is
+    ceil(batches / accum) optimizer steps; resuming at `step` must skip exactly the batches trained."""
+    from types import SimpleNamespace
+
+    full = len(dm.train_dataloader())
+    steps_per_epoch = -(-full // accum)
+    done = min((step % steps_per_epoch) * accum, full)
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, global_step=step, accumulate_grad_batches=accum)
+    try:
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(step // steps_per_epoch)
+        assert sum(1 for _ in loader) == full - done
+    finally:
+        dm.trainer = None

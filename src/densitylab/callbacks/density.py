@@ -65,11 +65,15 @@ class DensityCallback(L.Callback):
                 self.rows = [pd.read_parquet(old)]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # resumed into the same folder: keep only records up to the restored step (no duplicates)
+        self.rows = [r[r["step"] <= trainer.global_step] for r in self.rows]
+        self.last_step = trainer.global_step if trainer.global_step > 0 else -1
         if trainer.global_step == 0:
             self._probe(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if is_scheduled(trainer.global_step, self.every_n_steps):
+        step = trainer.global_step
+        if step != self.last_step and is_scheduled(step, self.every_n_steps):  # once per step, also with accumulation
             self._probe(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -44,6 +44,7 @@ class LedgerCallback(L.Callback):
         self._entity_names: list[str] = []
         self._token_text = None
         self._pending_state: dict | None = None
+        self._last_logged = -1
 
     # ------------------------------------------------------------------ build / restore
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -89,7 +90,10 @@ class LedgerCallback(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         self.ledger.update(batch["input_ids"], batch["sample_id"], step)
+        if step == self._last_logged:  # gradient accumulation: several batches share a step
+            return
         if step % trainer.log_every_n_steps == 0 or is_scheduled(step, self.every_n_steps):
+            self._last_logged = step
             self.ledger.sync()
             summary = self.ledger.summary(block_size=batch["input_ids"].shape[1])
             pl_module.log_dict({f"ledger/{k}": float(v) for k, v in summary.items()},

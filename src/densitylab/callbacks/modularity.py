@@ -15,7 +15,7 @@ import torch
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.model import GPT
-from densitylab.probes.modularity import ablation_effects, modularity_records, modularity_summary
+from densitylab.probes.modularity import Component, ablation_effects, modularity_records, modularity_summary
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets, task_masks
 
@@ -50,6 +50,7 @@ class ModularityCallback(L.Callback):
         self.every_n_steps, self.log_spaced, self.windows = every_n_steps, log_spaced, windows
         self.mlp_groups, self.eps, self.max_rows, self.seed = mlp_groups, eps, max_rows, seed
         self.rows: list[pd.DataFrame] = []
+        self.tasks: dict[str, torch.Tensor] = {}
         self.scores: dict[str, float] = {}
         self.control: dict[str, float] = {}
         self.last_step = -1
@@ -61,37 +62,52 @@ class ModularityCallback(L.Callback):
         sets = build_probe_sets({"train": dm.splits["train"], "heldout": dm.splits["heldout"]}, dm.vocab_size,
                                 self.windows, self.seed, dm.eos_id)
         self.probe = next(s for s in sets if s.name == "heldout")
-        self.packed = dm.splits["heldout"]
         x = self.probe.input_ids
         self.targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
         self.groups = self.mlp_groups or pl_module.model.config.n_head
-        if trainer.is_global_zero:
-            old = self.output_dir / "probes" / "modularity.parquet" if self.output_dir else None
-            if old is not None and old.is_file():
-                self.rows = [pd.read_parquet(old)]
-            torch.manual_seed(self.seed)
+        # tasks fixed once for the whole run (the control included): text frequency quartiles use the
+        # training split's token frequencies, i.e. one epoch's exposures
+        train = dm.splits["train"]
+        counts = torch.bincount(train.tokens[: train.n_real], minlength=pl_module.model.config.vocab_size)
+        self.tasks = task_masks(dm.splits["heldout"], self.probe, counts)
+        if len(self.tasks) < 2:
+            raise RuntimeError(f"the modularity probe needs at least 2 tasks; these windows give {sorted(self.tasks)}")
+        if not trainer.is_global_zero:
+            return
+        old = self.output_dir / "probes" / "modularity.parquet" if self.output_dir else None
+        if old is not None and old.is_file():  # resumed into the same folder
+            self.rows = [pd.read_parquet(old)]
+            prev = self.rows[0][self.rows[0]["step"] == -1]
+            if len(prev):
+                self.control = self._summary_of(prev)
+                return
+        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)  # the twin's init; the training RNG streams are left untouched
             twin = GPT(copy.deepcopy(pl_module.model.config)).to(pl_module.device).eval()
-            self.control = self._measure(twin, -1, trainer)
+        self.control = self._measure(twin, -1, trainer)
 
-    def _tasks(self) -> dict[str, torch.Tensor]:
-        counts = self.ledger_cb.ledger.token_counts if self.ledger_cb and self.ledger_cb.ledger is not None else None
-        return task_masks(self.packed, self.probe, counts)
+    def _summary_of(self, rows: pd.DataFrame) -> dict[str, float]:
+        E = rows.pivot_table(index=["kind", "layer", "index"], columns="task", values="delta_loss", sort=True)
+        comps = [Component(k, int(l), int(i)) for k, l, i in E.index]
+        return modularity_summary(comps, E.to_numpy(), self.eps)
 
     def _measure(self, model, step: int, trainer: L.Trainer) -> dict[str, float]:
-        tasks = self._tasks()
-        comps, E, _ = ablation_effects(model, self.probe.input_ids, self.targets, tasks, self.groups, self.max_rows)
-        self.rows.append(modularity_records(step, comps, E, list(tasks)))
+        comps, E, _ = ablation_effects(model, self.probe.input_ids, self.targets, self.tasks, self.groups, self.max_rows)
+        self.rows.append(modularity_records(step, comps, E, list(self.tasks)))
         if self.output_dir is not None:
             write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "modularity.parquet")
-        self._heatmap(trainer, step, comps, E, list(tasks))
+        self._heatmap(trainer, step, comps, E, list(self.tasks))
         return modularity_summary(comps, E, self.eps)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.rows = [r[r["step"] <= trainer.global_step] for r in self.rows]  # resumed: no duplicate steps
+        self.last_step = trainer.global_step if trainer.global_step > 0 else -1
         if trainer.global_step == 0 and self.log_spaced:
             self._probe(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if is_scheduled(trainer.global_step, self.every_n_steps, self.log_spaced):
+        step = trainer.global_step
+        if step != self.last_step and is_scheduled(step, self.every_n_steps, self.log_spaced):
             self._probe(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -100,8 +116,6 @@ class ModularityCallback(L.Callback):
 
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        if self.ledger_cb is not None and self.ledger_cb.ledger is not None:
-            self.ledger_cb.ledger.sync()  # collective; the text tasks read token frequencies
         self.last_step = step
         if not trainer.is_global_zero:
             return

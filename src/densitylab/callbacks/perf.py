@@ -116,8 +116,11 @@ class FiniteLossGuard(L.Callback):
         if not due:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).item():
+        bad = loss is not None and not torch.isfinite(loss).item()
+        if trainer.world_size > 1:  # every process stops together (one process alone would hang the others)
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             raise DivergenceError(
-                f"train/loss is {loss.item()} at step {step}: expected a finite loss; lower optim.lr or "
+                f"train/loss is {float(loss) if loss is not None else 'nan'} at step {step} on some process: expected a finite loss; lower optim.lr or "
                 "raise optim.warmup_steps (the last good checkpoint was kept)"
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import shutil
@@ -481,9 +482,12 @@ class DataModule(L.LightningDataModule):
         ds = WindowDataset(self.splits["train"], pad_to_multiple=self.batch_size * world, pad_id=self.eos_id)
         sampler = ResumableShardSampler(len(ds), seed=self.seed, rank=rank, world_size=world)
         if trainer is not None and trainer.global_step > 0:
-            batches_done = trainer.global_step * trainer.accumulate_grad_batches
+            # Lightning also steps on an epoch's last, partial accumulation window
+            accum = trainer.accumulate_grad_batches
             batches_per_epoch = len(sampler) // self.batch_size
-            sampler.skip((batches_done % batches_per_epoch) * self.batch_size)
+            steps_per_epoch = math.ceil(batches_per_epoch / accum)
+            done = min((trainer.global_step % steps_per_epoch) * accum, batches_per_epoch)
+            sampler.skip(done * self.batch_size)
         return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
                                    num_workers=self.num_workers, collate_fn=collate_batch,
                                    persistent_workers=self.num_workers > 0)

@@ -1,7 +1,7 @@
 """The exposure ledger: exact counts of what the model has trained on (design §4). Pure torch.
 
 Per training step the ledger does two device-side scatter operations and no host-device
-synchronisation: ``token`` counts (a ``torch.bincount`` of the batch's input ids) and ``sequence``
+synchronisation: ``token`` counts (``index_add`` of ones at the batch's input ids; a bincount) and ``sequence``
 counts (``index_add`` of ones at the batch's sample ids, padding windows excluded), plus a running
 minimum of the step at which each window was first trained. Entity mentions and entity-pair
 co-mentions are *derived* exactly from the sequence counts when read, through the fixed
@@ -119,7 +119,8 @@ class ExposureLedger:
             sample_ids: (B,) int64 window ids; negative ids (padding windows) count tokens only.
             step: the training step that trained this batch (1-based ``trainer.global_step``).
         """
-        self._pending_tokens += torch.bincount(input_ids.reshape(-1), minlength=self.vocab_size)
+        ids = input_ids.reshape(-1)
+        self._pending_tokens.index_add_(0, ids, torch.ones_like(ids))  # bincount would sync on CUDA
         sid = sample_ids.reshape(-1)
         valid = sid >= 0
         idx = sid.clamp(min=0)
@@ -217,8 +218,8 @@ class ExposureLedger:
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         """Totals on CPU (call :meth:`sync` first so nothing is pending)."""
-        return {"token_counts": self.token_counts.cpu(), "sequence_counts": self.sequence_counts.cpu(),
-                "window_first_step": self.window_first_step.cpu(), "vocab_size": self.vocab_size,
+        return {"token_counts": self.token_counts.detach().cpu().clone(), "sequence_counts": self.sequence_counts.detach().cpu().clone(),
+                "window_first_step": self.window_first_step.detach().cpu().clone(), "vocab_size": self.vocab_size,
                 "n_windows": self.n_windows, "n_entities": self.n_entities}
 
     def load_state_dict(self, state: dict) -> None:

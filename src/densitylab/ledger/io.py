@@ -27,7 +27,7 @@ def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | Non
     mentions = ledger.entity_mentions().cpu().numpy()
     first = ledger.entity_first_step().cpu().numpy()
     entities = pd.DataFrame({
-        "entity_id": np.arange(ledger.n_entities), "entity": list(entity_names), "mentions": mentions,
+        "entity_id": np.arange(ledger.n_entities), "entity": pd.Series(list(entity_names), dtype="string"), "mentions": mentions,
         "first_step": pd.array(np.where(first == NEVER, 0, first), dtype="Int64"),
     })
     entities.loc[first == NEVER, "first_step"] = pd.NA
@@ -38,7 +38,8 @@ def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | Non
     if len(a):  # store each unordered pair once, names in alphabetical order (as the ground truth does)
         swap = names[a] > names[b]
         a, b = np.where(swap, b, a), np.where(swap, a, b)
-    cooc = pd.DataFrame({"entity_a": names[a] if len(a) else [], "entity_b": names[b] if len(b) else [],
+    cooc = pd.DataFrame({"entity_a": pd.Series(names[a] if len(a) else [], dtype="string"),
+                         "entity_b": pd.Series(names[b] if len(b) else [], dtype="string"),
                          "entity_id_a": a, "entity_id_b": b, "count": co[keep]})
     return {"tokens": tokens, "entities": entities, "cooccurrence": cooc}
 
