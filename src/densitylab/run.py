@@ -159,9 +159,11 @@ def train(cfg: DictConfig) -> dict:
         val = trainer.validate(lit, datamodule=dm, verbose=False)
         summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
         if trainer.is_global_zero:
-            for lg in loggers:
-                if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
-                    lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            from densitylab.callbacks.wandb_util import find_wandb_logger
+
+            wandb_logger = find_wandb_logger(loggers)
+            if wandb_logger is not None:
+                wandb_logger.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             write_json_atomic(output_dir / "summary.json", summary)
             if (output_dir / "probes" / "density.parquet").is_file():
                 from densitylab.report.density import density_report, format_table

@@ -13,6 +13,7 @@ import pandas as pd
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.probes.density import METRICS, density_records, measure_density
+from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets, probe_sets_table
 
@@ -116,7 +117,7 @@ class DensityCallback(L.Callback):
         scalars["perf/density_probe_seconds"] = self.seconds / max(self.calls, 1)
         for lg in trainer.loggers:
             lg.log_metrics(scalars, step=step)
-        wandb_logger = next((lg for lg in trainer.loggers if lg.__class__.__name__ == "WandbLogger"), None)
+        wandb_logger = find_wandb_logger(trainer.loggers)
         if wandb_logger is not None:
             import wandb
 

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from densitylab.ledger import ExposureLedger, ledger_tables, plot_rank_frequency, write_ledger
+from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.probes.schedule import is_scheduled
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class LedgerCallback(L.Callback):
 
     @rank_zero_only
     def _log_distributions(self, trainer: L.Trainer, step: int) -> None:
-        wandb_logger = next((lg for lg in trainer.loggers if lg.__class__.__name__ == "WandbLogger"), None)
+        wandb_logger = find_wandb_logger(trainer.loggers)
         if wandb_logger is None:
             return
         import wandb

@@ -16,6 +16,7 @@ from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.model import GPT
 from densitylab.probes.modularity import Component, ablation_effects, modularity_records, modularity_summary
+from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets, task_masks
 
@@ -137,7 +138,7 @@ class ModularityCallback(L.Callback):
             lg.log_metrics(scalars, step=step)
 
     def _heatmap(self, trainer: L.Trainer, step: int, comps, E: np.ndarray, tasks: list[str]) -> None:
-        wandb_logger = next((lg for lg in trainer.loggers if lg.__class__.__name__ == "WandbLogger"), None)
+        wandb_logger = find_wandb_logger(trainer.loggers)
         if wandb_logger is None:
             return
         import matplotlib

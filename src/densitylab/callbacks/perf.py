@@ -96,7 +96,8 @@ class ThroughputLogger(L.Callback):
 class FiniteLossGuard(L.Callback):
     """Raise :class:`DivergenceError` when the training loss is NaN/inf, checked at every logging
     step and at every step that saves a checkpoint (Lightning runs checkpoint callbacks last), so a
-    diverged model never overwrites a good ``last.ckpt``. On CPU the check is free and runs every step.
+    diverged model never overwrites a good ``last.ckpt``. On a single CPU process the check is free and
+    runs every step; under DDP the processes agree on the outcome (one collective per checked step).
 
     Args:
         checkpoint_every_n_steps: the checkpoint cadence to guard (None: only logging steps).
@@ -108,7 +109,7 @@ class FiniteLossGuard(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         due = (
-            pl_module.device.type == "cpu"
+            (pl_module.device.type == "cpu" and trainer.world_size == 1)  # free on one CPU process; DDP needs a collective
             or step % trainer.log_every_n_steps == 0
             or (self.every and step % self.every == 0)
             or trainer.is_last_batch

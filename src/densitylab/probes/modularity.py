@@ -96,7 +96,7 @@ def ablation_effects(
         ValueError: if d_mlp is not divisible by ``mlp_groups`` or a task has no position.
     """
     cfg = model.config
-    L, H, dh, dm = cfg.n_layer, cfg.n_head, cfg.d_head, cfg.d_mlp
+    L, H, dm = cfg.n_layer, cfg.n_head, cfg.d_mlp
     if mlp_groups < 1 or dm % mlp_groups:
         raise ValueError(f"mlp_groups={mlp_groups}: expected a divisor of d_mlp={dm}")
     for name, m in task_masks.items():
