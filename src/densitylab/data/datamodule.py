@@ -186,6 +186,29 @@ def make_canaries(
     return pd.DataFrame(rows)
 
 
+def resumable_train_loader(ds: Dataset, batch_size: int, seed: int, trainer: L.Trainer | None,
+                           num_workers: int = 0) -> ResumableDataLoader:
+    """The training loader of every densitylab DataModule: seeded per-epoch permutations sharded
+    over the trainer's processes, resuming mid-epoch from the trainer's restored global step.
+
+    Args:
+        ds: a dataset whose length is a multiple of ``batch_size × world_size`` (pad it) and whose
+            ``__getitems__`` returns a whole batch (use :func:`collate_batch`).
+        trainer: the attached Trainer (None: one process, from the start).
+    """
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = ResumableShardSampler(len(ds), seed=seed, rank=rank, world_size=world)
+    if trainer is not None and trainer.global_step > 0:
+        # Lightning also steps on an epoch's last, partial accumulation window
+        accum = trainer.accumulate_grad_batches
+        batches_per_epoch = len(sampler) // batch_size
+        steps_per_epoch = math.ceil(batches_per_epoch / accum)
+        done = min((trainer.global_step % steps_per_epoch) * accum, batches_per_epoch)
+        sampler.skip(done * batch_size)
+    return ResumableDataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=False, num_workers=num_workers,
+                               collate_fn=collate_batch, persistent_workers=num_workers > 0)
+
+
 def _file_stat(path: str | None) -> list | None:
     p = Path(path) if path else None
     return [p.stat().st_size, p.stat().st_mtime_ns] if p is not None and p.is_file() else None
@@ -477,20 +500,9 @@ class DataModule(L.LightningDataModule):
         sharded over processes by :class:`ResumableShardSampler` (set ``use_distributed_sampler=False``
         on the Trainer). When a run resumes mid-epoch, the batches already trained in that epoch are
         skipped, so the resumed run trains exactly what an uninterrupted run would."""
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world = self.trainer.world_size if self.trainer is not None else 1
         ds = WindowDataset(self.splits["train"], pad_to_multiple=self.batch_size * world, pad_id=self.eos_id)
-        sampler = ResumableShardSampler(len(ds), seed=self.seed, rank=rank, world_size=world)
-        if trainer is not None and trainer.global_step > 0:
-            # Lightning also steps on an epoch's last, partial accumulation window
-            accum = trainer.accumulate_grad_batches
-            batches_per_epoch = len(sampler) // self.batch_size
-            steps_per_epoch = math.ceil(batches_per_epoch / accum)
-            done = min((trainer.global_step % steps_per_epoch) * accum, batches_per_epoch)
-            sampler.skip(done * self.batch_size)
-        return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
-                                   num_workers=self.num_workers, collate_fn=collate_batch,
-                                   persistent_workers=self.num_workers > 0)
+        return resumable_train_loader(ds, self.batch_size, self.seed, self.trainer, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out windows (never trained on), at most ``max_val_windows``, evenly spaced."""
