@@ -188,6 +188,30 @@ def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tup
     return float(np.median(times)), len(comps), len(tasks)
 
 
+def memorization_call_cost(device, repeats: int = 3) -> dict:
+    """Seconds of one memorization probe call: (a) the default canaries (6 repetition groups x 4, S=64)
+    on the tiny model (vocab 4096); (b) a capacity-experiment call: 2048 uniform sequences (S=64,
+    A=256) on the capacity_200k model (213K parameters)."""
+    from densitylab.data.uniform import make_uniform_sequences
+    from densitylab.probes.memorization import measure_memorization
+
+    out = {}
+    cases = {
+        "canaries_tiny": (dict(MODEL, vocab_size=4096, block_size=128), make_uniform_sequences(24, 64, 256, 0), 256),
+        "capacity_200k_2048seq": (dict(vocab_size=256, block_size=63, n_layer=3, n_head=4, n_embd=72),
+                                  make_uniform_sequences(2048, 64, 256, 0), 512),
+    }
+    for name, (cfg, seqs, bs) in cases.items():
+        model = LitGPT(model=cfg).model.to(device).eval()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            measure_memorization(model, seqs, 256, batch_size=bs)
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
@@ -216,6 +240,7 @@ def main() -> None:
         update_s = ledger_update_cost(dm, device)
         probe_s = probe_call_cost(dm, device)
         mod_s, n_comp, n_task = modularity_call_cost(dm, device)
+        mem = memorization_call_cost(device)
     best = {k: float(np.median(v)) for k, v in runs.items()}  # median: the 2-core machine has outliers both ways
     step_s = args.batch * args.block / best["lightning"]
     result = {
@@ -225,7 +250,8 @@ def main() -> None:
         "ledger_slowdown": 1 - best["lightning+ledger"] / best["lightning"],
         "ledger_update_ms": update_s * 1e3, "ledger_update_fraction_of_step": update_s / step_s,
         "density_probe_call_s": probe_s, "density_probe_call_in_steps": probe_s / step_s,
-        "modularity_probe_call_s": mod_s, "modularity_components": n_comp, "modularity_tasks": n_task, "all": runs,
+        "modularity_probe_call_s": mod_s, "modularity_components": n_comp, "modularity_tasks": n_task,
+        "memorization_probe_call_s": mem, "all": runs,
     }
     print(f"plain PyTorch loop  : {best['plain']:10.0f} tokens/s")
     print(f"Lightning step      : {best['lightning']:10.0f} tokens/s   ratio to plain {result['ratio_lightning_over_plain']:.3f}")
@@ -233,6 +259,8 @@ def main() -> None:
     print(f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% of a {step_s * 1e3:.0f} ms step")
     print(f"density probe call  : {probe_s:.2f} s = {probe_s / step_s:.1f} training steps (5 sets x 32 windows)")
     print(f"modularity call     : {mod_s:.2f} s for {n_comp} components x {n_task} tasks on 32 held-out windows")
+    print(f"memorization call   : {mem['canaries_tiny'] * 1e3:.0f} ms for 24 canaries on the tiny model; "
+          f"{mem['capacity_200k_2048seq']:.2f} s for 2048 sequences on capacity_200k")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -333,3 +333,25 @@ def test_smoke_modularity_rows_and_scores(smoke_run: Path):
         assert 0.0 <= summary[k] <= 1.0, k
     assert summary["modularity/score_minus_control"] == pytest.approx(summary["modularity/score"] - summary["modularity/control_score"])
     assert (smoke_run / "plots" / "modularity_over_training.png").stat().st_size > 10_000
+
+
+def test_smoke_memorization_records_and_plot(smoke_run: Path):
+    from densitylab.probes.schedule import is_scheduled
+
+    df = pd.read_parquet(smoke_run / "probes" / "memorization.parquet")
+    canaries = pd.read_parquet(smoke_run / "ground_truth" / "canaries.parquet")
+    steps = [s for s in range(81) if is_scheduled(s, 20)]  # log-spaced, then every 20 (80 = the end)
+    assert sorted(df["step"].unique()) == steps
+    for _, g in df.groupby("step"):
+        assert sorted(g["canary_id"]) == sorted(canaries["canary_id"])
+    assert ((df["mem_bits"] >= 0) & (df["mem_bits"] <= df["max_bits"] + 1e-9)).all()
+    assert df["max_bits"].iloc[0] == pytest.approx(63 * 8)  # (S-1) log2 A with S=64, A=256
+    assert (df.loc[df["mem_bits"] == 0, "nll_bits"] >= df.loc[df["mem_bits"] == 0, "max_bits"] - 1e-9).all()
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    last = df[df["step"] == 80]
+    assert summary["memorization/bits_total"] == pytest.approx(last["mem_bits"].sum())
+    for k in (1, 2, 4, 8, 16, 32):
+        assert summary[f"memorization/bits/rep{k}"] == pytest.approx(last.loc[last["repetitions"] == k, "mem_bits"].sum())
+    m = pd.read_csv(smoke_run / "metrics.csv")
+    assert m["memorization/bits_total"].notna().sum() == len(steps)
+    assert (smoke_run / "plots" / "memorization_over_training.png").stat().st_size > 10_000
