@@ -12,17 +12,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import densitylab.config  # noqa: F401  (registers the ${cwd:} resolver used by conf/config.yaml)
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train one run; return the final val/loss (for Hydra sweepers)."""
+    """Train one run; return the summary value named by ``optimized_metric`` (default the final
+    ``val/loss``) for Hydra sweepers (Optuna)."""
     from densitylab.errors import DensitylabError
     from densitylab.run import mark_failed, train
 
     try:
-        return train(cfg).get("val/loss")
+        return train(cfg).get(cfg.get("optimized_metric") or "val/loss")
     except DensitylabError as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         mark_failed(cfg.paths.output_dir, message)

@@ -2,8 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def register_resolvers() -> None:
+    """Register densitylab's OmegaConf resolvers (idempotent): ``${width_at_budget:...}`` (see
+    :func:`width_at_budget`) and ``${cwd:}``, the working directory at resolution time. ``conf/config.yaml`` roots ``paths`` there instead of at ``${hydra:runtime.cwd}``,
+    which Hydra has not set yet when a multirun resolves ``hydra.sweep.dir``."""
+    if not OmegaConf.has_resolver("cwd"):
+        OmegaConf.register_new_resolver("cwd", os.getcwd)
+    if not OmegaConf.has_resolver("width_at_budget"):
+        OmegaConf.register_new_resolver("width_at_budget", width_at_budget)
+
+
+def width_at_budget(budget: int, n_layer: int, n_head: int) -> int:
+    """``${width_at_budget:BUDGET,N_LAYER,N_HEAD}``: the model width d (a multiple of n_head) whose
+    non-embedding parameter count 12·n_layer·d² (attention 4d², MLP 8d² at mlp_ratio 4) is closest
+    to ``budget`` parameters, for depth-against-width sweeps at a fixed budget.
+
+    Raises:
+        ValueError: for a non-positive argument.
+    """
+    budget, n_layer, n_head = int(budget), int(n_layer), int(n_head)
+    if budget <= 0 or n_layer <= 0 or n_head <= 0:
+        raise ValueError(f"width_at_budget({budget}, {n_layer}, {n_head}): expected positive budget, n_layer and n_head")
+    return max(n_head, n_head * round((budget / (12 * n_layer)) ** 0.5 / n_head))
+
+
+register_resolvers()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -55,6 +55,7 @@ def quiet_lightning_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
 
 
 def _is_rank_zero() -> bool:
@@ -82,7 +83,7 @@ def build_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is not None and "_target_" in lcfg:
-            if name == "wandb":
+            if name == "wandb" and "WANDB_SWEEP_ID" not in os.environ:  # a sweep agent's runs must report online
                 os.environ.setdefault("WANDB_MODE", "offline")
                 os.environ.setdefault("WANDB_SILENT", "true")
             loggers.append(instantiate(lcfg, f"logger.{name}"))
@@ -148,6 +149,11 @@ def train(cfg: DictConfig) -> dict:
     callbacks = build_callbacks(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    from densitylab.callbacks.wandb_util import find_wandb_logger, final_summary, prepare_wandb_run
+
+    wandb_logger = find_wandb_logger(loggers)
+    if wandb_logger is not None and _is_rank_zero():
+        prepare_wandb_run(wandb_logger, cfg, lit.model.num_params(non_embedding=False), dm.meta.get("corpus"), _hydra_choices())
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(output_dir))
 
@@ -159,11 +165,8 @@ def train(cfg: DictConfig) -> dict:
         val = trainer.validate(lit, datamodule=dm, verbose=False)
         summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
         if trainer.is_global_zero:
-            from densitylab.callbacks.wandb_util import find_wandb_logger
-
-            wandb_logger = find_wandb_logger(loggers)
             if wandb_logger is not None:
-                wandb_logger.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+                wandb_logger.experiment.summary.update(final_summary(summary))
             write_json_atomic(output_dir / "summary.json", summary)
             if (output_dir / "probes" / "density.parquet").is_file():
                 from densitylab.report.density import density_report, format_table
@@ -174,6 +177,10 @@ def train(cfg: DictConfig) -> dict:
                 from densitylab.report.modularity import plot_modularity
 
                 plot_modularity(output_dir)
+            if (output_dir / "probes" / "memorization.parquet").is_file():
+                from densitylab.report.memorization import plot_memorization
+
+                plot_memorization(output_dir)
         return summary
     finally:
         _finish_wandb()
@@ -204,6 +211,7 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
         "train/loss": train_metrics.get("train/loss"),
         "val/loss": val_loss,
         "data/unigram_entropy_nats": dm.unigram_entropy,
+        **{f"data/{k}": dm.meta[k] for k in ("n_sequences", "length", "alphabet_size", "entropy_bits") if k in dm.meta},
         "val/loss_below_unigram_entropy": val_loss is not None and val_loss < dm.unigram_entropy,
         "model/params": model.num_params(non_embedding=False),
         "model/params_non_embedding": model.num_params(),
@@ -215,6 +223,17 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
         "world_size": int(trainer.world_size),
         **extra,
     }
+
+
+def _hydra_choices() -> dict:
+    """The config group options this run was composed from (``model: tiny``, ``data: synthetic`` ...),
+    or {} outside ``@hydra.main``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+    except Exception:
+        return {}
 
 
 def _finish_wandb() -> None:

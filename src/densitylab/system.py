@@ -42,3 +42,18 @@ def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
     if not ok:
         log.debug("mallopt refused a setting; glibc defaults kept for it")
     return ok
+
+
+def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "full", **kwargs):
+    """Lightning's ``FSDPStrategy`` with one FSDP unit per transformer block
+    (:class:`densitylab.model.Block`), for ``trainer=fsdp``; extra keyword arguments go to
+    ``FSDPStrategy`` (e.g. ``cpu_offload=true``, ``activation_checkpointing_policy``).
+
+    ``state_dict_type="full"`` writes ordinary checkpoints (one file, loadable without FSDP).
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from densitylab.model import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
+                        **kwargs)

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 
+from densitylab.callbacks.dist import shards_parameters
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.probes.density import METRICS, density_records, measure_density
@@ -25,7 +26,8 @@ class DensityCallback(L.Callback):
 
     Runs at step 0 (before training), at log-spaced steps 1, 2, 4, ... and every ``every_n_steps``,
     and once more at the end; in eval mode, under ``torch.no_grad``, on the uncompiled model, with
-    every hook removed afterwards; on global rank 0 (the ledger is summed over processes first).
+    every hook removed afterwards; on global rank 0 (the ledger is summed over processes first), or,
+    when the strategy shards parameters (FSDP), on every process with rank 0 keeping the result.
 
     Logs ``density/L{i}/{metric}/{probe_set}`` (whole-set means), ``density/L{i}/slope`` and
     ``density/L{i}/gap`` (with ``_ci_low`` / ``_ci_high``), a W&B heatmap (layer × familiarity
@@ -87,7 +89,7 @@ class DensityCallback(L.Callback):
         ledger = self.ledger_cb.ledger
         ledger.sync()  # collective: every process, same step
         self.last_step = step
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero and not shards_parameters(trainer):
             return
         t0 = time.perf_counter()
         model = pl_module.model  # the eager module, never the compiled wrapper
@@ -101,6 +103,8 @@ class DensityCallback(L.Callback):
                 fam[s.name] = {k: v.cpu().numpy() for k, v in f.items()}
         finally:
             model.train(was_training)
+        if not trainer.is_global_zero:  # sharded model: this process only took part in the forward passes
+            return
         rows, headline = density_records(step, metrics, fam, self.primary_view)
         self.rows.append(rows)
         self.headline = headline

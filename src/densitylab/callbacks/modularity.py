@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from densitylab.callbacks.dist import shards_parameters
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.model import GPT
@@ -26,7 +27,7 @@ class ModularityCallback(L.Callback):
     loss change on each task (:mod:`densitylab.probes.modularity`; Lepori et al., arXiv:2301.10884).
 
     Runs at log-spaced steps (when ``log_spaced``) and every ``every_n_steps``, and at the end, on
-    global rank 0, eval mode, ``torch.no_grad``, uncompiled model, hooks removed afterwards. Once, at
+    global rank 0 (every process takes part in the forward passes when the strategy shards parameters), eval mode, ``torch.no_grad``, uncompiled model, hooks removed afterwards. Once, at
     fit start, it measures an untrained twin (same architecture, initialised from ``seed``): the
     random-init control. Logs ``modularity/score``, ``modularity/score_heads``, ``modularity/score_mlp``
     and ``modularity/score_minus_control``; a W&B heatmap (component × task); writes
@@ -118,13 +119,16 @@ class ModularityCallback(L.Callback):
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         self.last_step = step
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero and not shards_parameters(trainer):
             return
         t0 = time.perf_counter()
         model = pl_module.model
         was_training = model.training
         model.eval()
         try:
+            if not trainer.is_global_zero:  # sharded model: take part in the forward passes only
+                ablation_effects(model, self.probe.input_ids, self.targets, self.tasks, self.groups, self.max_rows)
+                return
             self.scores = self._measure(model, step, trainer)
         finally:
             model.train(was_training)

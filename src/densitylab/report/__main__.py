@@ -1,8 +1,19 @@
-"""``python -m densitylab.report [density] RUN_DIR [RUN_DIR ...] [--out DIR]``
+"""``python -m densitylab.report [density|capacity|compare] RUN_DIR [RUN_DIR ...] [--out DIR]``
 
-Density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run folders or a
+``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run folders or a
 Hydra multirun folder (seeds), mean ± 95% CI across runs (written to ``--out``, default
 ``<common parent>/report``). Prints the final per-layer slope and gap with CIs.
+
+``capacity``: from an ``experiment=capacity`` multirun folder (or its run folders), each model's
+capacity (plateau of memorized bits over dataset size) and bits per parameter α with a 95% CI
+across models, next to Morris et al.'s 3.83 (fp32) / 3.51 (bf16); writes
+``memorized_vs_dataset.png``, ``capacity_vs_params.png``, ``capacity.json`` and CSVs to ``--out``
+(default ``<first folder>/report``).
+
+``compare``: one self-contained HTML page (``compare.html``) plus PNGs comparing any runs: loss
+curves, per-layer density slopes, modularity and memorization over training, final numbers, the
+config values that differ, and final numbers against a varying config value (``--by KEY``, found
+automatically when exactly one numeric value varies). Default output ``<common parent>/compare``.
 """
 
 from __future__ import annotations
@@ -14,13 +25,20 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "density":
-        argv = argv[1:]
+    command = "density"
+    if argv and argv[0] in ("density", "capacity", "compare"):
+        command, argv = argv[0], argv[1:]
     ap = argparse.ArgumentParser(prog="python -m densitylab.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run folders or multirun folders")
     ap.add_argument("--out", help="output folder (default: RUN/plots for one run, else <common parent>/report)")
+    if command == "compare":
+        ap.add_argument("--by", help="config key to plot final numbers against (e.g. model.n_layer)")
     args = ap.parse_args(argv)
+    if command == "capacity":
+        return _capacity(args)
+    if command == "compare":
+        return _compare(args)
     from densitylab.report.density import density_report, format_table
 
     try:
@@ -30,6 +48,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {out}/density_over_training.png, {out}/density_vs_familiarity.png, {out}/density_headline.csv")
     print(format_table(table))
+    return 0
+
+
+def _compare(args) -> int:
+    from densitylab.report.compare import compare_report
+
+    try:
+        page = compare_report(args.runs, args.out, args.by)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {page} (and the PNGs beside it)")
+    return 0
+
+
+def _capacity(args) -> int:
+    from densitylab.report.capacity import capacity_report, format_result
+
+    try:
+        out, result = capacity_report(args.runs, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/memorized_vs_dataset.png, {out}/capacity_vs_params.png, {out}/capacity.json")
+    print(format_result(result))
     return 0
 
 

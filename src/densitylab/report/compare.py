@@ -1,0 +1,299 @@
+"""Offline comparison of runs: one self-contained HTML page plus PNGs, from run folders alone (no W&B).
+
+``python -m densitylab.report compare RUN_OR_MULTIRUN [...] [--out DIR] [--by KEY]``
+
+Reads each run's ``metrics.csv`` (every logged scalar), ``summary.json`` and ``.hydra/config.yaml``
+/ ``overrides.yaml``; draws loss curves, per-layer density slopes, modularity and memorization over
+training; tabulates the final numbers and the config values that differ between runs; and, when one
+numeric config value varies (or ``--by KEY``), draws the final numbers against it (e.g. loss,
+density slope and modularity against ``model.n_layer`` for the depth-against-width experiment).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run folders among ``paths``: each path holding ``metrics.csv``, or every folder below it that
+    does (a Hydra multirun folder), in path order.
+
+    Raises:
+        FileNotFoundError: if a path does not exist or holds no run.
+    """
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
+        if (p / "metrics.csv").is_file():
+            runs.append(p)
+            continue
+        found = sorted((f.parent for f in p.rglob("metrics.csv") if "report" not in f.parts),
+                       key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))])
+        if not found:
+            raise FileNotFoundError(f"{str(p)!r} holds no metrics.csv: expected a run folder of train.py (CSV logger on)")
+        runs.extend(found)
+    return list(dict.fromkeys(runs))
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = json.dumps(d) if isinstance(d, (list, tuple)) else d
+    return out
+
+
+def load_run(run: Path) -> dict:
+    """One run's pieces: ``name`` (its folder relative to the common root is set later),
+    ``metrics`` (DataFrame indexed by step, one column per scalar, rows merged per step),
+    ``summary`` (dict), ``config`` (flat dict of ``.hydra/config.yaml``, interpolations as written),
+    ``overrides`` (list) and ``wandb_id`` (offline run id, or None)."""
+    import yaml
+
+    m = pd.read_csv(run / "metrics.csv")
+    if "step" in m.columns:
+        m = m.groupby("step").last().sort_index()
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    cfg_file, ov_file = run / ".hydra" / "config.yaml", run / ".hydra" / "overrides.yaml"
+    config = _flatten(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else {}
+    overrides = yaml.safe_load(ov_file.read_text()) or [] if ov_file.is_file() else []
+    wandb_dirs = sorted((run / "wandb").glob("offline-run-*")) if (run / "wandb").is_dir() else []
+    wandb_id = wandb_dirs[-1].name.rsplit("-", 1)[-1] if wandb_dirs else None
+    status = "failed" if (run / "FAILED").is_file() else summary.get("status", "unfinished")
+    return {"path": run, "metrics": m, "summary": summary, "config": config, "overrides": overrides,
+            "wandb_id": wandb_id, "status": status}
+
+
+def differing_config(runs: list[dict]) -> pd.DataFrame:
+    """Config keys whose values differ between runs (rows: runs, columns: keys); paths and run
+    names are left out."""
+    keys = sorted(set().union(*(r["config"] for r in runs)))
+    skip = ("paths.", "hydra.", "run_name", "callbacks.model_checkpoint.dirpath")
+    cols = {}
+    for k in keys:
+        if k.startswith(skip):
+            continue
+        vals = [r["config"].get(k) for r in runs]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1:
+            cols[k] = vals
+    return pd.DataFrame(cols, index=[r["name"] for r in runs])
+
+
+FINAL_KEYS = ["status", "global_step", "val/loss", "train/loss", "model/params", "model/params_non_embedding",
+              "modularity/score", "modularity/score_minus_control", "memorization/bits_total",
+              "memorization/extractable_frac", "perf/tokens_per_sec", "wall_time_s"]
+
+
+def final_table(runs: list[dict]) -> pd.DataFrame:
+    """Final numbers per run: :data:`FINAL_KEYS`, the minimum ``val/loss`` over training, every
+    ``density/L{i}/slope`` and the W&B run id."""
+    rows = []
+    for r in runs:
+        s, m = r["summary"], r["metrics"]
+        row = {k: s.get(k) for k in FINAL_KEYS}
+        row["status"] = r["status"]
+        row["val/loss_min"] = float(m["val/loss"].min()) if "val/loss" in m else None
+        for k in sorted(k for k in s if re.fullmatch(r"density/L\d+/slope", k)):
+            row[k] = s[k]
+        row["wandb_id"] = r["wandb_id"]
+        rows.append(row)
+    return pd.DataFrame(rows, index=[r["name"] for r in runs])
+
+
+def _series(m: pd.DataFrame, col: str) -> pd.Series:
+    return m[col].dropna() if col in m.columns else pd.Series(dtype=float)
+
+
+def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = plt.cm.tab10(np.arange(len(runs)) % 10)
+    figs: list[tuple[str, Path]] = []
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for r, c in zip(runs, colors):
+        tr = _series(r["metrics"], "train/loss")
+        if len(tr):
+            a1.plot(tr.index, tr.rolling(5, min_periods=1).mean(), color=c, linewidth=1, label=r["name"])
+        va = _series(r["metrics"], "val/loss")
+        if len(va):
+            a2.plot(va.index, va, "o-", color=c, ms=3, label=r["name"])
+    for ax, t in ((a1, "train/loss (nats/token, 5-point mean)"), (a2, "val/loss (nats/token)")):
+        ax.set_xlabel("step")
+        ax.set_title(t, fontsize=9)
+        ax.grid(alpha=0.3)
+    a1.legend(fontsize=7)
+    fig.tight_layout()
+    figs.append(("Loss", _save(fig, out / "compare_loss.png")))
+
+    slope_cols = sorted({c for r in runs for c in r["metrics"].columns if re.fullmatch(r"density/L\d+/slope", c)},
+                        key=lambda c: int(re.findall(r"\d+", c)[0]))
+    if slope_cols:
+        n = len(slope_cols)
+        fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.4), dpi=100, squeeze=False)
+        for ax, col in zip(axes[0], slope_cols):
+            for r, c in zip(runs, colors):
+                s = _series(r["metrics"], col)
+                if len(s):
+                    ax.plot(s.index, s, "o-", ms=2, color=c, label=r["name"])
+            ax.axhline(0, color="k", linewidth=0.6)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_title(col.replace("density/", "") + " (active_frac per doubling)", fontsize=8)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        figs.append(("Density slope per layer", _save(fig, out / "compare_density_slopes.png")))
+
+    for col, title, fname in (("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
+                              ("memorization/bits_total", "Memorized canary bits (total)", "compare_memorization.png")):
+        if not any(col in r["metrics"].columns for r in runs):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        for r, c in zip(runs, colors):
+            s = _series(r["metrics"], col)
+            if len(s):
+                ax.plot(s.index, s, "o-", ms=3, color=c, label=r["name"])
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        figs.append((title, _save(fig, out / fname)))
+    return figs
+
+
+def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tuple[str, Path] | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = pd.to_numeric(diff[key], errors="coerce")
+    if x.isna().any():
+        return None
+    panels = [c for c in ("val/loss", "modularity/score", "memorization/bits_total") if final[c].notna().any()]
+    slope_cols = [c for c in final.columns if re.fullmatch(r"density/L\d+/slope", c)]
+    panels += ["density slope (mean over layers)"] if slope_cols else []
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.4), dpi=100, squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        y = final[slope_cols].astype(float).mean(axis=1) if p.startswith("density") else pd.to_numeric(final[p], errors="coerce")
+        d = pd.DataFrame({"x": x.to_numpy(), "y": y.to_numpy()}).groupby("x")["y"]
+        mean = d.mean()
+        ax.plot(x, y, "o", color="tab:blue", alpha=0.5)
+        ax.plot(mean.index, mean.to_numpy(), "-", color="tab:blue")
+        ax.set_xlabel(key)
+        ax.set_title(p, fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(mean) > 2 and mean.index.min() > 0 and mean.index.max() / mean.index.min() >= 8:
+            ax.set_xscale("log", base=2)
+    fig.tight_layout()
+    return (f"Final numbers against {key}", _save(fig, out / "compare_by.png"))
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["run", *df.columns])
+    body = "".join("<tr>" + f"<td class='run'>{html.escape(str(i))}</td>" +
+                   "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for i, row in zip(df.index, df.itertuples(index=False)))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def compare_report(paths: list[str | Path], out_dir: str | Path | None = None, by: str | None = None) -> Path:
+    """Write ``compare.html`` (PNGs embedded, so the page is one self-contained file) and the PNGs
+    beside it into ``out_dir`` (default ``<common parent of the runs>/compare``); return the page's path.
+
+    Raises:
+        FileNotFoundError: no run found. ValueError: ``by`` is not a config key that differs between runs.
+    """
+    run_dirs = find_run_dirs(paths)
+    root = Path(*_common_parts([d.resolve() for d in run_dirs])) if len(run_dirs) > 1 else run_dirs[0].resolve().parent
+    runs = [load_run(d) for d in run_dirs]
+    for r in runs:
+        r["name"] = str(r["path"].resolve().relative_to(root)) if r["path"].resolve() != root else r["path"].name
+    out = Path(out_dir) if out_dir else root / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    diff = differing_config(runs)
+    final = final_table(runs)
+    figs = _plot_training(runs, out)
+    if by is not None and by not in diff.columns:
+        raise ValueError(f"--by {by!r}: expected a config key that differs between runs, one of {list(diff.columns)}")
+    numeric = [c for c in diff.columns if pd.to_numeric(diff[c], errors="coerce").notna().all() and c != "seed"]
+    key = by or (numeric[0] if len(numeric) == 1 else None)
+    if key is not None:
+        fig = _plot_by(final, diff, key, out)
+        if fig:
+            figs.insert(0, fig)
+    diff.to_csv(out / "config_diff.csv")
+    final.to_csv(out / "final.csv")
+    sections = []
+    for title, png in figs:
+        b64 = base64.b64encode(png.read_bytes()).decode()
+        sections.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
+                        f"<p class='file'>{html.escape(png.name)}</p>")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>densitylab: {len(runs)} runs compared</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 12px; margin-bottom: 16px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
+th {{ background: #f3f3f3; }} td.run {{ text-align: left; font-family: monospace; }}
+img {{ max-width: 100%; border: 1px solid #eee; }} p.file {{ color: #888; font-size: 11px; }}
+</style></head><body>
+<h1>densitylab: {len(runs)} runs compared</h1>
+<p>Root: <code>{html.escape(str(root))}</code>. Runs: {", ".join(f"<code>{html.escape(r['name'])}</code>" for r in runs)}.</p>
+<h2>Final numbers</h2>{_table_html(final)}
+<h2>Config values that differ</h2>{_table_html(diff) if len(diff.columns) else "<p>none: the runs share one config</p>"}
+{"".join(sections)}
+</body></html>
+"""
+    page_path = out / "compare.html"
+    page_path.write_text(page)
+    return page_path
+
+
+def _common_parts(paths: list[Path]) -> list[str]:
+    parts = list(paths[0].parts)
+    for p in paths[1:]:
+        n = 0
+        for a, b in zip(parts, p.parts):
+            if a != b:
+                break
+            n += 1
+        parts = parts[:n]
+    return parts
