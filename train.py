@@ -17,6 +17,13 @@ import densitylab.config  # noqa: F401  (registers the ${cwd:} resolver used by 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one run; return the summary value named by ``optimized_metric`` (default the final
@@ -30,6 +37,8 @@ def main(cfg: DictConfig) -> float | None:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         mark_failed(cfg.paths.output_dir, message)
         print(f"error: {message}", file=sys.stderr, flush=True)
+        if _multirun():  # a failed job of a sweep: Hydra records it (Optuna: a FAILED trial) and the sweep goes on
+            raise
         sys.exit(2)
     except BaseException as e:  # a bug or an interrupt: keep the traceback, but never look like a success
         mark_failed(cfg.paths.output_dir, f"{type(e).__name__}: {e}")

@@ -188,12 +188,18 @@ def test_plateau_reduces_lr_then_stops():
     p = Plateau(patience=3, min_delta=0.1, lr_patience=1, lr_factor=0.5, min_lr_scale=0.25)
     actions = [p.update(v) for v in [1.0, 2.0, 2.05, 2.5, 2.55, 2.56, 2.57, 2.58]]
     assert actions == [None, None, "reduce_lr", None, "reduce_lr", None, "stop", "stop"][: len(actions)]
-    assert p.lr_scale == 0.25 and p.best == pytest.approx(2.58)
+    assert p.lr_scale == 0.25 and p.best == pytest.approx(2.5) and p.max_seen == pytest.approx(2.58)
     q = Plateau(patience=3, min_delta=0.1, lr_patience=1, lr_factor=0.5, min_lr_scale=0.25)
     q.load_state_dict(p.state_dict())
     assert q.state_dict() == p.state_dict()
     with pytest.raises(ValueError, match="patience"):
         Plateau(patience=0)
+
+
+def test_plateau_never_stops_slow_steady_growth():
+    # +0.06 per evaluation with min_delta 0.1: every second evaluation adds up to an improvement
+    p = Plateau(patience=2, min_delta=0.1, lr_patience=5)
+    assert [p.update(0.06 * i) for i in range(40)] == [None] * 40
 
 
 # ---------------------------------------------------------------------------- uniform data
@@ -262,3 +268,13 @@ def test_fit_alpha():
     assert noisy["alpha"] == pytest.approx(3.6) and noisy["alpha_ci_low"] < 3.6 < noisy["alpha_ci_high"]
     with pytest.raises(ValueError, match=">= 2"):
         fit_alpha(np.array([1.0]), np.array([1.0]))
+
+
+def test_fit_plateau_leaves_out_points_that_did_not_converge():
+    capacity = 1e5
+    x = capacity * np.array([1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16])
+    y = saturating(x, capacity, 1.0)
+    y[-2:] = [0.6 * capacity, 0.3 * capacity]  # big datasets stopped early (step limit): far below the plateau
+    fit = fit_plateau(x, y)
+    assert fit["points_dropped"] == 2 and fit["dropped_dataset_bits"] == list(x[-2:])
+    assert fit["capacity_bits"] == pytest.approx(capacity, rel=0.1)

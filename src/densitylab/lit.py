@@ -41,6 +41,9 @@ class LitGPT(L.LightningModule):
         compile: wrap the training forward in ``torch.compile`` (the uncompiled ``self.model`` stays
             available for probes).
 
+    Attributes ``n_params``, ``n_params_non_embedding`` and ``flops_per_token`` hold the model's
+    sizes, counted at construction (before any strategy shards the parameters).
+
     Logged scalars: ``train/loss`` and ``val/loss`` (mean cross-entropy, nats/token),
     ``train/tokens_seen`` (input tokens trained on, all processes), ``lr``.
     """
@@ -63,6 +66,10 @@ class LitGPT(L.LightningModule):
         if warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={warmup_steps!r}: expected >= 0")
         self.model = GPT(GPTConfig(**dict(model)))
+        # counted here, before a strategy can shard the parameters (FSDP would count local shards)
+        self.n_params = self.model.num_params(non_embedding=False)
+        self.n_params_non_embedding = self.model.num_params()
+        self.flops_per_token = self.model.flops_per_token()
         self._fwd = torch.compile(self.model) if compile else self.model
         self.tokens_seen = 0  # input tokens trained on, summed over processes (python int: no sync)
 

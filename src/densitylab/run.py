@@ -152,8 +152,10 @@ def train(cfg: DictConfig) -> dict:
     from densitylab.callbacks.wandb_util import find_wandb_logger, final_summary, prepare_wandb_run
 
     wandb_logger = find_wandb_logger(loggers)
-    if wandb_logger is not None and _is_rank_zero():
-        prepare_wandb_run(wandb_logger, cfg, lit.model.num_params(non_embedding=False), dm.meta.get("corpus"), _hydra_choices())
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if wandb_logger is not None and rank_zero_only.rank == 0:  # RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads them
+        prepare_wandb_run(wandb_logger, cfg, lit.n_params, dm.meta.get("corpus"), _hydra_choices())
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(output_dir))
 
@@ -195,7 +197,6 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
 
     tput = next((c for c in callbacks if isinstance(c, ThroughputLogger)), None)
     val_loss = float(val[0]["val/loss"]) if val and "val/loss" in val[0] else metric("val/loss")
-    model = lit.model
     extra = {}
     for cb in callbacks:  # probes contribute their final headline numbers
         if hasattr(cb, "summary_metrics"):
@@ -213,9 +214,9 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
         "data/unigram_entropy_nats": dm.unigram_entropy,
         **{f"data/{k}": dm.meta[k] for k in ("n_sequences", "length", "alphabet_size", "entropy_bits") if k in dm.meta},
         "val/loss_below_unigram_entropy": val_loss is not None and val_loss < dm.unigram_entropy,
-        "model/params": model.num_params(non_embedding=False),
-        "model/params_non_embedding": model.num_params(),
-        "model/flops_per_token": model.flops_per_token(),
+        "model/params": lit.n_params,
+        "model/params_non_embedding": lit.n_params_non_embedding,
+        "model/flops_per_token": lit.flops_per_token,
         "perf/tokens_per_sec": None if tput is None or math.isnan(tput.mean_tokens_per_sec) else tput.mean_tokens_per_sec,
         "wall_time_s": wall_time,
         "device": str(lit.device),

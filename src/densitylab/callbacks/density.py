@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 
-from densitylab.callbacks.dist import shards_parameters
+from densitylab.callbacks.dist import probe_model
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.probes.density import METRICS, density_records, measure_density
@@ -27,7 +27,7 @@ class DensityCallback(L.Callback):
     Runs at step 0 (before training), at log-spaced steps 1, 2, 4, ... and every ``every_n_steps``,
     and once more at the end; in eval mode, under ``torch.no_grad``, on the uncompiled model, with
     every hook removed afterwards; on global rank 0 (the ledger is summed over processes first), or,
-    when the strategy shards parameters (FSDP), on every process with rank 0 keeping the result.
+    when the strategy shards parameters (FSDP), on an unsharded copy that every process helps gather.
 
     Logs ``density/L{i}/{metric}/{probe_set}`` (whole-set means), ``density/L{i}/slope`` and
     ``density/L{i}/gap`` (with ``_ci_low`` / ``_ci_high``), a W&B heatmap (layer × familiarity
@@ -89,22 +89,15 @@ class DensityCallback(L.Callback):
         ledger = self.ledger_cb.ledger
         ledger.sync()  # collective: every process, same step
         self.last_step = step
-        if not trainer.is_global_zero and not shards_parameters(trainer):
-            return
         t0 = time.perf_counter()
-        model = pl_module.model  # the eager module, never the compiled wrapper
-        was_training = model.training
-        model.eval()
-        try:
+        with probe_model(trainer, pl_module) as model:  # the eager module (or an unsharded copy); None off rank 0
+            if model is None:
+                return
             metrics, fam = {}, {}
             for s in self.sets:
                 metrics[s.name] = measure_density(model, s.input_ids, self.batch_size)
                 f = ledger.familiarity(s.input_ids, s.sample_ids, s.spans)
                 fam[s.name] = {k: v.cpu().numpy() for k, v in f.items()}
-        finally:
-            model.train(was_training)
-        if not trainer.is_global_zero:  # sharded model: this process only took part in the forward passes
-            return
         rows, headline = density_records(step, metrics, fam, self.primary_view)
         self.rows.append(rows)
         self.headline = headline

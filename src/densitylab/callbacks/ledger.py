@@ -53,7 +53,10 @@ class LedgerCallback(L.Callback):
         checkpoint's state was handed to :meth:`load_state_dict`)."""
         dm = trainer.datamodule
         if dm is None or "train" not in getattr(dm, "splits", {}):
-            raise RuntimeError("LedgerCallback needs densitylab's DataModule (trainer.fit(..., datamodule=dm))")
+            from densitylab.errors import ConfigError
+
+            raise ConfigError("callbacks.ledger (and density, modularity) need packed text data (data=synthetic|text|hub): "
+                              "with data=uniform use callbacks=capacity, or set callbacks.ledger=null")
         packed = dm.splits["train"]
         names = packed.spans[packed.spans["kind"] == "name"]
         table = dm.entity_table

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from densitylab.callbacks.dist import probe_model
 from densitylab.io import write_parquet_atomic
 from densitylab.probes.memorization import Plateau, canary_max_bits, measure_memorization, memorization_scalars
 from densitylab.probes.schedule import is_scheduled
@@ -30,8 +31,8 @@ class MemorizationCallback(L.Callback):
     Cadence: step 0, log-spaced steps 1, 2, 4, ... (``log_spaced``) and every ``every_n_steps``; with
     ``every_n_epochs`` also at the end of every such epoch once at least ``min_steps_between``
     steps have passed since the last call; and at the end of training. Eval mode, ``torch.no_grad``,
-    the uncompiled model; every process measures (so DDP/FSDP ranks stay in step and reach the same
-    plateau decision); global rank 0 logs and writes.
+    the uncompiled model (an unsharded copy under FSDP), on global rank 0, which logs and writes; the
+    plateau rule's decision is broadcast so every process lowers the LR or stops at the same step.
 
     With ``plateau`` set (a dict of :class:`~densitylab.probes.memorization.Plateau` settings), the
     rule watches ``memorization/bits_per_param``: after ``lr_patience`` calls without a gain of
@@ -98,7 +99,7 @@ class MemorizationCallback(L.Callback):
         self.table["max_bits"] = canary_max_bits(self.length, self.table["alphabet_size"].to_numpy())
         self.tokens = torch.tensor(np.stack(table["tokens"].map(np.asarray).to_list()), dtype=torch.int64)
         self.alphabet = torch.tensor(self.table["alphabet_size"].to_numpy(), dtype=torch.float64)
-        self.n_params = pl_module.model.num_params(non_embedding=False)
+        self.n_params = getattr(pl_module, "n_params", None) or pl_module.model.num_params(non_embedding=False)
         if trainer.is_global_zero and self.output_dir is not None:
             old = self.output_dir / "probes" / "memorization.parquet"
             if old.is_file():  # resumed into the same folder: keep the earlier records
@@ -112,6 +113,7 @@ class MemorizationCallback(L.Callback):
         """Restore :meth:`state_dict` (resume)."""
         if self.plateau is not None and state_dict.get("plateau"):
             self.plateau.load_state_dict(state_dict["plateau"])
+        self.stopped_by = state_dict.get("stopped_by", self.stopped_by)
 
     # ------------------------------------------------------------------ schedule
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -149,24 +151,23 @@ class MemorizationCallback(L.Callback):
         step = trainer.global_step
         self.last_step = step
         t0 = time.perf_counter()
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        try:
-            per = measure_memorization(model, self.tokens, self.alphabet, self.batch_size, self.prefix_len, self.suffix_len)
-        finally:
-            model.train(was_training)
-        per = pd.concat([self.table, per], axis=1)
-        scalars = memorization_scalars(per, self.n_params)
+        per = None
+        with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
+            if model is not None:
+                per = measure_memorization(model, self.tokens, self.alphabet, self.batch_size, self.prefix_len, self.suffix_len)
+        scalars = {}
+        if per is not None:
+            per = pd.concat([self.table, per], axis=1)
+            scalars = memorization_scalars(per, self.n_params)
         if self.plateau is not None:
-            scalars["lr_scale"] = self.plateau.lr_scale
             if not final and step > 0:
-                self._apply_plateau(trainer, scalars["bits_per_param"])
+                self._apply_plateau(trainer, scalars.get("bits_per_param"))
+            scalars["lr_scale"] = self.plateau.lr_scale
+        if per is None:
+            return
         self.scalars = scalars
         self.seconds += time.perf_counter() - t0
         self.calls += 1
-        if not trainer.is_global_zero:
-            return
         per.insert(0, "epoch", int(trainer.current_epoch))
         per.insert(0, "step", step)
         self.rows.append(per[["step", "epoch", "canary_id", "repetitions", "nll_bits", "mem_bits", "max_bits",
@@ -178,8 +179,11 @@ class MemorizationCallback(L.Callback):
         for lg in trainer.loggers:
             lg.log_metrics(logged, step=step)
 
-    def _apply_plateau(self, trainer: L.Trainer, value: float) -> None:
-        action = self.plateau.update(value)
+    def _apply_plateau(self, trainer: L.Trainer, value: float | None) -> None:
+        """Rank 0 updates the rule; every process receives the action and the rule's state."""
+        action = self.plateau.update(value) if trainer.is_global_zero else None
+        action, state = trainer.strategy.broadcast((action, self.plateau.state_dict()), src=0)
+        self.plateau.load_state_dict(state)
         if action == "reduce_lr":
             f = self.plateau.lr_factor
             for opt in trainer.optimizers:
@@ -189,15 +193,14 @@ class MemorizationCallback(L.Callback):
                 if hasattr(cfg.scheduler, "base_lrs"):
                     cfg.scheduler.base_lrs = [lr * f for lr in cfg.scheduler.base_lrs]
             if trainer.is_global_zero:
-                log.info("memorization plateau at step %d (%.3f bits/param): learning rate x%.2f", trainer.global_step,
+                log.info("memorization plateau at step %d (%.3f bits/param): learning rate x%.4g", trainer.global_step,
                          value, self.plateau.lr_scale)
-        stop = trainer.strategy.reduce_boolean_decision(action == "stop", all=False)
-        if stop:
+        elif action == "stop":
             self.stopped_by = "plateau"
             trainer.should_stop = True
             if trainer.is_global_zero:
                 log.info("memorization plateau at step %d: %.3f bits/param, no gain > %g in %d evaluations: stopping",
-                         trainer.global_step, self.plateau.best, self.plateau.min_delta, self.plateau.patience)
+                         trainer.global_step, value, self.plateau.min_delta, self.plateau.patience)
 
     def summary_metrics(self) -> dict:
         """Final numbers for ``summary.json``: every ``memorization/*`` scalar of the last call, the
@@ -210,6 +213,6 @@ class MemorizationCallback(L.Callback):
         out["memorization/canaries"] = 0 if self.tokens is None else int(self.tokens.shape[0])
         if self.plateau is not None:
             out["memorization/stopped_by"] = self.stopped_by
-            out["memorization/best_bits_per_param"] = self.plateau.best
+            out["memorization/best_bits_per_param"] = self.plateau.max_seen
         out["perf/memorization_probe_seconds"] = self.seconds / max(self.calls, 1)
         return out

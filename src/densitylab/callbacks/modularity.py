@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from densitylab.callbacks.dist import shards_parameters
+from densitylab.callbacks.dist import probe_model
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.io import write_parquet_atomic
 from densitylab.model import GPT
@@ -27,7 +27,7 @@ class ModularityCallback(L.Callback):
     loss change on each task (:mod:`densitylab.probes.modularity`; Lepori et al., arXiv:2301.10884).
 
     Runs at log-spaced steps (when ``log_spaced``) and every ``every_n_steps``, and at the end, on
-    global rank 0 (every process takes part in the forward passes when the strategy shards parameters), eval mode, ``torch.no_grad``, uncompiled model, hooks removed afterwards. Once, at
+    global rank 0 (on an unsharded copy that every process helps gather when the strategy shards parameters), eval mode, ``torch.no_grad``, uncompiled model, hooks removed afterwards. Once, at
     fit start, it measures an untrained twin (same architecture, initialised from ``seed``): the
     random-init control. Logs ``modularity/score``, ``modularity/score_heads``, ``modularity/score_mlp``
     and ``modularity/score_minus_control``; a W&B heatmap (component × task); writes
@@ -119,19 +119,11 @@ class ModularityCallback(L.Callback):
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         self.last_step = step
-        if not trainer.is_global_zero and not shards_parameters(trainer):
-            return
         t0 = time.perf_counter()
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        try:
-            if not trainer.is_global_zero:  # sharded model: take part in the forward passes only
-                ablation_effects(model, self.probe.input_ids, self.targets, self.tasks, self.groups, self.max_rows)
+        with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
+            if model is None:
                 return
             self.scores = self._measure(model, step, trainer)
-        finally:
-            model.train(was_training)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         scalars = {f"modularity/{k}": v for k, v in self.scores.items() if isinstance(v, (int, float)) and math.isfinite(v)}

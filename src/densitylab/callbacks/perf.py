@@ -53,7 +53,7 @@ class ThroughputLogger(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.peak_flops is None:
             self.peak_flops = get_available_flops(pl_module.device, _precision_dtype(trainer.precision))
-        self._flops_per_token = pl_module.model.flops_per_token()
+        self._flops_per_token = getattr(pl_module, "flops_per_token", None) or pl_module.model.flops_per_token()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:

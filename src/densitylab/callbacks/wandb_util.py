@@ -31,8 +31,8 @@ def run_tags(cfg, n_params: int, data_name: str | None) -> list[str]:
     tags = [str(t) for t in (cfg.get("tags") or [])]
     tags += [f"model:{cfg.model.n_layer}x{cfg.model.n_embd}", f"params:{size}", f"seed:{cfg.seed}"]
     if data_name:
-        tags.append(f"data:{str(data_name)[:60]}")
-    return list(dict.fromkeys(tags))
+        tags.append(f"data:{data_name}")
+    return list(dict.fromkeys(t[:64] for t in tags))  # W&B rejects the whole tag set if one tag is longer
 
 
 def prepare_wandb_run(logger, cfg, n_params: int, data_name: str | None, choices: dict | None = None) -> None:
@@ -40,7 +40,11 @@ def prepare_wandb_run(logger, cfg, n_params: int, data_name: str | None, choices
     ``train/loss``; last density, modularity and memorization values), tags from :func:`run_tags`,
     and the Hydra group choices (``model``, ``data``, ...) in the config as ``choices/*`` so that
     runs group by them in the runs table and parallel-coordinates views."""
+    from lightning.fabric.loggers.logger import _DummyExperiment
+
     run = logger.experiment
+    if isinstance(run, _DummyExperiment):  # not global rank 0
+        return
     run.define_metric("trainer/global_step")
     for name, rule in SUMMARY_RULES.items():
         run.define_metric(name, step_metric="trainer/global_step", summary=rule)

@@ -156,6 +156,7 @@ class Plateau:
     lr_factor: float = 0.5
     min_lr_scale: float = 1 / 16
     best: float = -math.inf
+    max_seen: float = -math.inf
     wait: int = 0
     lr_wait: int = 0
     lr_scale: float = 1.0
@@ -169,10 +170,10 @@ class Plateau:
     def update(self, value: float) -> str | None:
         """Record one evaluation; return the action it calls for."""
         self.history.append(float(value))
-        if value > self.best + self.min_delta:
-            self.best, self.wait, self.lr_wait = float(value), 0, 0
+        self.max_seen = max(self.max_seen, float(value))
+        if value > self.best + self.min_delta:  # best moves only on an improvement, so slow steady growth
+            self.best, self.wait, self.lr_wait = float(value), 0, 0  # adds up to one (as ReduceLROnPlateau)
             return None
-        self.best = max(self.best, float(value))
         self.wait += 1
         self.lr_wait += 1
         if self.wait >= self.patience:
@@ -185,7 +186,7 @@ class Plateau:
 
     def state_dict(self) -> dict:
         """Everything needed to resume the rule."""
-        return {k: getattr(self, k) for k in ("best", "wait", "lr_wait", "lr_scale", "history")}
+        return {k: getattr(self, k) for k in ("best", "max_seen", "wait", "lr_wait", "lr_scale", "history")}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""

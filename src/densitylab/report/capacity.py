@@ -27,25 +27,31 @@ def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray) -> dict:
     """Fit one model's capacity: the plateau of memorized bits over dataset size.
 
     Least squares (relative residuals, so small datasets count as much as large ones) of
-    :func:`saturating` with C > 0 and 0 < k <= 1.5.
+    :func:`saturating` with C > 0 and 0 < k <= 1.5, over the points :func:`converged_points` keeps.
 
     Args:
         dataset_bits: (n,) information content of each dataset, N·(S−1)·log2 A bits.
         memorized: (n,) total memorized bits measured on it.
     Returns:
         dict with ``capacity_bits`` (C), ``capacity_ci_low`` / ``capacity_ci_high`` (95%, from the
-        fit's covariance), ``k``, ``max_memorized`` (largest measurement), and ``saturated``: True
+        fit's covariance), ``k``, ``max_memorized`` (largest measurement), ``points`` (used) and
+        ``points_dropped`` (unconverged, see :func:`converged_points`), and ``saturated``: True
         when the largest dataset holds at least 1.5·C bits and its memorized bits are within 15% of
         C (the grid reached the plateau; otherwise C is an extrapolation, read it with care).
     Raises:
         ValueError: with fewer than 3 points or no positive measurement.
     """
-    x, y = np.asarray(dataset_bits, dtype=float), np.asarray(memorized, dtype=float)
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if len(x) < 3 or not (y > 0).any():
-        raise ValueError(f"{len(x)} points with max memorized {y.max() if len(y) else 'n/a'} bits: expected >= 3 dataset sizes and some memorization")
-    y_max = float(y.max())
+    x_all, y_all = np.asarray(dataset_bits, dtype=float), np.asarray(memorized, dtype=float)
+    order = np.argsort(x_all, kind="stable")
+    x_all, y_all = x_all[order], y_all[order]
+    if len(x_all) < 3 or not (y_all > 0).any():
+        raise ValueError(f"{len(x_all)} points with max memorized {y_all.max() if len(y_all) else 'n/a'} bits: "
+                         "expected >= 3 dataset sizes and some memorization")
+    keep = converged_points(y_all)
+    x, y = x_all[keep], y_all[keep]
+    if len(x) < 3:
+        raise ValueError(f"only {len(x)} of {len(x_all)} dataset sizes look converged: expected >= 3 to fit a plateau")
+    y_max = float(y_all.max())
     w = 1.0 / np.maximum(y, 0.02 * y_max)
 
     def resid(p):
@@ -63,14 +69,26 @@ def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray) -> dict:
     t = stats.t.ppf(0.975, max(len(x) - 2, 1))
     saturated = bool(x[-1] >= 1.5 * c and y[-1] >= 0.85 * c)
     return {"capacity_bits": float(c), "capacity_ci_low": float(c - t * se), "capacity_ci_high": float(c + t * se),
-            "k": float(k), "max_memorized": y_max, "saturated": saturated, "points": int(len(x))}
+            "k": float(k), "max_memorized": y_max, "saturated": saturated, "points": int(len(x)),
+            "points_dropped": int((~keep).sum()), "dropped_dataset_bits": x_all[~keep].tolist()}
+
+
+def converged_points(memorized: np.ndarray, tolerance: float = 0.1) -> np.ndarray:
+    """Mask of the points (sorted by dataset size) that can be on a converged curve: a model trained to
+    convergence never memorizes fewer bits of a larger uniform dataset (the curve rises, then stays
+    flat at capacity; Morris et al. Fig. 2), so a point more than ``tolerance`` below the largest
+    value at a smaller dataset size stopped before converging (e.g. at the step limit) and is
+    left out of the fit."""
+    y = np.asarray(memorized, dtype=float)
+    prev_max = np.maximum.accumulate(np.concatenate([[-np.inf], y[:-1]]))
+    return y >= (1 - tolerance) * prev_max
 
 
 def fit_alpha(capacity_bits: np.ndarray, params: np.ndarray, level: float = 0.95) -> dict:
     """Bits per parameter across models.
 
     ``alpha`` = mean over models of C_i / P_i with a t-interval across models (the models are the
-    replicates); ``alpha_through_origin`` = least-squares slope of C on P through the origin
+    replicates; :func:`capacity_report` passes only the models whose grid reached the plateau); ``alpha_through_origin`` = least-squares slope of C on P through the origin
     (weighted towards the larger models) with its own t-interval.
 
     Raises:
@@ -135,13 +153,23 @@ def capacity_report(paths: list[str | Path], out_dir: str | Path | None = None) 
     df = load_capacity_runs(paths)
     out = Path(out_dir) if out_dir else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    if df["precision"].nunique() > 1:
+        raise ValueError(f"runs of several precisions {sorted(df['precision'].unique())}: expected one (report each grid on its own)")
     fits = []
     for params, g in df.groupby("params"):
-        fit = fit_plateau(g["dataset_bits"].to_numpy(), g["memorized_bits"].to_numpy())
+        mean = g.groupby("dataset_bits", as_index=False)["memorized_bits"].mean()  # seeds at one N: their mean
+        fit = fit_plateau(mean["dataset_bits"].to_numpy(), mean["memorized_bits"].to_numpy())
         fits.append({"params": int(params), **fit, "alpha_model": fit["capacity_bits"] / params,
                      "runs_stopped_by_plateau": int((g["stopped_by"] == "plateau").sum()), "runs": len(g)})
     fit_df = pd.DataFrame(fits)
-    result = fit_alpha(fit_df["capacity_bits"].to_numpy(), fit_df["params"].to_numpy())
+    sat = fit_df[fit_df["saturated"]]
+    use = sat if len(sat) >= 2 else fit_df  # capacities the grid did not reach are extrapolations: leave them out
+    result = fit_alpha(use["capacity_bits"].to_numpy(), use["params"].to_numpy())
+    result["alpha_models"] = [int(p) for p in use["params"]]
+    result["alpha_from_saturated_models_only"] = bool(len(sat) >= 2)
+    unsat = fit_df[~fit_df["saturated"]]
+    result["unsaturated_lower_bounds_bits_per_param"] = {
+        int(r.params): float(r.max_memorized / r.params) for r in unsat.itertuples()}
     precisions = sorted(df["precision"].dropna().astype(str).unique())
     result.update({"precision": precisions[0] if len(precisions) == 1 else precisions, "runs": len(df),
                    "wall_time_s_total": float(df["wall_time_s"].fillna(0).sum()), "per_model": fits,
@@ -164,20 +192,27 @@ def _plot_curves(df: pd.DataFrame, fit_df: pd.DataFrame, path: Path) -> None:
     colors = plt.cm.plasma(np.linspace(0, 0.85, len(fit_df)))
     for (_, f), c in zip(fit_df.iterrows(), colors):
         g = df[df["params"] == f["params"]].sort_values("dataset_bits")
-        ax.plot(g["dataset_bits"], g["memorized_bits"], "o", color=c, label=f"{int(f['params']):,} params")
-        xs = np.geomspace(g["dataset_bits"].min() / 2, g["dataset_bits"].max() * 2, 200)
-        ax.plot(xs, saturating(xs, f["capacity_bits"], f["k"]), "-", color=c, linewidth=1)
-        ax.axhline(f["capacity_bits"], color=c, linestyle=":", linewidth=0.8)
+        ax.plot(g["dataset_bits"], g["memorized_bits"], "o", color=c,
+                label=f"{int(f['params']):,} params" + ("" if f["saturated"] else " (not saturated)"))
+        hi = g["dataset_bits"].max() * (2 if f["saturated"] else 1)  # no extrapolation of an unsaturated fit
+        xs = np.geomspace(g["dataset_bits"].min() / 2, hi, 200)
+        ax.plot(xs, saturating(xs, f["capacity_bits"], f["k"]), "-" if f["saturated"] else "--", color=c, linewidth=1)
+        if f["saturated"]:
+            ax.axhline(f["capacity_bits"], color=c, linestyle=":", linewidth=0.8)
         unconv = g[g["stopped_by"] != "plateau"]
         if len(unconv):
             ax.plot(unconv["dataset_bits"], unconv["memorized_bits"], "x", color="k", ms=7)
+        dropped = g[g["dataset_bits"].isin(f["dropped_dataset_bits"])]
+        if len(dropped):
+            ax.plot(dropped["dataset_bits"], dropped["memorized_bits"], "o", mfc="white", mec=c, ms=9)
     lim = [df["dataset_bits"].min() / 2, df["dataset_bits"].max() * 2]
     ax.plot(lim, lim, "k--", linewidth=0.6, label="memorized = dataset")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("dataset size N·(S−1)·log2 A (bits)")
     ax.set_ylabel("memorized bits (Σ over training sequences)")
-    ax.set_title("Memorized bits against dataset size (dotted: fitted capacity; x: stopped by the step limit, not the plateau)", fontsize=9)
+    ax.set_title("Memorized bits against dataset size. Dotted: fitted capacity; x: stopped by the step\n"
+                 "limit, not the plateau; open: below a smaller dataset's value, left out of the fit", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -192,9 +227,15 @@ def _plot_alpha(fit_df: pd.DataFrame, result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
-    p, c = fit_df["params"].to_numpy(float), fit_df["capacity_bits"].to_numpy(float)
-    err = np.vstack([c - fit_df["capacity_ci_low"], fit_df["capacity_ci_high"] - c])
+    sat = fit_df[fit_df["saturated"]]
+    p, c = sat["params"].to_numpy(float), sat["capacity_bits"].to_numpy(float)
+    err = np.vstack([c - sat["capacity_ci_low"], sat["capacity_ci_high"] - c])
     ax.errorbar(p, c, yerr=np.clip(err, 0, None), fmt="o", color="tab:blue", capsize=3, label="fitted capacity (95% CI)")
+    uns = fit_df[~fit_df["saturated"]]
+    if len(uns):
+        ax.plot(uns["params"], uns["max_memorized"], "^", mfc="white", mec="tab:red", ms=8,
+                label="not saturated: max memorized (lower bound)")
+    p = fit_df["params"].to_numpy(float)
     xs = np.geomspace(p.min() / 1.5, p.max() * 1.5, 50)
     a, lo, hi = result["alpha"], result["alpha_ci_low"], result["alpha_ci_high"]
     ax.plot(xs, a * xs, "-", color="tab:blue", label=f"α = {a:.2f} bits/param [{lo:.2f}, {hi:.2f}]")
@@ -222,5 +263,9 @@ def format_result(result: dict) -> str:
     for f in result["per_model"]:
         lines.append(f"{f['params']:>9,} {f['capacity_bits']:>14,.0f} [{f['capacity_ci_low']:>10,.0f}, {f['capacity_ci_high']:>10,.0f}] "
                      f"{f['alpha_model']:>10.3f} {str(f['saturated']):>9} {f['runs_stopped_by_plateau']:>7}/{f['runs']}")
+    if result["unsaturated_lower_bounds_bits_per_param"]:
+        lines.append("not saturated (grid too small or runs stopped by the step limit; left out of alpha when >= 2 "
+                     "models saturated); lower bounds max memorized/params: " + ", ".join(
+                         f"{p:,}: >= {v:.3f}" for p, v in result["unsaturated_lower_bounds_bits_per_param"].items()))
     lines.append(result["reference"])
     return "\n".join(lines)

@@ -36,7 +36,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         if (p / "metrics.csv").is_file():
             runs.append(p)
             continue
-        found = sorted((f.parent for f in p.rglob("metrics.csv") if "report" not in f.parts),
+        found = sorted((f.parent for f in p.rglob("metrics.csv") if not {"report", "compare"} & set(f.relative_to(p).parts)),
                        key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))])
         if not found:
             raise FileNotFoundError(f"{str(p)!r} holds no metrics.csv: expected a run folder of train.py (CSV logger on)")
@@ -108,7 +108,8 @@ def final_table(runs: list[dict]) -> pd.DataFrame:
             row[k] = s[k]
         row["wandb_id"] = r["wandb_id"]
         rows.append(row)
-    return pd.DataFrame(rows, index=[r["name"] for r in runs])
+    df = pd.DataFrame(rows, index=[r["name"] for r in runs])
+    return df.loc[:, df.notna().any()]  # no columns of numbers no run has (e.g. a probe that was off)
 
 
 def _series(m: pd.DataFrame, col: str) -> pd.Series:
@@ -152,6 +153,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
                     ax.plot(s.index, s, "o-", ms=2, color=c, label=r["name"])
             ax.axhline(0, color="k", linewidth=0.6)
             ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
             ax.set_title(col.replace("density/", "") + " (active_frac per doubling)", fontsize=8)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
@@ -169,6 +171,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
             if len(s):
                 ax.plot(s.index, s, "o-", ms=3, color=c, label=r["name"])
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
@@ -187,7 +190,7 @@ def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tu
     x = pd.to_numeric(diff[key], errors="coerce")
     if x.isna().any():
         return None
-    panels = [c for c in ("val/loss", "modularity/score", "memorization/bits_total") if final[c].notna().any()]
+    panels = [c for c in ("val/loss", "modularity/score", "memorization/bits_total") if c in final and final[c].notna().any()]
     slope_cols = [c for c in final.columns if re.fullmatch(r"density/L\d+/slope", c)]
     panels += ["density slope (mean over layers)"] if slope_cols else []
     if not panels:
@@ -231,7 +234,7 @@ def _table_html(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["run", *df.columns])
     body = "".join("<tr>" + f"<td class='run'>{html.escape(str(i))}</td>" +
                    "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for i, row in zip(df.index, df.itertuples(index=False)))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def compare_report(paths: list[str | Path], out_dir: str | Path | None = None, by: str | None = None) -> Path:
@@ -273,7 +276,7 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 12px; margin-bottom: 16px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
 th {{ background: #f3f3f3; }} td.run {{ text-align: left; font-family: monospace; }}
-img {{ max-width: 100%; border: 1px solid #eee; }} p.file {{ color: #888; font-size: 11px; }}
+img {{ max-width: 100%; border: 1px solid #eee; }} div.scroll {{ overflow-x: auto; }} p.file {{ color: #888; font-size: 11px; }}
 </style></head><body>
 <h1>densitylab: {len(runs)} runs compared</h1>
 <p>Root: <code>{html.escape(str(root))}</code>. Runs: {", ".join(f"<code>{html.escape(r['name'])}</code>" for r in runs)}.</p>

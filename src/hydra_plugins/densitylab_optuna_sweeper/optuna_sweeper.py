@@ -108,7 +108,11 @@ class OptunaSweeper(Sweeper):
         space, fixed = self._search_space(arguments)
         if not space:
             raise ValueError("the Optuna sweeper found nothing to search: set hydra.sweeper.params or pass sweep overrides")
-        sampler = instantiate(self.sampler_cfg) if self.sampler_cfg else None
+        # Hydra instantiates plugin arguments recursively: the sampler usually arrives as an object
+        if self.sampler_cfg is None or isinstance(self.sampler_cfg, optuna.samplers.BaseSampler):
+            sampler = self.sampler_cfg
+        else:
+            sampler = instantiate(self.sampler_cfg)
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
                                     direction=self.direction, load_if_exists=True)
         log.info("Optuna study %s, %s over %s; %d trials, %d at a time", study.study_name, self.direction,
@@ -147,6 +151,8 @@ class OptunaSweeper(Sweeper):
 
 def _format(v: Any) -> str:
     """A sampled value as a Hydra override value (floats in repr form, strings as given)."""
+    if v is None:
+        return "null"
     if isinstance(v, float):
         return repr(v)
     return str(v)
