@@ -278,3 +278,6 @@ def test_fit_plateau_leaves_out_points_that_did_not_converge():
     fit = fit_plateau(x, y)
     assert fit["points_dropped"] == 2 and fit["dropped_dataset_bits"] == list(x[-2:])
     assert fit["capacity_bits"] == pytest.approx(capacity, rel=0.1)
+    # runs that stopped on their own plateau are converged: kept even when lower
+    kept = fit_plateau(x, y, limited=np.array([False] * 7 + [True]))
+    assert kept["points_dropped"] == 1

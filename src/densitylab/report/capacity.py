@@ -23,7 +23,7 @@ def saturating(n_bits: np.ndarray, capacity: float, k: float) -> np.ndarray:
     return capacity * -np.expm1(-k * n_bits / capacity)
 
 
-def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray) -> dict:
+def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray, limited: np.ndarray | None = None) -> dict:
     """Fit one model's capacity: the plateau of memorized bits over dataset size.
 
     Least squares (relative residuals, so small datasets count as much as large ones) of
@@ -32,25 +32,30 @@ def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray) -> dict:
     Args:
         dataset_bits: (n,) information content of each dataset, N·(S−1)·log2 A bits.
         memorized: (n,) total memorized bits measured on it.
+        limited: (n,) bool, True where the run stopped at its step limit rather than on the plateau
+            (None: treat every run as possibly unconverged).
     Returns:
         dict with ``capacity_bits`` (C), ``capacity_ci_low`` / ``capacity_ci_high`` (95%, from the
         fit's covariance), ``k``, ``max_memorized`` (largest measurement), ``points`` (used) and
         ``points_dropped`` (unconverged, see :func:`converged_points`), and ``saturated``: True
         when the largest dataset holds at least 1.5·C bits and its memorized bits are within 15% of
-        C (the grid reached the plateau; otherwise C is an extrapolation, read it with care).
+        C (the grid reached the plateau; otherwise C is an extrapolation, read it with care). With
+        fewer than 3 converged points every point is fitted and ``saturated`` is False.
     Raises:
         ValueError: with fewer than 3 points or no positive measurement.
     """
     x_all, y_all = np.asarray(dataset_bits, dtype=float), np.asarray(memorized, dtype=float)
     order = np.argsort(x_all, kind="stable")
     x_all, y_all = x_all[order], y_all[order]
+    lim = None if limited is None else np.asarray(limited, dtype=bool)[order]
     if len(x_all) < 3 or not (y_all > 0).any():
         raise ValueError(f"{len(x_all)} points with max memorized {y_all.max() if len(y_all) else 'n/a'} bits: "
                          "expected >= 3 dataset sizes and some memorization")
-    keep = converged_points(y_all)
+    keep = converged_points(y_all, lim)
+    too_few = int(keep.sum()) < 3
+    if too_few:  # fit them all, but never call the result saturated
+        keep = np.ones_like(keep)
     x, y = x_all[keep], y_all[keep]
-    if len(x) < 3:
-        raise ValueError(f"only {len(x)} of {len(x_all)} dataset sizes look converged: expected >= 3 to fit a plateau")
     y_max = float(y_all.max())
     w = 1.0 / np.maximum(y, 0.02 * y_max)
 
@@ -67,21 +72,23 @@ def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray) -> dict:
     except np.linalg.LinAlgError:  # pragma: no cover - degenerate Jacobian
         se = float("nan")
     t = stats.t.ppf(0.975, max(len(x) - 2, 1))
-    saturated = bool(x[-1] >= 1.5 * c and y[-1] >= 0.85 * c)
+    saturated = bool(x[-1] >= 1.5 * c and y[-1] >= 0.85 * c) and not too_few
     return {"capacity_bits": float(c), "capacity_ci_low": float(c - t * se), "capacity_ci_high": float(c + t * se),
             "k": float(k), "max_memorized": y_max, "saturated": saturated, "points": int(len(x)),
             "points_dropped": int((~keep).sum()), "dropped_dataset_bits": x_all[~keep].tolist()}
 
 
-def converged_points(memorized: np.ndarray, tolerance: float = 0.1) -> np.ndarray:
+def converged_points(memorized: np.ndarray, limited: np.ndarray | None = None, tolerance: float = 0.1) -> np.ndarray:
     """Mask of the points (sorted by dataset size) that can be on a converged curve: a model trained to
     convergence never memorizes fewer bits of a larger uniform dataset (the curve rises, then stays
     flat at capacity; Morris et al. Fig. 2), so a point more than ``tolerance`` below the largest
-    value at a smaller dataset size stopped before converging (e.g. at the step limit) and is
-    left out of the fit."""
+    value at a smaller dataset size, and that stopped at the step limit (``limited``; None = any
+    run), has not converged and is left out of the fit. A run that stopped on its own plateau is
+    kept even when lower: that is the model's converged value."""
     y = np.asarray(memorized, dtype=float)
     prev_max = np.maximum.accumulate(np.concatenate([[-np.inf], y[:-1]]))
-    return y >= (1 - tolerance) * prev_max
+    low = y < (1 - tolerance) * prev_max
+    return ~low if limited is None else ~(low & np.asarray(limited, dtype=bool))
 
 
 def fit_alpha(capacity_bits: np.ndarray, params: np.ndarray, level: float = 0.95) -> dict:
@@ -157,8 +164,10 @@ def capacity_report(paths: list[str | Path], out_dir: str | Path | None = None) 
         raise ValueError(f"runs of several precisions {sorted(df['precision'].unique())}: expected one (report each grid on its own)")
     fits = []
     for params, g in df.groupby("params"):
-        mean = g.groupby("dataset_bits", as_index=False)["memorized_bits"].mean()  # seeds at one N: their mean
-        fit = fit_plateau(mean["dataset_bits"].to_numpy(), mean["memorized_bits"].to_numpy())
+        g = g.assign(limited=g["stopped_by"] != "plateau")
+        mean = g.groupby("dataset_bits", as_index=False).agg(memorized_bits=("memorized_bits", "mean"),
+                                                             limited=("limited", "any"))  # seeds at one N: their mean
+        fit = fit_plateau(mean["dataset_bits"].to_numpy(), mean["memorized_bits"].to_numpy(), mean["limited"].to_numpy())
         fits.append({"params": int(params), **fit, "alpha_model": fit["capacity_bits"] / params,
                      "runs_stopped_by_plateau": int((g["stopped_by"] == "plateau").sum()), "runs": len(g)})
     fit_df = pd.DataFrame(fits)
@@ -211,8 +220,8 @@ def _plot_curves(df: pd.DataFrame, fit_df: pd.DataFrame, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("dataset size N·(S−1)·log2 A (bits)")
     ax.set_ylabel("memorized bits (Σ over training sequences)")
-    ax.set_title("Memorized bits against dataset size. Dotted: fitted capacity; x: stopped by the step\n"
-                 "limit, not the plateau; open: below a smaller dataset's value, left out of the fit", fontsize=8)
+    ax.set_title("Memorized bits against dataset size. Dotted: fitted capacity; x: stopped by the step limit,\n"
+                 "not the plateau; open: stopped by the limit below a smaller dataset's value, left out of the fit", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

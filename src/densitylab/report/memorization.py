@@ -61,6 +61,9 @@ def plot_memorization(run_dir: str | Path, path: str | Path | None = None) -> Pa
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
     a2.set_ylim(-0.02, 1.02)
+    a1.set_ylim(-0.02 * g["max_bits"].max(), 1.06 * g["max_bits"].max())
+    for ax in (a1, a2):
+        ax.set_xlim(left=0)
     a1.legend(fontsize=7, title="inserted", title_fontsize=7)
     fig.tight_layout()
     path = Path(path) if path else run / "plots" / "memorization_over_training.png"
