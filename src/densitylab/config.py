@@ -21,8 +21,9 @@ def register_resolvers() -> None:
 
 def width_at_budget(budget: int, n_layer: int, n_head: int) -> int:
     """``${width_at_budget:BUDGET,N_LAYER,N_HEAD}``: the model width d (a multiple of n_head) whose
-    non-embedding parameter count 12·n_layer·d² (attention 4d², MLP 8d² at mlp_ratio 4) is closest
-    to ``budget`` parameters, for depth-against-width sweeps at a fixed budget.
+    transformer-block weight count 12·n_layer·d² (attention 4d², MLP 8d² at mlp_ratio 4; embeddings,
+    biases and LayerNorms not counted) is closest to ``budget`` parameters, for depth-against-width
+    sweeps at a fixed budget.
 
     Raises:
         ValueError: for a non-positive argument.

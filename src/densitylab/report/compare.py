@@ -145,8 +145,12 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
                         key=lambda c: int(re.findall(r"\d+", c)[0]))
     if slope_cols:
         n = len(slope_cols)
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.4), dpi=100, squeeze=False)
-        for ax, col in zip(axes[0], slope_cols):
+        ncols = min(n, 4)
+        nrows = -(-n // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1, 3.0 * nrows + 0.4), dpi=100, squeeze=False)
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        for ax, col in zip(axes.flat, slope_cols):
             for r, c in zip(runs, colors):
                 s = _series(r["metrics"], col)
                 if len(s):
@@ -157,7 +161,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
             ax.set_title(col.replace("density/", "") + " (active_frac per doubling)", fontsize=8)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=6)
+        axes.flat[0].legend(fontsize=6)
         fig.tight_layout()
         figs.append(("Density slope per layer", _save(fig, out / "compare_density_slopes.png")))
 
