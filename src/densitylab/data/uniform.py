@@ -99,8 +99,7 @@ class UniformSequenceDataModule(L.LightningDataModule):
     """
 
     def __init__(self, n_sequences: int = 1024, length: int = 64, alphabet_size: int = 256, batch_size: int = 64,
-                 seed: int = 0, n_heldout: int = 256, output_dir: str | None = None, num_workers: int = 0,
-                 **_ignored) -> None:
+                 seed: int = 0, n_heldout: int = 256, output_dir: str | None = None, num_workers: int = 0) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: expected a positive integer")
@@ -116,7 +115,7 @@ class UniformSequenceDataModule(L.LightningDataModule):
         self.splits: dict = {}  # no packed text splits: text-only probes (ledger, density, modularity) do not apply
         self.canaries = pd.DataFrame({
             "canary_id": range(self.n_sequences), "repetitions": 1, "alphabet_size": self.alphabet_size,
-            "tokens": [row for row in self.train_tokens.tolist()],
+            "tokens": self.train_tokens.tolist(),
         })
         self.meta = {
             "corpus": f"uniform(N={self.n_sequences},S={self.length},A={self.alphabet_size})",

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from densitylab.report.common import pyplot, save_figure
+
 
 def saturating(n_bits: np.ndarray, capacity: float, k: float) -> np.ndarray:
     """Memorized bits of a model of capacity C on a dataset holding ``n_bits`` bits:
@@ -192,11 +194,7 @@ def capacity_report(paths: list[str | Path], out_dir: str | Path | None = None) 
 
 
 def _plot_curves(df: pd.DataFrame, fit_df: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     colors = plt.cm.plasma(np.linspace(0, 0.85, len(fit_df)))
     for (_, f), c in zip(fit_df.iterrows(), colors):
@@ -225,16 +223,11 @@ def _plot_curves(df: pd.DataFrame, fit_df: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_alpha(fit_df: pd.DataFrame, result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
     sat = fit_df[fit_df["saturated"]]
     p, c = sat["params"].to_numpy(float), sat["capacity_bits"].to_numpy(float)
@@ -259,8 +252,7 @@ def _plot_alpha(fit_df: pd.DataFrame, result: dict, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_result(result: dict) -> str:

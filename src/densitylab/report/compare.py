@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from densitylab.report.common import pyplot, save_figure
+
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run folders among ``paths``: each path holding ``metrics.csv``, or every folder below it that
@@ -117,11 +119,7 @@ def _series(m: pd.DataFrame, col: str) -> pd.Series:
 
 
 def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = plt.cm.tab10(np.arange(len(runs)) % 10)
     figs: list[tuple[str, Path]] = []
 
@@ -139,7 +137,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
         ax.grid(alpha=0.3)
     a1.legend(fontsize=7)
     fig.tight_layout()
-    figs.append(("Loss", _save(fig, out / "compare_loss.png")))
+    figs.append(("Loss", save_figure(fig, out / "compare_loss.png")))
 
     slope_cols = sorted({c for r in runs for c in r["metrics"].columns if re.fullmatch(r"density/L\d+/slope", c)},
                         key=lambda c: int(re.findall(r"\d+", c)[0]))
@@ -163,7 +161,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
             ax.grid(alpha=0.3)
         axes.flat[0].legend(fontsize=6)
         fig.tight_layout()
-        figs.append(("Density slope per layer", _save(fig, out / "compare_density_slopes.png")))
+        figs.append(("Density slope per layer", save_figure(fig, out / "compare_density_slopes.png")))
 
     for col, title, fname in (("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
                               ("memorization/bits_total", "Memorized canary bits (total)", "compare_memorization.png")):
@@ -181,16 +179,12 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        figs.append((title, _save(fig, out / fname)))
+        figs.append((title, save_figure(fig, out / fname)))
     return figs
 
 
 def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tuple[str, Path] | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = pd.to_numeric(diff[key], errors="coerce")
     if x.isna().any():
         return None
@@ -212,16 +206,7 @@ def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tu
         if len(mean) > 2 and mean.index.min() > 0 and mean.index.max() / mean.index.min() >= 8:
             ax.set_xscale("log", base=2)
     fig.tight_layout()
-    return (f"Final numbers against {key}", _save(fig, out / "compare_by.png"))
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return (f"Final numbers against {key}", save_figure(fig, out / "compare_by.png"))
 
 
 def _fmt(v) -> str:

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from densitylab.report.common import pyplot, save_figure
+
 SET_ORDER = ("seen", "heldout", "unfamiliar_entities", "shuffled", "random")
 KEYS = ["step", "layer", "probe_set", "view", "bucket", "metric"]
 
@@ -67,11 +69,7 @@ def _finite_band(ax, x, lo, hi, color):
 
 def plot_over_training(df: pd.DataFrame, path: Path, metric: str = "active_frac", title: str = "") -> None:
     """Per layer, ``metric`` (whole probe set) against step, one line per probe set with its CI band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sel = df[(df["view"] == "all") & (df["metric"] == metric)]
     layers = sorted(sel["layer"].unique())
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), dpi=110, sharey=True, squeeze=False)
@@ -89,19 +87,13 @@ def plot_over_training(df: pd.DataFrame, path: Path, metric: str = "active_frac"
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title or f"{metric} over training (95% CI)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_vs_familiarity(df: pd.DataFrame, path: Path, metric: str = "active_frac", n_steps: int = 4, title: str = "") -> None:
     """Per layer, ``metric`` on ``seen`` windows against familiarity bucket (primary view) at up to
     ``n_steps`` steps (log-spaced picks), with CI bands; the unfamiliar reference as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     view = primary_view(df)
     sel = df[(df["probe_set"] == "seen") & (df["view"] == view) & (df["metric"] == metric)]
     steps = np.array(sorted(sel["step"].unique()))
@@ -133,9 +125,7 @@ def plot_vs_familiarity(df: pd.DataFrame, path: Path, metric: str = "active_frac
     axes[0][-1].legend(fontsize=7, title=f"dashed: {ref_label}", title_fontsize=7)
     fig.suptitle(title or f"{metric} against familiarity (95% CI)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def headline_table(df: pd.DataFrame) -> pd.DataFrame:

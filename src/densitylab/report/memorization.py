@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from densitylab.report.common import pyplot, read_probe, save_figure
+
 
 def by_group(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Per (step, repetitions): mean memorized bits per canary with a t-interval over canaries,
@@ -31,16 +33,9 @@ def plot_memorization(run_dir: str | Path, path: str | Path | None = None) -> Pa
     Raises:
         FileNotFoundError: if the run has no ``probes/memorization.parquet``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     run = Path(run_dir)
-    f = run / "probes" / "memorization.parquet"
-    if not f.is_file():
-        raise FileNotFoundError(f"{str(f)!r} does not exist: expected a run with the memorization probe")
-    g = by_group(pd.read_parquet(f))
+    g = by_group(read_probe(run, "memorization"))
     reps = sorted(g["repetitions"].unique())
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(reps)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
@@ -66,8 +61,4 @@ def plot_memorization(run_dir: str | Path, path: str | Path | None = None) -> Pa
         ax.set_xlim(left=0)
     a1.legend(fontsize=7, title="inserted", title_fontsize=7)
     fig.tight_layout()
-    path = Path(path) if path else run / "plots" / "memorization_over_training.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path or run / "plots" / "memorization_over_training.png")

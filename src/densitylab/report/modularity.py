@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from densitylab.report.common import pyplot, read_probe, save_figure
 from densitylab.probes.modularity import Component, modularity_summary
 
 
@@ -28,16 +29,9 @@ def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path
     Raises:
         FileNotFoundError: if the run has no ``probes/modularity.parquet``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     run = Path(run_dir)
-    f = run / "probes" / "modularity.parquet"
-    if not f.is_file():
-        raise FileNotFoundError(f"{str(f)!r} does not exist: expected a run with the modularity probe")
-    s = scores_by_step(pd.read_parquet(f))
+    s = scores_by_step(read_probe(run, "modularity"))
     trained, control = s[s["step"] >= 0], s[s["step"] < 0]
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
     for col, c in (("score", "k"), ("score_heads", "tab:blue"), ("score_mlp", "tab:orange")):
@@ -52,8 +46,4 @@ def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path) if path else run / "plots" / "modularity_over_training.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path or run / "plots" / "modularity_over_training.png")
