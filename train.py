@@ -1,9 +1,9 @@
 """densitylab entry point: compose conf/ with Hydra, build, fit. See README.md.
 
-    python train.py                                  # default experiment (density_emergence)
-    python train.py experiment=smoke                 # < 60 s end-to-end check
-    python train.py data=text data.files=my.txt      # your own text
-    python train.py -m seed=0,1,2                    # Hydra multirun
+python train.py                                  # default experiment (density_emergence)
+python train.py experiment=smoke                 # < 60 s end-to-end check
+python train.py data=text data.files=my.txt      # your own text
+python train.py -m seed=0,1,2                    # Hydra multirun
 """
 
 import os

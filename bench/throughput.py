@@ -40,14 +40,23 @@ def make_datamodule(args, cache: str) -> DataModule:
     if args.data == "random":
         path = Path(cache) / "random.txt"
         g = torch.Generator().manual_seed(0)
-        words = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (int(n),), generator=g))
-                 for n in torch.randint(2, 9, (200_000,), generator=g)]
+        words = [
+            "".join(chr(97 + int(c)) for c in torch.randint(0, 26, (int(n),), generator=g))
+            for n in torch.randint(2, 9, (200_000,), generator=g)
+        ]
         path.write_text("\n\n".join(" ".join(words[i : i + 50]) for i in range(0, len(words), 50)))
         files = str(path)
     else:
         files = str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")
-    dm = DataModule(source="text", files=files, block_size=args.block, batch_size=args.batch,
-                    tokenizer={"vocab_size": 4096}, cache_dir=cache, progress=False)
+    dm = DataModule(
+        source="text",
+        files=files,
+        block_size=args.block,
+        batch_size=args.batch,
+        tokenizer={"vocab_size": 4096},
+        cache_dir=cache,
+        progress=False,
+    )
     dm.prepare_data()
     dm.setup()
     return dm
@@ -59,10 +68,16 @@ def plain_loop(args, dm, device) -> float:
     model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=args.block)).model.to(device).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, 10, args.warmup + args.steps, 0.1))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     dm.trainer = None  # a previous Lightning run left its trainer here: its global step would skip batches
     t0, timed = None, 0
     for i, batch in enumerate(dm.train_dataloader()):
@@ -112,12 +127,21 @@ def lightning_loop(args, dm, device, ledger: bool) -> float:
         if ledger:
             callbacks.append(LedgerCallback(output_dir=tmp, every_n_steps=100))
         trainer = L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
             precision="bf16-mixed" if device.type == "cuda" else "32-true",
-            max_steps=args.warmup + args.steps, gradient_clip_val=1.0, log_every_n_steps=10,
-            logger=L.pytorch.loggers.CSVLogger(tmp, name="", version=""), enable_checkpointing=False,
-            enable_model_summary=False, enable_progress_bar=not args.no_progress_bar, limit_val_batches=0,
-            num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=callbacks, default_root_dir=tmp,
+            max_steps=args.warmup + args.steps,
+            gradient_clip_val=1.0,
+            log_every_n_steps=10,
+            logger=L.pytorch.loggers.CSVLogger(tmp, name="", version=""),
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=not args.no_progress_bar,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            callbacks=callbacks,
+            default_root_dir=tmp,
         )
         dm.trainer = None
         trainer.fit(lit, datamodule=dm)
@@ -132,8 +156,14 @@ def ledger_update_cost(dm, device, n: int = 500) -> float:
 
     packed = dm.splits["train"]
     names = packed.spans[packed.spans["kind"] == "name"]
-    led = ExposureLedger(4096, packed.n_windows, torch.tensor(names["sample_id"].to_numpy()),
-                         torch.tensor(names["entity"].to_numpy()), len(dm.entity_table), device)
+    led = ExposureLedger(
+        4096,
+        packed.n_windows,
+        torch.tensor(names["sample_id"].to_numpy()),
+        torch.tensor(names["entity"].to_numpy()),
+        len(dm.entity_table),
+        device,
+    )
     dm.trainer = None
     batches = [{k: v.to(device) for k, v in b.items()} for _, b in zip(range(20), dm.train_dataloader())]
     t0 = time.perf_counter()
@@ -154,15 +184,24 @@ def probe_call_cost(dm, device, windows_per_set: int = 32, repeats: int = 3) -> 
 
     packed = dm.splits["train"]
     names = packed.spans[packed.spans["kind"] == "name"]
-    led = ExposureLedger(4096, packed.n_windows, torch.tensor(names["sample_id"].to_numpy()),
-                         torch.tensor(names["entity"].to_numpy()), len(dm.entity_table), device)
+    led = ExposureLedger(
+        4096,
+        packed.n_windows,
+        torch.tensor(names["sample_id"].to_numpy()),
+        torch.tensor(names["entity"].to_numpy()),
+        len(dm.entity_table),
+        device,
+    )
     sets = build_probe_sets(dm.splits, dm.vocab_size, windows_per_set, 0, dm.eos_id)
     model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=dm.block_size)).model.to(device).eval()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         metrics = {s.name: measure_density(model, s.input_ids, 32) for s in sets}
-        fam = {s.name: {k: v.cpu().numpy() for k, v in led.familiarity(s.input_ids, s.sample_ids, s.spans).items()} for s in sets}
+        fam = {
+            s.name: {k: v.cpu().numpy() for k, v in led.familiarity(s.input_ids, s.sample_ids, s.spans).items()}
+            for s in sets
+        }
         density_records(0, metrics, fam, "token")
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
@@ -198,8 +237,11 @@ def memorization_call_cost(device, repeats: int = 3) -> dict:
     out = {}
     cases = {
         "canaries_tiny": (dict(MODEL, vocab_size=4096, block_size=128), make_uniform_sequences(24, 64, 256, 0), 256),
-        "capacity_200k_2048seq": (dict(vocab_size=256, block_size=63, n_layer=3, n_head=4, n_embd=72),
-                                  make_uniform_sequences(2048, 64, 256, 0), 512),
+        "capacity_200k_2048seq": (
+            dict(vocab_size=256, block_size=63, n_layer=3, n_head=4, n_embd=72),
+            make_uniform_sequences(2048, 64, 256, 0),
+            512,
+        ),
     }
     for name, (cfg, seqs, bs) in cases.items():
         model = LitGPT(model=cfg).model.to(device).eval()
@@ -245,22 +287,43 @@ def main() -> None:
     step_s = args.batch * args.block / best["lightning"]
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
-        "model": MODEL | {"vocab_size": 4096}, "batch": args.batch, "malloc_tuning": not args.no_malloc_tuning, "timed_steps": args.steps, "data": args.data,
-        "tokens_per_sec": best, "ratio_lightning_over_plain": best["lightning"] / best["plain"],
+        "model": MODEL | {"vocab_size": 4096},
+        "batch": args.batch,
+        "malloc_tuning": not args.no_malloc_tuning,
+        "timed_steps": args.steps,
+        "data": args.data,
+        "tokens_per_sec": best,
+        "ratio_lightning_over_plain": best["lightning"] / best["plain"],
         "ledger_slowdown": 1 - best["lightning+ledger"] / best["lightning"],
-        "ledger_update_ms": update_s * 1e3, "ledger_update_fraction_of_step": update_s / step_s,
-        "density_probe_call_s": probe_s, "density_probe_call_in_steps": probe_s / step_s,
-        "modularity_probe_call_s": mod_s, "modularity_components": n_comp, "modularity_tasks": n_task,
-        "memorization_probe_call_s": mem, "all": runs,
+        "ledger_update_ms": update_s * 1e3,
+        "ledger_update_fraction_of_step": update_s / step_s,
+        "density_probe_call_s": probe_s,
+        "density_probe_call_in_steps": probe_s / step_s,
+        "modularity_probe_call_s": mod_s,
+        "modularity_components": n_comp,
+        "modularity_tasks": n_task,
+        "memorization_probe_call_s": mem,
+        "all": runs,
     }
     print(f"plain PyTorch loop  : {best['plain']:10.0f} tokens/s")
-    print(f"Lightning step      : {best['lightning']:10.0f} tokens/s   ratio to plain {result['ratio_lightning_over_plain']:.3f}")
-    print(f"Lightning + ledger  : {best['lightning+ledger']:10.0f} tokens/s   slowdown {100 * result['ledger_slowdown']:+.2f}%")
-    print(f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% of a {step_s * 1e3:.0f} ms step")
+    print(
+        f"Lightning step      : {best['lightning']:10.0f} tokens/s   ratio to plain "
+        f"{result['ratio_lightning_over_plain']:.3f}"
+    )
+    print(
+        f"Lightning + ledger  : {best['lightning+ledger']:10.0f} tokens/s   slowdown "
+        f"{100 * result['ledger_slowdown']:+.2f}%"
+    )
+    print(
+        f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% "
+        f"of a {step_s * 1e3:.0f} ms step"
+    )
     print(f"density probe call  : {probe_s:.2f} s = {probe_s / step_s:.1f} training steps (5 sets x 32 windows)")
     print(f"modularity call     : {mod_s:.2f} s for {n_comp} components x {n_task} tasks on 32 held-out windows")
-    print(f"memorization call   : {mem['canaries_tiny'] * 1e3:.0f} ms for 24 canaries on the tiny model; "
-          f"{mem['capacity_200k_2048seq']:.2f} s for 2048 sequences on capacity_200k")
+    print(
+        f"memorization call   : {mem['canaries_tiny'] * 1e3:.0f} ms for 24 canaries on the tiny model; "
+        f"{mem['capacity_200k_2048seq']:.2f} s for 2048 sequences on capacity_200k"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

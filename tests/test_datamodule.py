@@ -13,15 +13,26 @@ from densitylab.data import DataModule
 from densitylab.data.datamodule import ResumableShardSampler, WindowDataset
 from densitylab.errors import ConfigError
 
-SMALL = dict(source="synthetic", n_people=60, max_docs=12, block_size=32, batch_size=8,
-             tokenizer={"vocab_size": 400, "min_frequency": 2}, progress=False)
+SMALL = dict(
+    source="synthetic",
+    n_people=60,
+    max_docs=12,
+    block_size=32,
+    batch_size=8,
+    tokenizer={"vocab_size": 400, "min_frequency": 2},
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory) -> DataModule:
     root = tmp_path_factory.mktemp("dm")
-    d = DataModule(**SMALL, canaries={"repetitions": [1, 3], "length": 16, "alphabet_size": 50},
-                   cache_dir=str(root / "cache"), output_dir=str(root / "run"))
+    d = DataModule(
+        **SMALL,
+        canaries={"repetitions": [1, 3], "length": 16, "alphabet_size": 50},
+        cache_dir=str(root / "cache"),
+        output_dir=str(root / "run"),
+    )
     d.prepare_data()
     d.setup("fit")
     return d
@@ -43,7 +54,9 @@ def test_window_spans_match_ground_truth_mentions(dm: DataModule):
     spans = dm.splits["train"].spans
     names = spans[spans["kind"] == "name"]
     per_entity = names.groupby("entity").size()
-    truth = pd.read_parquet(dm.output_dir / "ground_truth" / "mentions_train.parquet").set_index("entity_id")["mentions"]
+    truth = pd.read_parquet(dm.output_dir / "ground_truth" / "mentions_train.parquet").set_index("entity_id")[
+        "mentions"
+    ]
     truth = truth[truth > 0]
     assert per_entity.sort_index().to_dict() == truth.sort_index().to_dict()
     assert (names["start"] >= 0).all() and (names["start"] < dm.block_size).all()
@@ -70,8 +83,12 @@ def test_canaries_are_spliced_into_training_stream(dm: DataModule):
 
 
 def test_second_prepare_is_a_cache_hit_and_key_tracks_settings(dm: DataModule, tmp_path):
-    again = DataModule(**SMALL, canaries={"repetitions": [1, 3], "length": 16, "alphabet_size": 50},
-                       cache_dir=str(dm.cache_dir), output_dir=None)
+    again = DataModule(
+        **SMALL,
+        canaries={"repetitions": [1, 3], "length": 16, "alphabet_size": 50},
+        cache_dir=str(dm.cache_dir),
+        output_dir=None,
+    )
     assert again.cache_key() == dm.cache_key()
     mtime = (dm.data_dir / "meta.json").stat().st_mtime_ns
     again.prepare_data()
@@ -138,8 +155,16 @@ def test_unknown_source_and_bad_batch_size_are_config_errors(tmp_path):
 def test_text_source_splits_tail_and_reads_jsonl(tmp_path):
     f = tmp_path / "docs.jsonl"
     f.write_text("\n".join(json.dumps({"body": f"document number {i} " * 20}) for i in range(30)))
-    d = DataModule(source="text", files=str(f), text_field="body", block_size=16, batch_size=4,
-                   tokenizer={"vocab_size": 300}, cache_dir=str(tmp_path / "c"), progress=False)
+    d = DataModule(
+        source="text",
+        files=str(f),
+        text_field="body",
+        block_size=16,
+        batch_size=4,
+        tokenizer={"vocab_size": 300},
+        cache_dir=str(tmp_path / "c"),
+        progress=False,
+    )
     d.setup()
     assert d.meta["splits"]["train"]["documents"] == 27 and d.meta["splits"]["heldout"]["documents"] == 3
     held = d.tokenizer.decode(d.splits["heldout"].tokens[: d.splits["heldout"].n_real].tolist())

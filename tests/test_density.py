@@ -11,7 +11,13 @@ import torch
 from densitylab.data.packing import pack_documents
 from densitylab.model import GPT
 from densitylab.probes.density import (
-    METRICS, active_frac, density_records, effective_rank, hoyer, measure_density, top_energy,
+    METRICS,
+    active_frac,
+    density_records,
+    effective_rank,
+    hoyer,
+    measure_density,
+    top_energy,
 )
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets
@@ -116,7 +122,9 @@ def test_measure_density_matches_run_with_cache_and_streams(model):
     for i in range(2):
         assert np.allclose(out[f"L{i}/active_frac"], active_frac(cache[f"blocks.{i}.mlp.hook_pre"]).numpy())
         assert np.allclose(out[f"L{i}/hoyer"], hoyer(cache[f"blocks.{i}.mlp.hook_post"]).numpy(), atol=1e-6)
-        assert np.allclose(out[f"L{i}/eff_rank"], effective_rank(cache[f"blocks.{i}.hook_resid_post"]).numpy(), atol=1e-6)
+        assert np.allclose(
+            out[f"L{i}/eff_rank"], effective_rank(cache[f"blocks.{i}.hook_resid_post"]).numpy(), atol=1e-6
+        )
         assert out[f"L{i}/top5_energy"].shape == (10, 16)
     assert all(len(p._forward_hooks) == 0 for p in model.hook_points().values())
     assert np.allclose(measure_density(model, ids, batch_size=10)["L1/hoyer"], out["L1/hoyer"], atol=1e-6)
@@ -127,7 +135,9 @@ def _sets():
     docs = [torch.randint(1, 64, (int(n),), generator=g).tolist() for n in torch.randint(20, 60, (40,), generator=g)]
     import pandas as pd
 
-    spans = pd.DataFrame({"doc": [0, 3, 5, 9], "t0": [0, 2, 1, 4], "t1": [2, 4, 3, 6], "kind": ["name"] * 4, "entity": [0, 1, 0, 2]})
+    spans = pd.DataFrame(
+        {"doc": [0, 3, 5, 9], "t0": [0, 2, 1, 4], "t1": [2, 4, 3, 6], "kind": ["name"] * 4, "entity": [0, 1, 0, 2]}
+    )
     splits = {"train": pack_documents(docs[:30], 0, 16, token_spans=spans), "heldout": pack_documents(docs[30:], 0, 16)}
     return splits, build_probe_sets(splits, vocab_size=64, n_windows=6, seed=0, eos_id=0)
 
@@ -155,14 +165,22 @@ def test_density_records_cover_everything_with_consistent_counts(model):
         N, T = s.input_ids.shape
         ent = np.full((N, T), -1)
         ent[:, :3] = rng.integers(0, 50, size=(N, 1))
-        fam[s.name] = {"token": rng.integers(0, 300, size=(N, T)), "sequence": np.repeat(rng.integers(0, 5, size=(N, 1)), T, 1),
-                       "entity": ent}
+        fam[s.name] = {
+            "token": rng.integers(0, 300, size=(N, T)),
+            "sequence": np.repeat(rng.integers(0, 5, size=(N, 1)), T, 1),
+            "entity": ent,
+        }
     rows, headline = density_records(7, metrics, fam, primary_view="token")
     assert (rows["step"] == 7).all()
     base = rows[rows["metric"].isin(METRICS)]
     for s in sets:
         positions = s.input_ids.numel()
-        for view, expected in (("token", positions), ("sequence", positions), ("entity", len(s.input_ids) * 3), ("all", positions)):
+        for view, expected in (
+            ("token", positions),
+            ("sequence", positions),
+            ("entity", len(s.input_ids) * 3),
+            ("all", positions),
+        ):
             sub = base[(base["probe_set"] == s.name) & (base["view"] == view) & (base["metric"] == "active_frac")]
             assert set(sub["layer"]) == {0, 1}
             for layer in (0, 1):
@@ -172,7 +190,9 @@ def test_density_records_cover_everything_with_consistent_counts(model):
     assert set(slope["view"]) == {"token", "entity", "sequence"} and set(slope["layer"]) == {0, 1}
     assert {"L0/slope", "L0/slope_ci_low", "L1/gap"} <= set(headline)
     # the 'all' view mean equals the plain mean of the per-position values
-    whole = base[(base["probe_set"] == "seen") & (base["view"] == "all") & (base["metric"] == "hoyer") & (base["layer"] == 1)]
+    whole = base[
+        (base["probe_set"] == "seen") & (base["view"] == "all") & (base["metric"] == "hoyer") & (base["layer"] == 1)
+    ]
     assert whole["value"].item() == pytest.approx(metrics["seen"]["L1/hoyer"].mean(), rel=1e-5)
 
 

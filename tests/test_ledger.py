@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from densitylab.data.entities import capitalized_mentions, extract_gazetteer
 from densitylab.data.corpus import Corpus
+from densitylab.data.entities import capitalized_mentions, extract_gazetteer
 from densitylab.ledger import NEVER, ExposureLedger, ledger_tables, plot_rank_frequency, write_ledger
 
 # 4 windows; mentions: window 0 -> e0, e1, e1 ; window 1 -> e2 ; window 2 -> e0, e2 ; window 3 -> none
@@ -21,7 +21,9 @@ MENTION_ENTITY = torch.tensor([0, 1, 1, 2, 0, 2])
 
 
 def make_ledger() -> ExposureLedger:
-    return ExposureLedger(vocab_size=10, n_windows=4, mention_window=MENTION_WINDOW, mention_entity=MENTION_ENTITY, n_entities=3)
+    return ExposureLedger(
+        vocab_size=10, n_windows=4, mention_window=MENTION_WINDOW, mention_entity=MENTION_ENTITY, n_entities=3
+    )
 
 
 def test_pairs_are_the_entity_pairs_sharing_a_window():
@@ -44,8 +46,14 @@ def test_update_counts_tokens_windows_mentions_pairs_and_first_step():
     assert co == {(0, 1): 2, (0, 2): 1}
     assert led.entity_first_step().tolist() == [1, 1, 1]
     s = led.summary(block_size=3)
-    assert s == {"tokens_seen": 12, "distinct_tokens_seen": 5, "windows_seen": 2, "entities_seen": 3,
-                 "mentions_seen": 8, "padding_tokens": 3}
+    assert s == {
+        "tokens_seen": 12,
+        "distinct_tokens_seen": 5,
+        "windows_seen": 2,
+        "entities_seen": 3,
+        "mentions_seen": 8,
+        "padding_tokens": 3,
+    }
 
 
 def test_nothing_is_counted_before_sync_and_sync_is_idempotent():
@@ -63,8 +71,11 @@ def test_familiarity_lookup_per_position():
     led.update(torch.tensor([[1, 1, 1, 1]]), torch.tensor([0]), step=2)
     led.sync()
     probe = torch.tensor([[1, 4, 5, 2], [2, 2, 2, 2]])
-    fam = led.familiarity(probe, torch.tensor([0, -1]),
-                          spans=(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([3, 9]), torch.tensor([1, 0])))
+    fam = led.familiarity(
+        probe,
+        torch.tensor([0, -1]),
+        spans=(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([3, 9]), torch.tensor([1, 0])),
+    )
     assert fam["token"].tolist() == [[5, 1, 0, 1], [1, 1, 1, 1]]
     assert fam["sequence"].tolist() == [[2, 2, 2, 2], [0, 0, 0, 0]]
     # e1 has 2 mentions in window 0, trained twice -> 4; e0 has 1 mention in w0 -> 2; end clipped to T

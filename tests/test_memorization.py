@@ -13,7 +13,12 @@ from densitylab.data.uniform import SequenceDataset, UniformSequenceDataModule, 
 from densitylab.errors import ConfigError
 from densitylab.model import GPT, GPTConfig
 from densitylab.probes.memorization import (
-    Plateau, extractable, measure_memorization, memorization_scalars, memorized_bits, sequence_nll,
+    Plateau,
+    extractable,
+    measure_memorization,
+    memorization_scalars,
+    memorized_bits,
+    sequence_nll,
 )
 from densitylab.report.capacity import fit_alpha, fit_plateau, saturating
 
@@ -137,8 +142,8 @@ def test_extractable_equals_greedy_decoding(seqs):
     follows[:, 0] = torch.arange(4)
     for t in range(1, S):
         follows[:, t] = (follows[:, t - 1] * 5 + 3) % A
-    follows[1, 40] = (follows[1, 40] + 1) % A   # break inside the suffix
-    follows[2, 10] = (follows[2, 10] + 1) % A   # break inside the prefix only: continuation from token 10 on
+    follows[1, 40] = (follows[1, 40] + 1) % A  # break inside the suffix
+    follows[2, 10] = (follows[2, 10] + 1) % A  # break inside the prefix only: continuation from token 10 on
     for t in range(11, S):
         follows[2, t] = (follows[2, t - 1] * 5 + 3) % A
     follows[3] = seqs[0]
@@ -150,14 +155,20 @@ def test_extractable_equals_greedy_decoding(seqs):
 
 def test_extractable_short_sequences_shrink():
     correct = torch.ones(3, 15, dtype=torch.bool)  # S = 16 < 64: (8, 8)
-    correct[1, 6] = False   # predicts token 7: prefix region
-    correct[2, 7] = False   # predicts token 8: first suffix token
+    correct[1, 6] = False  # predicts token 7: prefix region
+    correct[2, 7] = False  # predicts token 8: first suffix token
     assert extractable(correct, 32, 32).tolist() == [True, True, False]
 
 
 def test_scalars_per_group():
-    per = pd.DataFrame({"repetitions": [1, 1, 4, 4], "mem_bits": [0.0, 2.0, 10.0, 30.0], "max_bits": [40.0] * 4,
-                        "extractable": [False, False, False, True]})
+    per = pd.DataFrame(
+        {
+            "repetitions": [1, 1, 4, 4],
+            "mem_bits": [0.0, 2.0, 10.0, 30.0],
+            "max_bits": [40.0] * 4,
+            "extractable": [False, False, False, True],
+        }
+    )
     s = memorization_scalars(per, n_params=10)
     assert s["bits_total"] == 42 and s["bits/rep1"] == 2 and s["bits/rep4"] == 40
     assert s["bits_mean/rep4"] == 20 and s["extractable_frac/rep4"] == 0.5 and s["extractable_frac"] == 0.25
@@ -180,7 +191,7 @@ def test_trained_gpt_memorizes_a_repeated_sequence():
     after = measure_memorization(m.eval(), seqs, 32)
     assert before < 5
     assert after["mem_bits"][0] > 0.9 * 31 * 5 and after["extractable"][0]  # the trained one: nearly all 155 bits
-    assert after["mem_bits"][1] < 10                                         # the other one: nothing
+    assert after["mem_bits"][1] < 10  # the other one: nothing
 
 
 # ---------------------------------------------------------------------------- plateau rule
@@ -214,14 +225,17 @@ def test_uniform_sequences_nest_and_validate():
 
 
 def test_uniform_datamodule(tmp_path):
-    dm = UniformSequenceDataModule(n_sequences=50, length=16, alphabet_size=8, batch_size=16, seed=0, n_heldout=10,
-                                   output_dir=str(tmp_path))
+    dm = UniformSequenceDataModule(
+        n_sequences=50, length=16, alphabet_size=8, batch_size=16, seed=0, n_heldout=10, output_dir=str(tmp_path)
+    )
     dm.prepare_data()
     dm.setup("fit")
     assert dm.vocab_size == 8 and dm.unigram_entropy == pytest.approx(math.log(8))
     assert dm.meta["entropy_bits"] == pytest.approx(50 * 15 * 3)
     gt = pd.read_parquet(tmp_path / "ground_truth" / "canaries.parquet")
-    assert len(gt) == 50 and (gt["repetitions"] == 1).all() and list(gt["tokens"].iloc[7]) == dm.train_tokens[7].tolist()
+    assert (
+        len(gt) == 50 and (gt["repetitions"] == 1).all() and list(gt["tokens"].iloc[7]) == dm.train_tokens[7].tolist()
+    )
     seen = []
     for batch in dm.train_dataloader():
         assert batch["input_ids"].shape == (16, 15)

@@ -338,7 +338,9 @@ def test_hooks_removed_when_hook_fn_raises_in_run():
 def test_unknown_hook_name_raises_keyerror_and_cleans_up():
     model = make_model()
     with pytest.raises(KeyError, match="blocks.0.hook_nonexistent"):
-        with model.hooks([("blocks.0.hook_resid_pre", lambda m, i, o: None), ("blocks.0.hook_nonexistent", lambda m, i, o: None)]):
+        with model.hooks(
+            [("blocks.0.hook_resid_pre", lambda m, i, o: None), ("blocks.0.hook_nonexistent", lambda m, i, o: None)]
+        ):
             pass
     assert registered_hook_count(model) == 0
     with pytest.raises(KeyError, match="blocks.9.hook_z"):
@@ -360,11 +362,14 @@ def test_forward_hook_returning_tensor_edits_activation():
 
     # The edit is exactly what downstream sees: mlp_out becomes the c_proj bias only.
     seen = {}
-    with torch.no_grad(), model.hooks(
-        [
-            ("blocks.0.mlp.hook_post", lambda m, i, o: torch.zeros_like(o)),
-            ("blocks.0.hook_mlp_out", lambda m, i, o: seen.setdefault("out", o.detach())),
-        ]
+    with (
+        torch.no_grad(),
+        model.hooks(
+            [
+                ("blocks.0.mlp.hook_post", lambda m, i, o: torch.zeros_like(o)),
+                ("blocks.0.hook_mlp_out", lambda m, i, o: seen.setdefault("out", o.detach())),
+            ]
+        ),
     ):
         model(idx)
     bias = model.transformer.h[0].mlp.c_proj.bias

@@ -11,7 +11,12 @@ import torch
 
 from densitylab.model import GPT
 from densitylab.probes.modularity import (
-    ablation_effects, components, modularity_records, modularity_score, modularity_summary, specialization,
+    ablation_effects,
+    components,
+    modularity_records,
+    modularity_score,
+    modularity_summary,
+    specialization,
 )
 
 
@@ -32,7 +37,7 @@ def hand_built(heads_carrying: tuple[int, ...], k: float = 3.0) -> GPT:
         m.transformer.ln_f.weight.fill_(10.0)
         attn = m.transformer.h[0].attn
         for h in heads_carrying:
-            attn.c_attn.weight[16 + 4 * h, 1] = 1.0   # value row of head h, first dim: +[tok=1]
+            attn.c_attn.weight[16 + 4 * h, 1] = 1.0  # value row of head h, first dim: +[tok=1]
             attn.c_attn.weight[16 + 4 * h, 2] = -1.0  # ... −[tok=2]
             attn.c_proj.weight[1, 4 * h] = k
             attn.c_proj.weight[2, 4 * h] = -k
@@ -69,7 +74,9 @@ def test_components_affecting_every_task_equally_score_zero():
     x, y = constant_windows([1, 2])
     tasks = {"token_1": x == 1, "token_2": x == 2}
     comps, E, _ = ablation_effects(model, x, y, tasks, mlp_groups=2)
-    assert E[0, 0] > 0.01 and E[0, 0] == pytest.approx(E[0, 1], rel=1e-4) and E[1, 0] == pytest.approx(E[0, 0], rel=1e-4)
+    assert (
+        E[0, 0] > 0.01 and E[0, 0] == pytest.approx(E[0, 1], rel=1e-4) and E[1, 0] == pytest.approx(E[0, 0], rel=1e-4)
+    )
     assert modularity_score(E) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -100,7 +107,9 @@ def test_batched_variants_equal_one_at_a_time_and_hooks_are_removed():
     with pytest.raises(ValueError, match="divisor"):
         ablation_effects(model, x, y, tasks, mlp_groups=3)
     with pytest.raises(ValueError, match="no position"):
-        ablation_effects(model, x, y, {"none": torch.zeros_like(x, dtype=torch.bool), "odd": tasks["odd"]}, mlp_groups=4)
+        ablation_effects(
+            model, x, y, {"none": torch.zeros_like(x, dtype=torch.bool), "odd": tasks["odd"]}, mlp_groups=4
+        )
 
 
 def test_records_table_and_tiny_model_cost():
@@ -155,7 +164,9 @@ def test_task_masks_for_text_use_entities_and_frequency_quartiles():
     counts = torch.arange(64)  # token id = its exposure count
     masks = task_masks(packed, probe, counts, n_freq_buckets=4)
     assert {"entity", "non_entity", "freq_1", "freq_2", "freq_3", "freq_4"} == set(masks)
-    assert torch.equal(masks["entity"] | masks["non_entity"], masks["freq_1"] | masks["freq_2"] | masks["freq_3"] | masks["freq_4"])
+    assert torch.equal(
+        masks["entity"] | masks["non_entity"], masks["freq_1"] | masks["freq_2"] | masks["freq_3"] | masks["freq_4"]
+    )
     assert not (masks["entity"] & masks["non_entity"]).any()
     targets = torch.cat([probe.input_ids[:, 1:], probe.input_ids[:, -1:]], 1)
     assert targets[masks["freq_1"]].max() < targets[masks["freq_4"]].min()  # rarest quartile first

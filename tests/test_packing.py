@@ -167,7 +167,9 @@ def test_window_dataset_shuffled_loader_returns_the_right_windows():
     packed = pack_documents(random_docs(seed=2), EOS_ID, 8)
     ds = WindowDataset(packed)
     assert len(ds) == packed.n_windows
-    loader = DataLoader(ds, batch_size=5, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds, batch_size=5, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0)
+    )
     seen = []
     for batch in loader:
         assert set(batch) == {"input_ids", "labels", "sample_id"}
@@ -185,7 +187,9 @@ def test_window_dataset_shuffled_loader_returns_the_right_windows():
 
     # Sample ids do not depend on the shuffle: repacking and another seed give the same content.
     ds2 = WindowDataset(pack_documents(random_docs(seed=2), EOS_ID, 8))
-    loader2 = DataLoader(ds2, batch_size=3, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(1))
+    loader2 = DataLoader(
+        ds2, batch_size=3, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(1)
+    )
     for batch in loader2:
         for row, sid in enumerate(batch["sample_id"].tolist()):
             assert torch.equal(batch["input_ids"][row], packed.window(sid)[0])
@@ -226,7 +230,9 @@ def test_window_dataset_pad_to_multiple():
     m = 7 if n % 7 else 6
     ds = WindowDataset(packed, pad_to_multiple=m, pad_id=3)
     assert len(ds) % m == 0 and n <= len(ds) < n + m and len(ds) > n
-    loader = DataLoader(ds, batch_size=m, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds, batch_size=m, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0)
+    )
     real_seen, n_pad = [], 0
     for batch in loader:
         assert batch["input_ids"].shape == (m, 8)  # every batch is full
@@ -249,8 +255,15 @@ def test_window_dataset_pad_to_multiple():
 
 NAMES = ["Alice Smith", "Bob Jones", "Chloé Dubois", "Zoë Åberg", "李小龙", "Emeka Obi"]
 FILLERS = [
-    "once upon a time", "the quick brown fox", "über café naïve", "🚀 launch day", "東京 大学",
-    "in the river", "and then", "\n\t", "",
+    "once upon a time",
+    "the quick brown fox",
+    "über café naïve",
+    "🚀 launch day",
+    "東京 大学",
+    "in the river",
+    "and then",
+    "\n\t",
+    "",
 ]
 
 
@@ -265,7 +278,9 @@ def span_corpus() -> tuple[list[str], pd.DataFrame]:
             ent = rng.randrange(len(NAMES))
             start = len(text)
             text += NAMES[ent]
-            rows.append({"doc": d, "start": start, "end": len(text), "kind": "name", "entity": ent, "value": NAMES[ent]})
+            rows.append(
+                {"doc": d, "start": start, "end": len(text), "kind": "name", "entity": ent, "value": NAMES[ent]}
+            )
             text += rng.choice([", ", " ", ". "]) + rng.choice(FILLERS)
         texts.append(text)
     spans = pd.DataFrame(rows).astype({"kind": "string", "value": "string"})
@@ -358,9 +373,15 @@ def test_extra_docs_are_spliced_and_span_doc_keeps_text_index(span_corpus, span_
 
     # Spans of a doc shift by exactly the spliced tokens before it.
     plain = tokenize_and_pack(span_tok, texts, spans, bs)
-    shift = {d: (len(extra_a) + 1) + ((len(extra_b) + 1 + len(extra_c) + 1) if d >= 5 else 0) for d in range(len(texts))}
-    a = plain.spans.assign(abs0=plain.spans.sample_id * bs + plain.spans.start).sort_values(["doc", "abs0"], ignore_index=True)
-    b = packed.spans.assign(abs0=packed.spans.sample_id * bs + packed.spans.start).sort_values(["doc", "abs0"], ignore_index=True)
+    shift = {
+        d: (len(extra_a) + 1) + ((len(extra_b) + 1 + len(extra_c) + 1) if d >= 5 else 0) for d in range(len(texts))
+    }
+    a = plain.spans.assign(abs0=plain.spans.sample_id * bs + plain.spans.start).sort_values(
+        ["doc", "abs0"], ignore_index=True
+    )
+    b = packed.spans.assign(abs0=packed.spans.sample_id * bs + packed.spans.start).sort_values(
+        ["doc", "abs0"], ignore_index=True
+    )
     assert (b["abs0"] - a["abs0"]).tolist() == [shift[d] for d in a["doc"]]
     assert a["entity"].tolist() == b["entity"].tolist()
 

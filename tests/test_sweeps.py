@@ -17,22 +17,36 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 
-def train(*overrides: str, cwd: Path, cache_dir: Path, timeout: int = 400, env: dict | None = None) -> subprocess.CompletedProcess:
+def train(
+    *overrides: str, cwd: Path, cache_dir: Path, timeout: int = 400, env: dict | None = None
+) -> subprocess.CompletedProcess:
     e = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
-                          cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "densitylab.report", *args], capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "densitylab.report", *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
-    out = subprocess.run([str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json", str(offline[0])],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json", str(offline[0])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -103,9 +117,15 @@ def test_optuna_search_space_from_hydra_sweep_syntax():
     from hydra_plugins.densitylab_optuna_sweeper.optuna_sweeper import distribution
 
     p = OverridesParser.create()
-    lr, wu, wd, width, fixed = p.parse_overrides([
-        "optim.lr=tag(log, interval(1e-4, 1e-2))", "optim.warmup_steps=range(0, 300, step=50)",
-        "optim.weight_decay=interval(0.0, 0.2)", "model.n_embd=choice(64, 96, 128)", "seed=3"])
+    lr, wu, wd, width, fixed = p.parse_overrides(
+        [
+            "optim.lr=tag(log, interval(1e-4, 1e-2))",
+            "optim.warmup_steps=range(0, 300, step=50)",
+            "optim.weight_decay=interval(0.0, 0.2)",
+            "model.n_embd=choice(64, 96, 128)",
+            "seed=3",
+        ]
+    )
     assert distribution(lr) == D.FloatDistribution(1e-4, 1e-2, log=True)
     assert distribution(wu) == D.IntDistribution(0, 250, step=50)
     assert distribution(wd) == D.FloatDistribution(0.0, 0.2)
@@ -124,8 +144,13 @@ def test_wandb_stays_online_under_a_sweep_agent(monkeypatch):
     build_loggers(cfg)
     assert "WANDB_MODE" not in os.environ  # an agent's run reports to its sweep
     monkeypatch.delenv("WANDB_SWEEP_ID")
-    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True,
-                                                  "save_dir": "/tmp"}}})
+    cfg = OmegaConf.create(
+        {
+            "logger": {
+                "wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": True, "save_dir": "/tmp"}
+            }
+        }
+    )
     build_loggers(cfg)
     assert os.environ["WANDB_MODE"] == "offline"
 
@@ -148,7 +173,9 @@ def test_multirun_two_seeds_two_wandb_runs_then_compare_page(tmp_path, cache_dir
         ids.append(run_rec[0]["run_id"])
         tags = {t for x in run_rec for t in x.get("tags", [])}
         seeds += [t for t in tags if t.startswith("seed:")]
-        assert "smoke" in tags and any(t.startswith("params:") for t in tags) and any(t.startswith("data:") for t in tags)
+        assert (
+            "smoke" in tags and any(t.startswith("params:") for t in tags) and any(t.startswith("data:") for t in tags)
+        )
         assert run_rec[0]["run_group"] == "smoke"
         assert any(x.get("type") == "metric" for x in records)  # define_metric records (summary rules)
         config_keys = {k for x in records if x.get("type") == "config" for k in x["config"].get("update", {})}
@@ -171,8 +198,9 @@ def test_multirun_two_seeds_two_wandb_runs_then_compare_page(tmp_path, cache_dir
 
 @pytest.mark.slow
 def test_every_experiment_runs_one_step(tmp_path, cache_dir):
-    proc = train("-m", "experiment=glob(*)", "trainer.max_steps=1", "logger=csv",
-                 cwd=tmp_path, cache_dir=cache_dir, timeout=900)
+    proc = train(
+        "-m", "experiment=glob(*)", "trainer.max_steps=1", "logger=csv", cwd=tmp_path, cache_dir=cache_dir, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = {}
     for f in (tmp_path / "outputs").rglob("summary.json"):
@@ -185,8 +213,17 @@ def test_every_experiment_runs_one_step(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_optuna_search_minimizes_val_loss(tmp_path, cache_dir):
-    proc = train("hparams_search=optuna", "experiment=smoke", "hydra.sweeper.n_trials=3", "trainer.max_steps=8",
-                 "logger=csv", "callbacks.modularity=null", "callbacks.density=null", cwd=tmp_path, cache_dir=cache_dir)
+    proc = train(
+        "hparams_search=optuna",
+        "experiment=smoke",
+        "hydra.sweeper.n_trials=3",
+        "trainer.max_steps=8",
+        "logger=csv",
+        "callbacks.modularity=null",
+        "callbacks.density=null",
+        cwd=tmp_path,
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = next((tmp_path / "outputs" / "smoke" / "multiruns").iterdir())
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -211,7 +248,9 @@ def test_capacity_smoke_grid_and_report(tmp_path, cache_dir):
         assert s["memorization/stopped_by"] in ("plateau", "limit")
         assert 0 <= s["memorization/bits_total"] <= s["data/entropy_bits"]
         assert s["val/loss"] >= s["data/unigram_entropy_nats"] - 0.05  # nothing about fresh random data can be learned
-        assert (r / "probes" / "memorization.parquet").is_file() and (r / "plots" / "memorization_over_training.png").is_file()
+        assert (r / "probes" / "memorization.parquet").is_file() and (
+            r / "plots" / "memorization_over_training.png"
+        ).is_file()
     out = report("capacity", str(sweep))
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((sweep / "report" / "capacity.json").read_text())

@@ -51,9 +51,7 @@ def test_zipf_doc_counts_formula():
 @pytest.mark.parametrize("exponent", [1.0, 1.5])
 def test_realized_train_counts_follow_zipf(exponent):
     n, max_docs = 300, 1000
-    c = generate_synthetic(
-        n_people=n, unfamiliar_frac=0.1, zipf_exponent=exponent, max_docs=max_docs, seed=3
-    )
+    c = generate_synthetic(n_people=n, unfamiliar_frac=0.1, zipf_exponent=exponent, max_docs=max_docs, seed=3)
     ent = c.entities
     fam = ent[ent["familiar"]]
     # ranks are a permutation of 1..n, uncorrelated with entity id
@@ -312,10 +310,7 @@ def test_comentions_tables(small):
         assert (gt["entity_a"] < gt["entity_b"]).all()
         assert [names[i] for i in gt["entity_id_a"]] == gt["entity_a"].tolist()
         assert [names[i] for i in gt["entity_id_b"]] == gt["entity_b"].tolist()
-        got = {
-            (min(a, b), max(a, b)): d
-            for a, b, d in zip(gt["entity_id_a"], gt["entity_id_b"], gt["docs"])
-        }
+        got = {(min(a, b), max(a, b)): d for a, b, d in zip(gt["entity_id_a"], gt["entity_id_b"], gt["docs"])}
         assert len(got) == len(gt)
         assert got == dict(want)
 

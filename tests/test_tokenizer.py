@@ -15,10 +15,36 @@ from densitylab.errors import ConfigError
 VOCAB = 350
 
 WORDS = [
-    "the", "river", "runs", "north", "and", "south", "Alice", "Bob", "worked", "with",
-    "café", "naïve", "Zürich", "São", "Paulo", "façade", "Ærø", "smørrebrød", "Łódź", "Ελλάδα",
-    "東京", "大学", "数学", "北京", "こんにちは", "한국어",
-    "😀", "🚀", "👩‍🔬", "🇯🇵",
+    "the",
+    "river",
+    "runs",
+    "north",
+    "and",
+    "south",
+    "Alice",
+    "Bob",
+    "worked",
+    "with",
+    "café",
+    "naïve",
+    "Zürich",
+    "São",
+    "Paulo",
+    "façade",
+    "Ærø",
+    "smørrebrød",
+    "Łódź",
+    "Ελλάδα",
+    "東京",
+    "大学",
+    "数学",
+    "北京",
+    "こんにちは",
+    "한국어",
+    "😀",
+    "🚀",
+    "👩‍🔬",
+    "🇯🇵",
 ]
 
 
@@ -215,7 +241,9 @@ def test_load_tokenizer_not_a_tokenizer(tmp_path, content):
 def test_load_tokenizer_without_eos(tmp_path, corpus):
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.train_from_iterator(corpus, trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>"], show_progress=False))
+    t.train_from_iterator(
+        corpus, trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>"], show_progress=False)
+    )
     p = tmp_path / "no_eos.json"
     t.save(str(p))
     with pytest.raises(ConfigError) as ei:

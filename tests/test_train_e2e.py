@@ -23,7 +23,11 @@ def run_train(*overrides: str, cache_dir: Path, timeout: int = 240) -> subproces
     env = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -44,9 +48,18 @@ def smoke_run(tmp_path_factory, cache_dir) -> Path:
 
 
 def test_smoke_run_folder_holds_the_output_contract(smoke_run: Path):
-    for name in ("metrics.csv", "summary.json", "tokenizer.json", "checkpoints/last.ckpt", ".hydra/config.yaml",
-                 "ground_truth/mentions_train.parquet", "ground_truth/comentions_train.parquet",
-                 "ground_truth/people.parquet", "ground_truth/canaries.parquet", "data.json"):
+    for name in (
+        "metrics.csv",
+        "summary.json",
+        "tokenizer.json",
+        "checkpoints/last.ckpt",
+        ".hydra/config.yaml",
+        "ground_truth/mentions_train.parquet",
+        "ground_truth/comentions_train.parquet",
+        "ground_truth/people.parquet",
+        "ground_truth/canaries.parquet",
+        "data.json",
+    ):
         assert (smoke_run / name).is_file(), name
     assert not (smoke_run / "FAILED").exists()
     summary = json.loads((smoke_run / "summary.json").read_text())
@@ -92,8 +105,13 @@ def _wandb_history(run_dir: Path) -> list[dict]:
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
     wandb_bin = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_bin), "leet", "inspect", "--json", str(offline[0])],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(wandb_bin), "leet", "inspect", "--json", str(offline[0])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     rows = []
     for line in out.splitlines():
         rec = json.loads(line)
@@ -115,8 +133,14 @@ def test_wandb_offline_run_holds_train_loss(smoke_run: Path):
 def test_text_data_trains_on_tinyshakespeare(tmp_path, cache_dir):
     assert SHAKESPEARE.is_file(), f"expected the shared data at {SHAKESPEARE}"
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", "data=text", f"data.files={SHAKESPEARE}", "logger=csv",
-                     f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    proc = run_train(
+        "experiment=smoke",
+        "data=text",
+        f"data.files={SHAKESPEARE}",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = pd.read_csv(run_dir / "metrics.csv")
     val = m.dropna(subset=["val/loss"])["val/loss"].to_numpy()
@@ -131,12 +155,23 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(smoke_run: Path, tmp_
     """Stop at step 40 (mid-epoch: 50 batches per epoch), resume to 80: same data order, same optimizer
     and LR state, so the losses after the resume equal the uninterrupted smoke run's."""
     first = tmp_path / "first"
-    proc = run_train("experiment=smoke", "logger=csv", "trainer.max_steps=40", "optim.decay_steps=80",
-                     f"hydra.run.dir={first}", cache_dir=cache_dir)
+    proc = run_train(
+        "experiment=smoke",
+        "logger=csv",
+        "trainer.max_steps=40",
+        "optim.decay_steps=80",
+        f"hydra.run.dir={first}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = tmp_path / "second"
-    proc = run_train("experiment=smoke", "logger=csv", f"ckpt_path={first}/checkpoints/last.ckpt",
-                     f"hydra.run.dir={second}", cache_dir=cache_dir)
+    proc = run_train(
+        "experiment=smoke",
+        "logger=csv",
+        f"ckpt_path={first}/checkpoints/last.ckpt",
+        f"hydra.run.dir={second}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((second / "summary.json").read_text())
     assert summary["global_step"] == 80
@@ -182,8 +217,14 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 BAD_INPUT_CASES = [
-    "missing file", "empty file", "binary file", "unknown config key", "unknown group option",
-    "block_size larger than corpus", "unknown hub id offline", "missing checkpoint",
+    "missing file",
+    "empty file",
+    "binary file",
+    "unknown config key",
+    "unknown group option",
+    "block_size larger than corpus",
+    "unknown hub id offline",
+    "missing checkpoint",
 ]
 
 
@@ -212,7 +253,9 @@ def _ledger_vs_truth(run_dir: Path) -> None:
     truth = pd.read_parquet(run_dir / "ground_truth" / "mentions_train.parquet").set_index("entity")["mentions"]
     assert entities.sort_index().to_dict() == truth.sort_index().to_dict()
     co = pd.read_parquet(run_dir / "ledger" / "cooccurrence.parquet").set_index(["entity_a", "entity_b"])["count"]
-    co_truth = pd.read_parquet(run_dir / "ground_truth" / "comentions_windows_train.parquet").set_index(["entity_a", "entity_b"])["windows"]
+    co_truth = pd.read_parquet(run_dir / "ground_truth" / "comentions_windows_train.parquet").set_index(
+        ["entity_a", "entity_b"]
+    )["windows"]
     assert co.sort_index().to_dict() == co_truth.sort_index().to_dict()
     assert len(co) > 100
 
@@ -220,8 +263,14 @@ def _ledger_vs_truth(run_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def one_epoch_run(tmp_path_factory, cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("epoch") / "run"
-    proc = run_train("experiment=smoke", "logger=csv", "trainer.max_epochs=1", "trainer.max_steps=-1",
-                     f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    proc = run_train(
+        "experiment=smoke",
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "trainer.max_steps=-1",
+        f"hydra.run.dir={run_dir}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -236,13 +285,23 @@ def test_one_epoch_ledger_equals_ground_truth_exactly(one_epoch_run: Path):
 
 def test_ddp_two_processes_count_what_one_process_counts(one_epoch_run: Path, tmp_path, cache_dir):
     run_dir = tmp_path / "ddp"
-    proc = run_train("experiment=smoke", "logger=csv", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=1",
-                     "trainer.max_steps=-1", f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    proc = run_train(
+        "experiment=smoke",
+        "logger=csv",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "trainer.max_steps=-1",
+        f"hydra.run.dir={run_dir}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _ledger_vs_truth(run_dir)
     for table in ("entities", "cooccurrence"):  # first_step differs: a DDP step trains 2 batches
-        pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"),
-                                      pd.read_parquet(one_epoch_run / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(run_dir / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"),
+            pd.read_parquet(one_epoch_run / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"),
+        )
     one = pd.read_parquet(one_epoch_run / "ledger" / "tokens.parquet").set_index("token_id")["count"]
     two = pd.read_parquet(run_dir / "ledger" / "tokens.parquet").set_index("token_id")["count"]
     eos = 0  # padding windows are all <|endoftext|>; their number depends on batch_size x world_size
@@ -256,14 +315,53 @@ def test_ddp_two_processes_count_what_one_process_counts(one_epoch_run: Path, tm
 
 def test_capitalized_entities_on_shakespeare_are_characters(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", "data=text", f"data.files={SHAKESPEARE}", "logger=csv", "trainer.max_steps=200",
-                     f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    proc = run_train(
+        "experiment=smoke",
+        "data=text",
+        f"data.files={SHAKESPEARE}",
+        "logger=csv",
+        "trainer.max_steps=200",
+        f"hydra.run.dir={run_dir}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     top = pd.read_parquet(run_dir / "ledger" / "entities.parquet").nlargest(10, "mentions")["entity"].tolist()
-    characters = {"Warwick", "York", "Romeo", "Edward", "Clarence", "Richard", "Kate", "Henry", "Marcius", "Angelo",
-                  "Juliet", "Buckingham", "Clifford", "Bolingbroke", "Montague", "Tybalt", "Norfolk", "Claudio",
-                  "Camillo", "Gloucester", "Bianca", "Tranio", "Lucentio", "Petruchio", "Isabella", "Hastings",
-                  "Northumberland", "Lancaster", "Pompey", "Aufidius", "Menenius", "Paulina", "Escalus", "Margaret"}
+    characters = {
+        "Warwick",
+        "York",
+        "Romeo",
+        "Edward",
+        "Clarence",
+        "Richard",
+        "Kate",
+        "Henry",
+        "Marcius",
+        "Angelo",
+        "Juliet",
+        "Buckingham",
+        "Clifford",
+        "Bolingbroke",
+        "Montague",
+        "Tybalt",
+        "Norfolk",
+        "Claudio",
+        "Camillo",
+        "Gloucester",
+        "Bianca",
+        "Tranio",
+        "Lucentio",
+        "Petruchio",
+        "Isabella",
+        "Hastings",
+        "Northumberland",
+        "Lancaster",
+        "Pompey",
+        "Aufidius",
+        "Menenius",
+        "Paulina",
+        "Escalus",
+        "Margaret",
+    }
     assert len(set(top) & characters) >= 6, top
 
 
@@ -279,7 +377,9 @@ def test_smoke_density_records_every_layer_set_view_and_step(smoke_run: Path):
     for step in df["step"].unique():
         for layer in (0, 1):
             for name, n_pos in positions.items():
-                views = {"all", "token", "sequence"} | ({"entity"} if name in ("seen", "heldout", "unfamiliar_entities") else set())
+                views = {"all", "token", "sequence"} | (
+                    {"entity"} if name in ("seen", "heldout", "unfamiliar_entities") else set()
+                )
                 sub = metrics[(metrics["step"] == step) & (metrics["layer"] == layer) & (metrics["probe_set"] == name)]
                 assert set(sub["view"]) == views, (step, layer, name)
                 for view in ("all", "token", "sequence"):
@@ -299,21 +399,34 @@ def test_smoke_density_records_every_layer_set_view_and_step(smoke_run: Path):
 
 def test_multirun_seeds_then_report_aggregates_across_seeds(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    proc = run_train("-m", "experiment=smoke", "logger=csv", "seed=0,1", "trainer.max_steps=40",
-                     f"hydra.sweep.dir={sweep}", cache_dir=cache_dir)
+    proc = run_train(
+        "-m",
+        "experiment=smoke",
+        "logger=csv",
+        "seed=0,1",
+        "trainer.max_steps=40",
+        f"hydra.sweep.dir={sweep}",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent.parent for p in sweep.rglob("probes/density.parquet"))
     assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
-    out = subprocess.run([sys.executable, "-m", "densitylab.report", str(sweep)], capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "densitylab.report", str(sweep)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(sweep / "report" / "density_headline.csv")
     assert list(table["layer"]) == [0, 1] and (table["n_runs"] == 2).all()
     assert (table["slope_ci_low"] <= table["slope"]).all() and (table["slope"] <= table["slope_ci_high"]).all()
     assert (sweep / "report" / "density_over_training.png").is_file()
     assert "layer 0: slope" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")], capture_output=True,
-                         text=True, timeout=60, cwd=REPO)
+    bad = subprocess.run(
+        [sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
 
 
@@ -325,13 +438,15 @@ def test_smoke_modularity_rows_and_scores(smoke_run: Path):
     assert sorted(df["step"].unique()) == [-1] + steps  # -1: the untrained control
     n_comp = 2 * 2 + 2 * 2  # smoke: 2 layers x (2 heads + 2 MLP groups)
     tasks = {"name", "birth_date", "birth_city", "university", "major", "employer", "employer_city"}
-    for step, g in df.groupby("step"):
+    for _, g in df.groupby("step"):
         assert set(g["task"]) == tasks and g["component"].nunique() == n_comp and len(g) == n_comp * len(tasks)
     assert df["delta_loss"].notna().all()
     summary = json.loads((smoke_run / "summary.json").read_text())
     for k in ("modularity/score", "modularity/score_heads", "modularity/score_mlp", "modularity/control_score"):
         assert 0.0 <= summary[k] <= 1.0, k
-    assert summary["modularity/score_minus_control"] == pytest.approx(summary["modularity/score"] - summary["modularity/control_score"])
+    assert summary["modularity/score_minus_control"] == pytest.approx(
+        summary["modularity/score"] - summary["modularity/control_score"]
+    )
     assert (smoke_run / "plots" / "modularity_over_training.png").stat().st_size > 10_000
 
 
@@ -351,7 +466,9 @@ def test_smoke_memorization_records_and_plot(smoke_run: Path):
     last = df[df["step"] == 80]
     assert summary["memorization/bits_total"] == pytest.approx(last["mem_bits"].sum())
     for k in (1, 2, 4, 8, 16, 32):
-        assert summary[f"memorization/bits/rep{k}"] == pytest.approx(last.loc[last["repetitions"] == k, "mem_bits"].sum())
+        assert summary[f"memorization/bits/rep{k}"] == pytest.approx(
+            last.loc[last["repetitions"] == k, "mem_bits"].sum()
+        )
     m = pd.read_csv(smoke_run / "metrics.csv")
     assert m["memorization/bits_total"].notna().sum() == len(steps)
     assert (smoke_run / "plots" / "memorization_over_training.png").stat().st_size > 10_000

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 def register_resolvers() -> None:
     """Register densitylab's OmegaConf resolvers (idempotent): ``${width_at_budget:...}`` (see
-    :func:`width_at_budget`) and ``${cwd:}``, the working directory at resolution time. ``conf/config.yaml`` roots ``paths`` there instead of at ``${hydra:runtime.cwd}``,
+    :func:`width_at_budget`) and ``${cwd:}``, the working directory at resolution time. ``conf/config.yaml`` roots
+    ``paths`` there instead of at ``${hydra:runtime.cwd}``,
     which Hydra has not set yet when a multirun resolves ``hydra.sweep.dir``."""
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
@@ -30,7 +31,9 @@ def width_at_budget(budget: int, n_layer: int, n_head: int) -> int:
     """
     budget, n_layer, n_head = int(budget), int(n_layer), int(n_head)
     if budget <= 0 or n_layer <= 0 or n_head <= 0:
-        raise ValueError(f"width_at_budget({budget}, {n_layer}, {n_head}): expected positive budget, n_layer and n_head")
+        raise ValueError(
+            f"width_at_budget({budget}, {n_layer}, {n_head}): expected positive budget, n_layer and n_head"
+        )
     return max(n_head, n_head * round((budget / (12 * n_layer)) ** 0.5 / n_head))
 
 

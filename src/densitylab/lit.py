@@ -92,7 +92,9 @@ class LitGPT(L.LightningModule):
         Args:
             logits: (B, T, V); labels: (B, T) with ``-100`` marking ignored positions.
         """
-        total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        total = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -117,7 +119,9 @@ class LitGPT(L.LightningModule):
         fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas), fused=fused,
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            fused=fused,
         )
         total = int(hp.decay_steps or self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -132,9 +132,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.d_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         z = y.transpose(1, 2)  # (B, T, H, d_head)
         if head_mask is not None:
             z = z * head_mask.to(z.dtype).view(-1, 1, self.n_head, 1)
@@ -274,7 +272,9 @@ class GPT(nn.Module):
         T = seq_len or cfg.block_size
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.d_head * T
 
-    def forward(self, idx: torch.Tensor, head_mask: torch.Tensor | None = None, stop_at_layer: int | None = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, head_mask: torch.Tensor | None = None, stop_at_layer: int | None = None
+    ) -> torch.Tensor:
         """Compute next-token logits.
 
         Args:
@@ -307,7 +307,7 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))
 
     @contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, Callable]]) -> Iterator["GPT"]:
+    def hooks(self, fwd_hooks: Iterable[tuple[str, Callable]]) -> Iterator[GPT]:
         """Register ``(hook_name, fn(module, input, output))`` forward hooks for the duration of
         the ``with`` block and always remove them afterwards (even on error).
 

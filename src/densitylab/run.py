@@ -28,7 +28,9 @@ def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
         return None
     p = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not p.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} does not exist ({p}): expected a Lightning checkpoint file or 'last'")
+        raise ConfigError(
+            f"ckpt_path={str(ckpt_path)!r} does not exist ({p}): expected a Lightning checkpoint file or 'last'"
+        )
     return str(p)
 
 
@@ -92,7 +94,11 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def build_callbacks(cfg: DictConfig) -> list:
     """Instantiate every entry of ``cfg.callbacks``."""
-    return [instantiate(c, f"callbacks.{n}") for n, c in (cfg.get("callbacks") or {}).items() if c is not None and "_target_" in c]
+    return [
+        instantiate(c, f"callbacks.{n}")
+        for n, c in (cfg.get("callbacks") or {}).items()
+        if c is not None and "_target_" in c
+    ]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -137,9 +143,13 @@ def train(cfg: DictConfig) -> dict:
     if model_cfg.get("vocab_size") in (None, 0):
         model_cfg["vocab_size"] = dm.vocab_size
     elif model_cfg["vocab_size"] < dm.vocab_size:
-        raise ConfigError(f"model.vocab_size={model_cfg['vocab_size']}: expected >= the tokenizer's {dm.vocab_size} (or null)")
+        raise ConfigError(
+            f"model.vocab_size={model_cfg['vocab_size']}: expected >= the tokenizer's {dm.vocab_size} (or null)"
+        )
     try:
-        lit = LitGPT(model=model_cfg, compile=bool(cfg.get("compile", False)), **OmegaConf.to_container(cfg.optim, resolve=True))
+        lit = LitGPT(
+            model=model_cfg, compile=bool(cfg.get("compile", False)), **OmegaConf.to_container(cfg.optim, resolve=True)
+        )
     except DensitylabError:
         raise
     except (TypeError, ValueError) as e:
@@ -149,15 +159,18 @@ def train(cfg: DictConfig) -> dict:
     callbacks = build_callbacks(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    from densitylab.callbacks.wandb_util import find_wandb_logger, final_summary, prepare_wandb_run
+    from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger, prepare_wandb_run
 
     wandb_logger = find_wandb_logger(loggers)
     from lightning.pytorch.utilities import rank_zero_only
 
-    if wandb_logger is not None and rank_zero_only.rank == 0:  # RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads them
+    if (
+        wandb_logger is not None and rank_zero_only.rank == 0
+    ):  # RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads them
         prepare_wandb_run(wandb_logger, cfg, lit.n_params, dm.meta.get("corpus"), _hydra_choices())
-    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                                     default_root_dir=str(output_dir))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
+    )
 
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
@@ -217,7 +230,9 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
         "model/params": lit.n_params,
         "model/params_non_embedding": lit.n_params_non_embedding,
         "model/flops_per_token": lit.flops_per_token,
-        "perf/tokens_per_sec": None if tput is None or math.isnan(tput.mean_tokens_per_sec) else tput.mean_tokens_per_sec,
+        "perf/tokens_per_sec": None
+        if tput is None or math.isnan(tput.mean_tokens_per_sec)
+        else tput.mean_tokens_per_sec,
         "wall_time_s": wall_time,
         "device": str(lit.device),
         "precision": str(trainer.precision),

@@ -34,11 +34,14 @@ def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    ok = all(mallopt(p, ctypes.c_int(v)) == 1 for p, v in (
-        (_M_MMAP_THRESHOLD, min(threshold_bytes, 2**31 - 1)),
-        (_M_TRIM_THRESHOLD, min(threshold_bytes, 2**31 - 1)),
-        (_M_TOP_PAD, 64 << 20),
-    ))
+    ok = all(
+        mallopt(p, ctypes.c_int(v)) == 1
+        for p, v in (
+            (_M_MMAP_THRESHOLD, min(threshold_bytes, 2**31 - 1)),
+            (_M_TRIM_THRESHOLD, min(threshold_bytes, 2**31 - 1)),
+            (_M_TOP_PAD, 64 << 20),
+        )
+    )
     if not ok:
         log.debug("mallopt refused a setting; glibc defaults kept for it")
     return ok
@@ -55,5 +58,6 @@ def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = 
 
     from densitylab.model import Block
 
-    return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
-                        **kwargs)
+    return FSDPStrategy(
+        auto_wrap_policy={Block}, sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, **kwargs
+    )

@@ -6,4 +6,11 @@ from densitylab.callbacks.memorization import MemorizationCallback
 from densitylab.callbacks.modularity import ModularityCallback
 from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
 
-__all__ = ["DensityCallback", "FiniteLossGuard", "LedgerCallback", "MemorizationCallback", "ModularityCallback", "ThroughputLogger"]
+__all__ = [
+    "DensityCallback",
+    "FiniteLossGuard",
+    "LedgerCallback",
+    "MemorizationCallback",
+    "ModularityCallback",
+    "ThroughputLogger",
+]

@@ -12,9 +12,9 @@ import pandas as pd
 
 from densitylab.callbacks.dist import probe_model
 from densitylab.callbacks.ledger import LedgerCallback
+from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.io import write_parquet_atomic
 from densitylab.probes.density import METRICS, density_records, measure_density
-from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets, probe_sets_table
 
@@ -43,10 +43,21 @@ class DensityCallback(L.Callback):
         seed: seed of the probe-set draw.
     """
 
-    def __init__(self, output_dir: str | None = None, every_n_steps: int = 150, windows_per_set: int = 32,
-                 batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        every_n_steps: int = 150,
+        windows_per_set: int = 32,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
-        self.every_n_steps, self.windows_per_set, self.batch_size, self.seed = every_n_steps, windows_per_set, batch_size, seed
+        self.every_n_steps, self.windows_per_set, self.batch_size, self.seed = (
+            every_n_steps,
+            windows_per_set,
+            batch_size,
+            seed,
+        )
         self.sets = None
         self.rows: list[pd.DataFrame] = []
         self.headline: dict[str, float] = {}
@@ -104,7 +115,9 @@ class DensityCallback(L.Callback):
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         if self.output_dir is not None:
-            write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "density.parquet")
+            write_parquet_atomic(
+                pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "density.parquet"
+            )
         self._log(trainer, step, rows, headline)
 
     def _log(self, trainer: L.Trainer, step: int, rows: pd.DataFrame, headline: dict[str, float]) -> None:
@@ -119,7 +132,9 @@ class DensityCallback(L.Callback):
             import wandb
 
             fig = self._heatmap(rows, step)
-            wandb_logger.experiment.log({"density/heatmap_active_frac_seen": wandb.Image(fig), "trainer/global_step": step})
+            wandb_logger.experiment.log(
+                {"density/heatmap_active_frac_seen": wandb.Image(fig), "trainer/global_step": step}
+            )
             import matplotlib.pyplot as plt
 
             plt.close(fig)
@@ -130,7 +145,9 @@ class DensityCallback(L.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        sel = rows[(rows["probe_set"] == "seen") & (rows["view"] == self.primary_view) & (rows["metric"] == "active_frac")]
+        sel = rows[
+            (rows["probe_set"] == "seen") & (rows["view"] == self.primary_view) & (rows["metric"] == "active_frac")
+        ]
         grid = sel.pivot(index="layer", columns="bucket", values="value")
         fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
         im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import lightning as L
 
@@ -43,7 +43,7 @@ def probe_model(trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator:
             yield None
             return
         model = GPT(copy.deepcopy(pl_module.model.config))
-        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
         yield model.to(pl_module.device).eval()
         return
     if not trainer.is_global_zero:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from densitylab.ledger import ExposureLedger, ledger_tables, plot_rank_frequency, write_ledger
 from densitylab.callbacks.wandb_util import find_wandb_logger
+from densitylab.ledger import ExposureLedger, ledger_tables, plot_rank_frequency, write_ledger
 from densitylab.probes.schedule import is_scheduled
 
 log = logging.getLogger(__name__)
@@ -55,17 +55,21 @@ class LedgerCallback(L.Callback):
         if dm is None or "train" not in getattr(dm, "splits", {}):
             from densitylab.errors import ConfigError
 
-            raise ConfigError("callbacks.ledger (and density, modularity) need packed text data (data=synthetic|text|hub): "
-                              "with data=uniform use callbacks=capacity, or set callbacks.ledger=null")
+            raise ConfigError(
+                "callbacks.ledger (and density, modularity) need packed text data (data=synthetic|text|hub): "
+                "with data=uniform use callbacks=capacity, or set callbacks.ledger=null"
+            )
         packed = dm.splits["train"]
         names = packed.spans[packed.spans["kind"] == "name"]
         table = dm.entity_table
         self._entity_names = [] if table is None else table.sort_values("entity_id")["entity"].astype(str).tolist()
         self.ledger = ExposureLedger(
-            vocab_size=pl_module.model.config.vocab_size, n_windows=packed.n_windows,
+            vocab_size=pl_module.model.config.vocab_size,
+            n_windows=packed.n_windows,
             mention_window=torch.tensor(names["sample_id"].to_numpy(), dtype=torch.int64),
             mention_entity=torch.tensor(names["entity"].to_numpy(), dtype=torch.int64),
-            n_entities=len(self._entity_names), device=pl_module.device,
+            n_entities=len(self._entity_names),
+            device=pl_module.device,
         )
         tok = dm.tokenizer
         texts = [tok.decode([i]) for i in range(self.ledger.vocab_size)] if tok is not None else None
@@ -100,8 +104,7 @@ class LedgerCallback(L.Callback):
             self._last_logged = step
             self.ledger.sync()
             summary = self.ledger.summary(block_size=batch["input_ids"].shape[1])
-            pl_module.log_dict({f"ledger/{k}": float(v) for k, v in summary.items()},
-                               on_step=True, on_epoch=False)
+            pl_module.log_dict({f"ledger/{k}": float(v) for k, v in summary.items()}, on_step=True, on_epoch=False)
             if is_scheduled(step, self.every_n_steps):
                 self._log_distributions(trainer, step)
 

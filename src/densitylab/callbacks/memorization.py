@@ -64,9 +64,18 @@ class MemorizationCallback(L.Callback):
         RuntimeError: at fit start if the canaries differ in length or do not fit the model's block.
     """
 
-    def __init__(self, output_dir: str | None = None, every_n_steps: int = 150, log_spaced: bool = True,
-                 every_n_epochs: int | None = None, min_steps_between: int = 0, batch_size: int = 256,
-                 prefix_len: int = 32, suffix_len: int = 32, plateau: dict | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        every_n_steps: int = 150,
+        log_spaced: bool = True,
+        every_n_epochs: int | None = None,
+        min_steps_between: int = 0,
+        batch_size: int = 256,
+        prefix_len: int = 32,
+        suffix_len: int = 32,
+        plateau: dict | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
         self.every_n_epochs, self.min_steps_between = every_n_epochs, min_steps_between
@@ -86,15 +95,20 @@ class MemorizationCallback(L.Callback):
         table = getattr(dm, "canaries", None)
         self.enabled = table is not None and len(table) > 0
         if not self.enabled:
-            log.warning("memorization probe off: the data have no canaries (set data.canaries.repetitions, e.g. "
-                        "[1,2,4,8,16,32], or drop the callback with callbacks.memorization=null)")
+            log.warning(
+                "memorization probe off: the data have no canaries (set data.canaries.repetitions, e.g. "
+                "[1,2,4,8,16,32], or drop the callback with callbacks.memorization=null)"
+            )
             return
         lengths = table["tokens"].map(len)
         if lengths.nunique() != 1:
             raise RuntimeError(f"canaries have different lengths {sorted(lengths.unique())}: expected one length S")
         self.length = int(lengths.iloc[0])
         if self.length - 1 > pl_module.model.config.block_size:
-            raise RuntimeError(f"canary length {self.length}: expected <= model.block_size + 1 = {pl_module.model.config.block_size + 1}")
+            raise RuntimeError(
+                f"canary length {self.length}: expected <= model.block_size + 1 = "
+                f"{pl_module.model.config.block_size + 1}"
+            )
         self.table = table[["canary_id", "repetitions", "alphabet_size"]].reset_index(drop=True)
         self.table["max_bits"] = canary_max_bits(self.length, self.table["alphabet_size"].to_numpy())
         self.tokens = torch.tensor(np.stack(table["tokens"].map(np.asarray).to_list()), dtype=torch.int64)
@@ -154,7 +168,9 @@ class MemorizationCallback(L.Callback):
         per = None
         with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
             if model is not None:
-                per = measure_memorization(model, self.tokens, self.alphabet, self.batch_size, self.prefix_len, self.suffix_len)
+                per = measure_memorization(
+                    model, self.tokens, self.alphabet, self.batch_size, self.prefix_len, self.suffix_len
+                )
         scalars = {}
         if per is not None:
             per = pd.concat([self.table, per], axis=1)
@@ -170,10 +186,25 @@ class MemorizationCallback(L.Callback):
         self.calls += 1
         per.insert(0, "epoch", int(trainer.current_epoch))
         per.insert(0, "step", step)
-        self.rows.append(per[["step", "epoch", "canary_id", "repetitions", "nll_bits", "mem_bits", "max_bits",
-                              "extractable", "argmax_acc"]])
+        self.rows.append(
+            per[
+                [
+                    "step",
+                    "epoch",
+                    "canary_id",
+                    "repetitions",
+                    "nll_bits",
+                    "mem_bits",
+                    "max_bits",
+                    "extractable",
+                    "argmax_acc",
+                ]
+            ]
+        )
         if self.output_dir is not None:
-            write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "memorization.parquet")
+            write_parquet_atomic(
+                pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "memorization.parquet"
+            )
         logged = {f"memorization/{k}": float(v) for k, v in scalars.items() if math.isfinite(v)}
         logged["perf/memorization_probe_seconds"] = self.seconds / self.calls
         for lg in trainer.loggers:
@@ -193,14 +224,23 @@ class MemorizationCallback(L.Callback):
                 if hasattr(cfg.scheduler, "base_lrs"):
                     cfg.scheduler.base_lrs = [lr * f for lr in cfg.scheduler.base_lrs]
             if trainer.is_global_zero:
-                log.info("memorization plateau at step %d (%.3f bits/param): learning rate x%.4g", trainer.global_step,
-                         value, self.plateau.lr_scale)
+                log.info(
+                    "memorization plateau at step %d (%.3f bits/param): learning rate x%.4g",
+                    trainer.global_step,
+                    value,
+                    self.plateau.lr_scale,
+                )
         elif action == "stop":
             self.stopped_by = "plateau"
             trainer.should_stop = True
             if trainer.is_global_zero:
-                log.info("memorization plateau at step %d: %.3f bits/param, no gain > %g in %d evaluations: stopping",
-                         trainer.global_step, value, self.plateau.min_delta, self.plateau.patience)
+                log.info(
+                    "memorization plateau at step %d: %.3f bits/param, no gain > %g in %d evaluations: stopping",
+                    trainer.global_step,
+                    value,
+                    self.plateau.min_delta,
+                    self.plateau.patience,
+                )
 
     def summary_metrics(self) -> dict:
         """Final numbers for ``summary.json``: every ``memorization/*`` scalar of the last call, the

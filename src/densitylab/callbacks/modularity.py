@@ -14,10 +14,10 @@ import torch
 
 from densitylab.callbacks.dist import probe_model
 from densitylab.callbacks.ledger import LedgerCallback
+from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.io import write_parquet_atomic
 from densitylab.model import GPT
 from densitylab.probes.modularity import Component, ablation_effects, modularity_records, modularity_summary
-from densitylab.callbacks.wandb_util import find_wandb_logger
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets, task_masks
 
@@ -27,7 +27,8 @@ class ModularityCallback(L.Callback):
     loss change on each task (:mod:`densitylab.probes.modularity`; Lepori et al., arXiv:2301.10884).
 
     Runs at log-spaced steps (when ``log_spaced``) and every ``every_n_steps``, and at the end, on
-    global rank 0 (on an unsharded copy that every process helps gather when the strategy shards parameters), eval mode, ``torch.no_grad``, uncompiled model, hooks removed afterwards. Once, at
+    global rank 0 (on an unsharded copy that every process helps gather when the strategy shards parameters), eval
+    mode, ``torch.no_grad``, uncompiled model, hooks removed afterwards. Once, at
     fit start, it measures an untrained twin (same architecture, initialised from ``seed``): the
     random-init control. Logs ``modularity/score``, ``modularity/score_heads``, ``modularity/score_mlp``
     and ``modularity/score_minus_control``; a W&B heatmap (component × task); writes
@@ -45,9 +46,17 @@ class ModularityCallback(L.Callback):
         seed: seed of the window draw and of the control twin.
     """
 
-    def __init__(self, output_dir: str | None = None, every_n_steps: int = 300, log_spaced: bool = False,
-                 windows: int = 16, mlp_groups: int | None = None, eps: float = 1e-3, max_rows: int = 128,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        every_n_steps: int = 300,
+        log_spaced: bool = False,
+        windows: int = 16,
+        mlp_groups: int | None = None,
+        eps: float = 1e-3,
+        max_rows: int = 128,
+        seed: int = 0,
+    ) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.every_n_steps, self.log_spaced, self.windows = every_n_steps, log_spaced, windows
         self.mlp_groups, self.eps, self.max_rows, self.seed = mlp_groups, eps, max_rows, seed
@@ -61,8 +70,13 @@ class ModularityCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         self.ledger_cb = next((c for c in trainer.callbacks if isinstance(c, LedgerCallback)), None)
-        sets = build_probe_sets({"train": dm.splits["train"], "heldout": dm.splits["heldout"]}, dm.vocab_size,
-                                self.windows, self.seed, dm.eos_id)
+        sets = build_probe_sets(
+            {"train": dm.splits["train"], "heldout": dm.splits["heldout"]},
+            dm.vocab_size,
+            self.windows,
+            self.seed,
+            dm.eos_id,
+        )
         self.probe = next(s for s in sets if s.name == "heldout")
         x = self.probe.input_ids
         self.targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
@@ -94,10 +108,14 @@ class ModularityCallback(L.Callback):
         return modularity_summary(comps, E.to_numpy(), self.eps)
 
     def _measure(self, model, step: int, trainer: L.Trainer) -> dict[str, float]:
-        comps, E, _ = ablation_effects(model, self.probe.input_ids, self.targets, self.tasks, self.groups, self.max_rows)
+        comps, E, _ = ablation_effects(
+            model, self.probe.input_ids, self.targets, self.tasks, self.groups, self.max_rows
+        )
         self.rows.append(modularity_records(step, comps, E, list(self.tasks)))
         if self.output_dir is not None:
-            write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "modularity.parquet")
+            write_parquet_atomic(
+                pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "modularity.parquet"
+            )
         self._heatmap(trainer, step, comps, E, list(self.tasks))
         return modularity_summary(comps, E, self.eps)
 
@@ -126,7 +144,9 @@ class ModularityCallback(L.Callback):
             self.scores = self._measure(model, step, trainer)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
-        scalars = {f"modularity/{k}": v for k, v in self.scores.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        scalars = {
+            f"modularity/{k}": v for k, v in self.scores.items() if isinstance(v, (int, float)) and math.isfinite(v)
+        }
         if math.isfinite(self.scores["score"]) and math.isfinite(self.control.get("score", math.nan)):
             scalars["modularity/score_minus_control"] = self.scores["score"] - self.control["score"]
         scalars["perf/modularity_probe_seconds"] = self.seconds / self.calls

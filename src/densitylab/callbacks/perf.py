@@ -109,7 +109,9 @@ class FiniteLossGuard(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         due = (
-            (pl_module.device.type == "cpu" and trainer.world_size == 1)  # free on one CPU process; DDP needs a collective
+            (
+                pl_module.device.type == "cpu" and trainer.world_size == 1
+            )  # free on one CPU process; DDP needs a collective
             or step % trainer.log_every_n_steps == 0
             or (self.every and step % self.every == 0)
             or trainer.is_last_batch
@@ -122,6 +124,7 @@ class FiniteLossGuard(L.Callback):
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             raise DivergenceError(
-                f"train/loss is {float(loss) if loss is not None else 'nan'} at step {step} on some process: expected a finite loss; lower optim.lr or "
+                f"train/loss is {float(loss) if loss is not None else 'nan'} at step {step} on some process: expected "
+                "a finite loss; lower optim.lr or "
                 "raise optim.warmup_steps (the last good checkpoint was kept)"
             )

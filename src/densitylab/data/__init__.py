@@ -3,10 +3,20 @@
 from densitylab.data.corpus import Corpus
 from densitylab.data.datamodule import DataModule, WindowDataset
 from densitylab.data.packing import IGNORE_INDEX, PackedSplit, pack_documents, tokenize_and_pack
-from densitylab.data.uniform import UniformSequenceDataModule, make_uniform_sequences
 from densitylab.data.sources import HubSource, SyntheticSource, TextSource
+from densitylab.data.uniform import UniformSequenceDataModule, make_uniform_sequences
 
 __all__ = [
-    "Corpus", "DataModule", "WindowDataset", "IGNORE_INDEX", "PackedSplit", "pack_documents", "tokenize_and_pack",
-    "UniformSequenceDataModule", "make_uniform_sequences", "HubSource", "SyntheticSource", "TextSource",
+    "Corpus",
+    "DataModule",
+    "WindowDataset",
+    "IGNORE_INDEX",
+    "PackedSplit",
+    "pack_documents",
+    "tokenize_and_pack",
+    "UniformSequenceDataModule",
+    "make_uniform_sequences",
+    "HubSource",
+    "SyntheticSource",
+    "TextSource",
 ]

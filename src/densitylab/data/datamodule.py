@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -102,7 +102,10 @@ class ResumableShardSampler(Sampler[int]):
 
     def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
         if world_size < 1 or not 0 <= rank < world_size or n % world_size:
-            raise ValueError(f"n={n}, rank={rank}, world_size={world_size}: expected n divisible by world_size and 0 <= rank < world_size")
+            raise ValueError(
+                f"n={n}, rank={rank}, world_size={world_size}: expected n divisible by world_size and 0 <= rank < "
+                "world_size"
+            )
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
         self.epoch = 0
         self._skip = 0
@@ -146,8 +149,11 @@ class ResumableDataLoader(DataLoader):
         """Warn when the saved order settings differ from this run's (the resumed order then differs)."""
         mine = self.state_dict()
         if state and state != mine:
-            warnings.warn(f"resuming with a different data order ({state} -> {mine}): the run will not see exactly the "
-                          "windows an uninterrupted run would", stacklevel=2)
+            warnings.warn(
+                f"resuming with a different data order ({state} -> {mine}): the run will not see exactly the "
+                "windows an uninterrupted run would",
+                stacklevel=2,
+            )
 
 
 def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,7 +162,13 @@ def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def make_canaries(
-    vocab_size: int, eos_id: int, repetitions: list[int], per_group: int, length: int, alphabet_size: int, seed: int,
+    vocab_size: int,
+    eos_id: int,
+    repetitions: list[int],
+    per_group: int,
+    length: int,
+    alphabet_size: int,
+    seed: int,
 ) -> pd.DataFrame:
     """Draw random-token canaries (memorization ground truth; Morris et al., arXiv:2505.24832).
 
@@ -174,20 +186,29 @@ def make_canaries(
     if length < 2:
         raise ConfigError(f"canaries.length={length}: expected >= 2 tokens")
     if any(int(r) < 0 for r in repetitions) or per_group < 1:
-        raise ConfigError(f"canaries.repetitions={list(repetitions)} / per_group={per_group}: expected counts >= 0 and per_group >= 1")
+        raise ConfigError(
+            f"canaries.repetitions={list(repetitions)} / per_group={per_group}: expected counts >= 0 and per_group >= 1"
+        )
     rng = np.random.default_rng(seed)
     ids = np.setdiff1d(np.arange(vocab_size), [eos_id])
     alphabet = np.sort(rng.choice(ids, size=alphabet_size, replace=False))
     rows = []
     for r in repetitions:
         for _ in range(per_group):
-            rows.append({"canary_id": len(rows), "repetitions": int(r), "alphabet_size": alphabet_size,
-                         "tokens": alphabet[rng.integers(0, alphabet_size, size=length)].tolist()})
+            rows.append(
+                {
+                    "canary_id": len(rows),
+                    "repetitions": int(r),
+                    "alphabet_size": alphabet_size,
+                    "tokens": alphabet[rng.integers(0, alphabet_size, size=length)].tolist(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def resumable_train_loader(ds: Dataset, batch_size: int, seed: int, trainer: L.Trainer | None,
-                           num_workers: int = 0) -> ResumableDataLoader:
+def resumable_train_loader(
+    ds: Dataset, batch_size: int, seed: int, trainer: L.Trainer | None, num_workers: int = 0
+) -> ResumableDataLoader:
     """The training loader of every densitylab DataModule: seeded per-epoch permutations sharded
     over the trainer's processes, resuming mid-epoch from the trainer's restored global step.
 
@@ -205,8 +226,15 @@ def resumable_train_loader(ds: Dataset, batch_size: int, seed: int, trainer: L.T
         steps_per_epoch = math.ceil(batches_per_epoch / accum)
         done = min((trainer.global_step % steps_per_epoch) * accum, batches_per_epoch)
         sampler.skip(done * batch_size)
-    return ResumableDataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=False, num_workers=num_workers,
-                               collate_fn=collate_batch, persistent_workers=num_workers > 0)
+    return ResumableDataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=False,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def _file_stat(path: str | None) -> list | None:
@@ -228,12 +256,15 @@ def window_comentions(window_spans: pd.DataFrame, entities: pd.DataFrame) -> pd.
     lookup = entities.set_index("entity_id")["entity"]
     a, b = lookup.loc[counts["entity_x"]].to_numpy(), lookup.loc[counts["entity_y"]].to_numpy()
     swap = a > b
-    return pd.DataFrame({
-        "entity_a": np.where(swap, b, a), "entity_b": np.where(swap, a, b),
-        "entity_id_a": np.where(swap, counts["entity_y"], counts["entity_x"]),
-        "entity_id_b": np.where(swap, counts["entity_x"], counts["entity_y"]),
-        "windows": counts["windows"].to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "entity_a": np.where(swap, b, a),
+            "entity_b": np.where(swap, a, b),
+            "entity_id_a": np.where(swap, counts["entity_y"], counts["entity_x"]),
+            "entity_id_b": np.where(swap, counts["entity_x"], counts["entity_y"]),
+            "windows": counts["windows"].to_numpy(),
+        }
+    )
 
 
 def _atomic_dir(final: Path) -> Path:
@@ -297,8 +328,14 @@ class DataModule(L.LightningDataModule):
 
                 cls = hydra.utils.get_class(source)
             except Exception:
-                raise ConfigError(f"data.source={source!r}: expected one of {sorted(SOURCES)} or a dotted class path") from None
-        if "cache_dir" in getattr(cls, "__dataclass_fields__", {}) and source_kwargs.get("cache_dir") is None and cache_dir:
+                raise ConfigError(
+                    f"data.source={source!r}: expected one of {sorted(SOURCES)} or a dotted class path"
+                ) from None
+        if (
+            "cache_dir" in getattr(cls, "__dataclass_fields__", {})
+            and source_kwargs.get("cache_dir") is None
+            and cache_dir
+        ):
             source_kwargs["cache_dir"] = str(Path(cache_dir) / "hf_datasets")
         try:
             self.source = cls(**source_kwargs)
@@ -337,8 +374,12 @@ class DataModule(L.LightningDataModule):
                 "tokenizer": {k: self.tokenizer_cfg.get(k) for k in ("vocab_size", "min_frequency", "path")},
                 "block_size": self.block_size,
                 "canaries": self.canary_cfg if self.canary_cfg.get("repetitions") else None,
-                "entities": [self.entities, self.entity_list, self.spacy_model if self.entities == "spacy" else None,
-                             _file_stat(self.entity_list)],
+                "entities": [
+                    self.entities,
+                    self.entity_list,
+                    self.spacy_model if self.entities == "spacy" else None,
+                    _file_stat(self.entity_list),
+                ],
                 "seed": self.seed,
             }
             if spec["tokenizer"]["path"]:
@@ -373,9 +414,12 @@ class DataModule(L.LightningDataModule):
         bar.update()
         bar.set_postfix_str("tokenizer")
         tok, tok_key = get_tokenizer(
-            corpus.texts["train"], vocab_size=int(self.tokenizer_cfg.get("vocab_size", 4096)),
-            min_frequency=int(self.tokenizer_cfg.get("min_frequency", 2)), path=self.tokenizer_cfg.get("path"),
-            cache_dir=self.cache_dir / "tokenizers", show_progress=False,
+            corpus.texts["train"],
+            vocab_size=int(self.tokenizer_cfg.get("vocab_size", 4096)),
+            min_frequency=int(self.tokenizer_cfg.get("min_frequency", 2)),
+            path=self.tokenizer_cfg.get("path"),
+            cache_dir=self.cache_dir / "tokenizers",
+            show_progress=False,
         )
         bar.update()
         eos = tok.token_to_id(EOS)
@@ -384,12 +428,21 @@ class DataModule(L.LightningDataModule):
             bar.set_postfix_str("canaries")
             c = self.canary_cfg
             canaries = make_canaries(
-                tok.get_vocab_size(), eos, list(c["repetitions"]), int(c.get("per_group", 1)), int(c.get("length", 64)),
-                int(c.get("alphabet_size", 256)), int(c.get("seed", self.seed)),
+                tok.get_vocab_size(),
+                eos,
+                list(c["repetitions"]),
+                int(c.get("per_group", 1)),
+                int(c.get("length", 64)),
+                int(c.get("alphabet_size", 256)),
+                int(c.get("seed", self.seed)),
             )
             rng = np.random.default_rng(int(c.get("seed", self.seed)) + 1)
             n_docs = len(corpus.texts["train"])
-            extra = [(int(rng.integers(0, n_docs + 1)), toks) for toks, r in zip(canaries["tokens"], canaries["repetitions"]) for _ in range(r)]
+            extra = [
+                (int(rng.integers(0, n_docs + 1)), toks)
+                for toks, r in zip(canaries["tokens"], canaries["repetitions"])
+                for _ in range(r)
+            ]
         bar.update()
         tmp = _atomic_dir(final)
         try:
@@ -399,12 +452,22 @@ class DataModule(L.LightningDataModule):
                     continue
                 bar.set_postfix_str(f"packing {split}")
                 packed[split] = tokenize_and_pack(
-                    tok, corpus.texts[split], corpus.spans_for(split), self.block_size, split,
+                    tok,
+                    corpus.texts[split],
+                    corpus.spans_for(split),
+                    self.block_size,
+                    split,
                     extra_docs=extra if split == "train" else None,
                 )
-                torch.save({"tokens": packed[split].tokens, "n_real": packed[split].n_real,
-                            "block_size": self.block_size, "doc_offsets": torch.from_numpy(packed[split].doc_offsets)},
-                           tmp / f"{split}.pt")
+                torch.save(
+                    {
+                        "tokens": packed[split].tokens,
+                        "n_real": packed[split].n_real,
+                        "block_size": self.block_size,
+                        "doc_offsets": torch.from_numpy(packed[split].doc_offsets),
+                    },
+                    tmp / f"{split}.pt",
+                )
                 packed[split].spans.to_parquet(tmp / f"{split}_spans.parquet", index=False)
             bar.update()
             bar.set_postfix_str("ground truth")
@@ -417,21 +480,35 @@ class DataModule(L.LightningDataModule):
                 corpus.entities[["entity_id", "entity"]].to_parquet(tmp / "entities.parquet", index=False)
                 if self.entities == "synthetic":  # generator truth, as packed: pairs sharing a window
                     window_comentions(packed["train"].spans, corpus.entities).to_parquet(
-                        gt / "comentions_windows_train.parquet", index=False)
+                        gt / "comentions_windows_train.parquet", index=False
+                    )
             if canaries is not None:
                 canaries.to_parquet(gt / "canaries.parquet", index=False)
             train = packed["train"]
             counts = torch.bincount(train.tokens[: train.n_real], minlength=tok.get_vocab_size()).double()
             p = counts[counts > 0] / counts.sum()
             meta = {
-                "corpus": corpus.name, "cache_key": self.cache_key(), "tokenizer_key": tok_key,
-                "vocab_size": tok.get_vocab_size(), "block_size": self.block_size,
-                "splits": {s: {"documents": len(corpus.texts[s]), "tokens": pk.n_real, "windows": pk.n_windows,
-                               "characters": corpus.n_chars(s)} for s, pk in packed.items()},
+                "corpus": corpus.name,
+                "cache_key": self.cache_key(),
+                "tokenizer_key": tok_key,
+                "vocab_size": tok.get_vocab_size(),
+                "block_size": self.block_size,
+                "splits": {
+                    s: {
+                        "documents": len(corpus.texts[s]),
+                        "tokens": pk.n_real,
+                        "windows": pk.n_windows,
+                        "characters": corpus.n_chars(s),
+                    }
+                    for s, pk in packed.items()
+                },
                 "unigram_entropy_nats": float(-(p * p.log()).sum()),
                 "canaries": 0 if canaries is None else len(canaries),
-                "entities": {"method": self.entities, "count": 0 if corpus.entities is None else len(corpus.entities),
-                             "train_mentions": int((packed["train"].spans["kind"] == "name").sum())},
+                "entities": {
+                    "method": self.entities,
+                    "count": 0 if corpus.entities is None else len(corpus.entities),
+                    "train_mentions": int((packed["train"].spans["kind"] == "name").sum()),
+                },
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             bar.update()
@@ -463,8 +540,13 @@ class DataModule(L.LightningDataModule):
             f = d / f"{split}.pt"
             if f.is_file():
                 s = torch.load(f, weights_only=True)
-                self.splits[split] = PackedSplit(s["tokens"], int(s["n_real"]), int(s["block_size"]),
-                                                 s["doc_offsets"].numpy(), pd.read_parquet(d / f"{split}_spans.parquet"))
+                self.splits[split] = PackedSplit(
+                    s["tokens"],
+                    int(s["n_real"]),
+                    int(s["block_size"]),
+                    s["doc_offsets"].numpy(),
+                    pd.read_parquet(d / f"{split}_spans.parquet"),
+                )
         self.ground_truth_dir = d / "ground_truth"
         self.entity_table = pd.read_parquet(d / "entities.parquet") if (d / "entities.parquet").is_file() else None
         canary_file = self.ground_truth_dir / "canaries.parquet"
@@ -493,7 +575,6 @@ class DataModule(L.LightningDataModule):
         """Id of ``<|endoftext|>``."""
         return self.tokenizer.token_to_id(EOS)
 
-
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training windows: every window exactly once per epoch, every batch full
         (padded with < batch_size × world_size padding windows per epoch; see :class:`WindowDataset`),
@@ -511,8 +592,14 @@ class DataModule(L.LightningDataModule):
         if self.max_val_windows and n > self.max_val_windows:
             idx = np.linspace(0, n - 1, self.max_val_windows).round().astype(int).tolist()
             ds = torch.utils.data.Subset(ds, idx)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=collate_batch, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def tokens_per_step_per_process(self) -> int:
         """Input tokens in one full batch: batch_size x block_size."""
@@ -523,4 +610,3 @@ class DataModule(L.LightningDataModule):
         """Entropy of the training split's token unigram distribution in nats/token
         (the loss of the best context-free model; a trained LM must beat it)."""
         return float(self.meta["unigram_entropy_nats"])
-

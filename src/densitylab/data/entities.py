@@ -38,11 +38,85 @@ EXTRACTORS = ("synthetic", "gazetteer", "capitalized", "spacy", "none")
 
 # words that are capitalized inside English sentences without naming anything
 _STOP = {
-    "I", "I'll", "I'm", "I've", "I'd", "O", "Oh", "Ay", "Ah", "Alas", "Nay", "Yea", "Mr", "Mrs", "Ms", "Dr", "St",
-    "The", "A", "An", "And", "But", "Or", "If", "So", "Then", "Now", "What", "Why", "How", "When", "Where", "Who",
-    "Which", "This", "That", "These", "Those", "It", "He", "She", "We", "They", "You", "Thou", "Thee", "My", "Our",
-    "Your", "His", "Her", "Their", "Is", "Was", "Be", "Not", "No", "Yes", "Well", "Come", "Go", "Let", "Good",
-    "Here", "There", "Thus", "Yet", "For", "Nor", "With", "To", "In", "On", "At", "Of", "By", "As", "Do", "Did",
+    "I",
+    "I'll",
+    "I'm",
+    "I've",
+    "I'd",
+    "O",
+    "Oh",
+    "Ay",
+    "Ah",
+    "Alas",
+    "Nay",
+    "Yea",
+    "Mr",
+    "Mrs",
+    "Ms",
+    "Dr",
+    "St",
+    "The",
+    "A",
+    "An",
+    "And",
+    "But",
+    "Or",
+    "If",
+    "So",
+    "Then",
+    "Now",
+    "What",
+    "Why",
+    "How",
+    "When",
+    "Where",
+    "Who",
+    "Which",
+    "This",
+    "That",
+    "These",
+    "Those",
+    "It",
+    "He",
+    "She",
+    "We",
+    "They",
+    "You",
+    "Thou",
+    "Thee",
+    "My",
+    "Our",
+    "Your",
+    "His",
+    "Her",
+    "Their",
+    "Is",
+    "Was",
+    "Be",
+    "Not",
+    "No",
+    "Yes",
+    "Well",
+    "Come",
+    "Go",
+    "Let",
+    "Good",
+    "Here",
+    "There",
+    "Thus",
+    "Yet",
+    "For",
+    "Nor",
+    "With",
+    "To",
+    "In",
+    "On",
+    "At",
+    "Of",
+    "By",
+    "As",
+    "Do",
+    "Did",
 }
 _CAP_RUN = re.compile(r"[A-Z][a-z]+(?:'[a-z]+)?(?:[ \t]+[A-Z][a-z]+(?:'[a-z]+)?)*")
 
@@ -65,11 +139,16 @@ def _spans_frame(rows: list[tuple[int, int, int, str]], ids: dict[str, int]) -> 
     if not rows:
         return empty_spans()
     doc, start, end, value = zip(*rows)
-    return pd.DataFrame({
-        "doc": pd.Series(doc, dtype="int64"), "start": pd.Series(start, dtype="int64"),
-        "end": pd.Series(end, dtype="int64"), "kind": pd.Series(["name"] * len(rows), dtype="string"),
-        "entity": pd.Series([ids[v] for v in value], dtype="int64"), "value": pd.Series(value, dtype="string"),
-    })
+    return pd.DataFrame(
+        {
+            "doc": pd.Series(doc, dtype="int64"),
+            "start": pd.Series(start, dtype="int64"),
+            "end": pd.Series(end, dtype="int64"),
+            "kind": pd.Series(["name"] * len(rows), dtype="string"),
+            "entity": pd.Series([ids[v] for v in value], dtype="int64"),
+            "value": pd.Series(value, dtype="string"),
+        }
+    )
 
 
 def capitalized_mentions(text: str) -> list[tuple[int, int, str]]:
@@ -107,8 +186,10 @@ def capitalized_mentions(text: str) -> list[tuple[int, int, str]]:
 
 def extract_capitalized(corpus: Corpus) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Capitalized-span entities of every split (see :func:`capitalized_mentions`)."""
-    found = {split: [(d, *m) for d, text in enumerate(texts) for m in capitalized_mentions(text)]
-             for split, texts in corpus.texts.items()}
+    found = {
+        split: [(d, *m) for d, text in enumerate(texts) for m in capitalized_mentions(text)]
+        for split, texts in corpus.texts.items()
+    }
     entities, ids = _table([m[3] for rows in found.values() for m in rows])
     return {split: _spans_frame(rows, ids) for split, rows in found.items()}, entities
 
@@ -125,20 +206,27 @@ def extract_gazetteer(corpus: Corpus, path: str | Path | None) -> tuple[dict[str
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data.entity_list={str(path)!r} does not exist: expected a text file with one name per line")
-    names = sorted({ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")},
-                   key=lambda n: (-len(n), n))
+    names = sorted(
+        {ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")},
+        key=lambda n: (-len(n), n),
+    )
     if not names:
         raise ConfigError(f"data.entity_list={str(path)!r} lists no name: expected one name per line")
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
     entities, ids = _table(names)
     spans = {}
     for split, texts in corpus.texts.items():
-        spans[split] = _spans_frame([(d, m.start(), m.end(), m.group()) for d, t in enumerate(texts) for m in pattern.finditer(t)], ids)
+        spans[split] = _spans_frame(
+            [(d, m.start(), m.end(), m.group()) for d, t in enumerate(texts) for m in pattern.finditer(t)], ids
+        )
     return spans, entities
 
 
-def extract_spacy(corpus: Corpus, model: str = "en_core_web_sm",
-                  labels: tuple[str, ...] = ("PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "WORK_OF_ART", "EVENT")):
+def extract_spacy(
+    corpus: Corpus,
+    model: str = "en_core_web_sm",
+    labels: tuple[str, ...] = ("PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "WORK_OF_ART", "EVENT"),
+):
     """Named entities from a spaCy pipeline.
 
     Raises:
@@ -147,20 +235,31 @@ def extract_spacy(corpus: Corpus, model: str = "en_core_web_sm",
     try:
         import spacy
     except ImportError:
-        raise ConfigError("data.entities=spacy needs spaCy: pip install spacy && python -m spacy download en_core_web_sm") from None
+        raise ConfigError(
+            "data.entities=spacy needs spaCy: pip install spacy && python -m spacy download en_core_web_sm"
+        ) from None
     try:
         nlp = spacy.load(model, disable=["parser", "lemmatizer"])
     except OSError:
-        raise ConfigError(f"data.spacy_model={model!r} is not installed: expected an installed spaCy pipeline (python -m spacy download {model})") from None
+        raise ConfigError(
+            f"data.spacy_model={model!r} is not installed: expected an installed spaCy pipeline (python -m spacy "
+            f"download {model})"
+        ) from None
     found = {}
     for split, texts in corpus.texts.items():
-        found[split] = [(d, ent.start_char, ent.end_char, ent.text) for d, doc in enumerate(nlp.pipe(texts, batch_size=64))
-                        for ent in doc.ents if ent.label_ in labels]
+        found[split] = [
+            (d, ent.start_char, ent.end_char, ent.text)
+            for d, doc in enumerate(nlp.pipe(texts, batch_size=64))
+            for ent in doc.ents
+            if ent.label_ in labels
+        ]
     entities, ids = _table([m[3] for rows in found.values() for m in rows])
     return {split: _spans_frame(rows, ids) for split, rows in found.items()}, entities
 
 
-def extract_entities(corpus: Corpus, method: str, entity_list: str | None = None, spacy_model: str = "en_core_web_sm") -> Corpus:
+def extract_entities(
+    corpus: Corpus, method: str, entity_list: str | None = None, spacy_model: str = "en_core_web_sm"
+) -> Corpus:
     """Return ``corpus`` with its entity spans and entity table set by ``method``.
 
     For ``synthetic`` the corpus must come from the synthetic generator (its spans are kept as they
@@ -173,7 +272,9 @@ def extract_entities(corpus: Corpus, method: str, entity_list: str | None = None
         raise ConfigError(f"data.entities={method!r}: expected one of {EXTRACTORS}")
     if method == "synthetic":
         if corpus.entities is None or not corpus.spans:
-            raise ConfigError("data.entities=synthetic needs data=synthetic: expected capitalized, gazetteer, spacy or none for text")
+            raise ConfigError(
+                "data.entities=synthetic needs data=synthetic: expected capitalized, gazetteer, spacy or none for text"
+            )
         return corpus
     if method == "none":
         spans, entities = {}, None
@@ -185,4 +286,6 @@ def extract_entities(corpus: Corpus, method: str, entity_list: str | None = None
         spans, entities = extract_spacy(corpus, spacy_model)
     if entities is not None and not len(entities):
         log.warning("data.entities=%s found no entity in %s: entity familiarity will be empty", method, corpus.name)
-    return Corpus(texts=corpus.texts, spans=spans, entities=entities, ground_truth=corpus.ground_truth, name=corpus.name)
+    return Corpus(
+        texts=corpus.texts, spans=spans, entities=entities, ground_truth=corpus.ground_truth, name=corpus.name
+    )

@@ -141,7 +141,9 @@ def pack_documents(
     np.cumsum(lengths, out=doc_offsets[1:])
     n_real = int(doc_offsets[-1])
     if n_real <= len(doc_ids):
-        raise DataError(f"the {split} split holds no text ({len(doc_ids)} empty documents): expected non-empty documents")
+        raise DataError(
+            f"the {split} split holds no text ({len(doc_ids)} empty documents): expected non-empty documents"
+        )
     if n_real < block_size + 1:
         raise DataError(
             f"model.block_size={block_size} is larger than the {split} split ({n_real} tokens): "
@@ -174,7 +176,11 @@ def pack_documents(
 
 
 def tokenize_and_pack(
-    tok: Tokenizer, texts: list[str], char_spans: pd.DataFrame, block_size: int, split: str = "train",
+    tok: Tokenizer,
+    texts: list[str],
+    char_spans: pd.DataFrame,
+    block_size: int,
+    split: str = "train",
     extra_docs: list[tuple[int, list[int]]] | None = None,
 ) -> PackedSplit:
     """Tokenize ``texts``, map ``char_spans`` (columns ``doc, start, end, kind, entity``) to
@@ -194,8 +200,17 @@ def tokenize_and_pack(
         parts = []
         for doc, group in char_spans.groupby("doc", sort=True):
             t0, t1 = char_spans_to_tokens(offsets[doc], group["start"].to_numpy(), group["end"].to_numpy())
-            parts.append(pd.DataFrame({"doc": doc, "t0": t0, "t1": t1, "kind": group["kind"].to_numpy(),
-                                       "entity": group["entity"].to_numpy()}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "doc": doc,
+                        "t0": t0,
+                        "t1": t1,
+                        "kind": group["kind"].to_numpy(),
+                        "entity": group["entity"].to_numpy(),
+                    }
+                )
+            )
         token_spans = pd.concat(parts, ignore_index=True)
     if extra_docs:
         order: list[list[int]] = []

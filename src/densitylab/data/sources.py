@@ -21,7 +21,14 @@ from pathlib import Path
 from densitylab.data.corpus import Corpus
 from densitylab.errors import ConfigError, DataError, HubUnreachableError
 
-TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TEXT_SUFFIXES = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 
 
 def _heldout_count(n_docs: int, fraction: float) -> int:
@@ -80,9 +87,15 @@ class SyntheticSource:
 
         try:
             return generate_synthetic(
-                n_people=self.n_people, unfamiliar_frac=self.unfamiliar_frac, zipf_exponent=self.zipf_exponent,
-                max_docs=self.max_docs, min_docs=self.min_docs, heldout_docs_per_person=self.heldout_docs_per_person,
-                comentions=tuple(self.comentions), seed=self.seed, progress=progress,
+                n_people=self.n_people,
+                unfamiliar_frac=self.unfamiliar_frac,
+                zipf_exponent=self.zipf_exponent,
+                max_docs=self.max_docs,
+                min_docs=self.min_docs,
+                heldout_docs_per_person=self.heldout_docs_per_person,
+                comentions=tuple(self.comentions),
+                seed=self.seed,
+                progress=progress,
             )
         except ValueError as e:
             raise ConfigError(f"data: {e}") from None
@@ -114,7 +127,9 @@ def check_text_file(path: str | os.PathLike) -> str:
             head.decode("utf-8")
         except UnicodeDecodeError as e:
             if e.start < len(head) - 4:  # not merely a multi-byte character cut at the read boundary
-                raise DataError(f"data.files: {str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): expected UTF-8 text") from None
+                raise DataError(
+                    f"data.files: {str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): expected UTF-8 text"
+                ) from None
     return builder
 
 
@@ -154,8 +169,13 @@ class TextSource:
         if len(builders) > 1:
             raise DataError(f"data.files mixes file kinds {sorted(builders)}: expected files of one kind")
         stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-        return {"source": "text", "files": stats, "text_field": self.text_field, "sample_by": self.sample_by,
-                "heldout_fraction": self.heldout_fraction}
+        return {
+            "source": "text",
+            "files": stats,
+            "text_field": self.text_field,
+            "sample_by": self.sample_by,
+            "heldout_fraction": self.heldout_fraction,
+        }
 
     def load(self, progress: bool = False) -> Corpus:
         """Read the files and split them into train / heldout documents.
@@ -178,7 +198,10 @@ class TextSource:
         try:
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=self.cache_dir, **kwargs)
         except Exception as e:  # datasets wraps decoding/parsing errors in many types
-            raise DataError(f"data.files: could not read {files} as {builder} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise DataError(
+                f"data.files: could not read {files} as {builder} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         field = "text" if builder == "text" else self.text_field
         if field not in ds.column_names:
             raise DataError(f"data.text_field={field!r} is not a column of {files}: expected one of {ds.column_names}")
@@ -186,7 +209,9 @@ class TextSource:
         if builder == "text" and self.sample_by == "line":
             docs = [d for d in docs if d.strip()]
         train, heldout = split_documents(docs, self.heldout_fraction)
-        return Corpus(texts={"train": train, "heldout": heldout}, name=f"text({', '.join(Path(f).name for f in files)})")
+        return Corpus(
+            texts={"train": train, "heldout": heldout}, name=f"text({', '.join(Path(f).name for f in files)})"
+        )
 
 
 @dataclass
@@ -219,7 +244,9 @@ class HubSource:
     def fingerprint(self) -> dict:
         """The dataset id and every reading option (no network access)."""
         if not self.name:
-            raise ConfigError("data.name is not set: expected a hub dataset id such as data.name=roneneldan/TinyStories")
+            raise ConfigError(
+                "data.name is not set: expected a hub dataset id such as data.name=roneneldan/TinyStories"
+            )
         return {"source": "hub", **asdict(self), "cache_dir": None}
 
     def _check_reachable(self) -> None:
@@ -230,14 +257,20 @@ class HubSource:
 
         hint = "use data=text data.files=PATH to train on local files"
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-            raise HubUnreachableError(f"data.name={self.name!r}: the Hugging Face hub is switched off (HF_HUB_OFFLINE=1); {hint}")
+            raise HubUnreachableError(
+                f"data.name={self.name!r}: the Hugging Face hub is switched off (HF_HUB_OFFLINE=1); {hint}"
+            )
         try:
             HfApi().dataset_info(self.name, timeout=10)
         except RepositoryNotFoundError:
-            raise HubUnreachableError(f"data.name={self.name!r} is not a dataset on the Hugging Face hub: expected a hub dataset id such as roneneldan/TinyStories") from None
+            raise HubUnreachableError(
+                f"data.name={self.name!r} is not a dataset on the Hugging Face hub: expected a hub dataset id such as "
+                "roneneldan/TinyStories"
+            ) from None
         except Exception as e:
             raise HubUnreachableError(
-                f"data.name={self.name!r}: cannot reach the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}); {hint}"
+                f"data.name={self.name!r}: cannot reach the Hugging Face hub ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else 'no answer'}); {hint}"
             ) from None
 
     def load(self, progress: bool = False) -> Corpus:
@@ -248,8 +281,9 @@ class HubSource:
             HubUnreachableError: when offline or the id is unknown (one line; suggests ``data=text``).
             DataError: when the text field is missing.
         """
-        import datasets
         from itertools import islice
+
+        import datasets
 
         self.fingerprint()
         self._check_reachable()
@@ -259,7 +293,10 @@ class HubSource:
             out = []
             for row in islice(ds, n):
                 if self.text_field not in row:
-                    raise DataError(f"data.text_field={self.text_field!r} is not a column of {self.name}: expected one of {sorted(row)}")
+                    raise DataError(
+                        f"data.text_field={self.text_field!r} is not a column of {self.name}: expected one of "
+                        f"{sorted(row)}"
+                    )
                 out.append(row[self.text_field])
             return out
 

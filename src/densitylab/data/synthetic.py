@@ -496,9 +496,7 @@ def _spans_frame(cols: list[list]) -> pd.DataFrame:
     return df.sort_values(["doc", "start"], kind="stable").reset_index(drop=True)
 
 
-def _mentions_table(
-    entities: pd.DataFrame, subjects: np.ndarray, spans: pd.DataFrame
-) -> pd.DataFrame:
+def _mentions_table(entities: pd.DataFrame, subjects: np.ndarray, spans: pd.DataFrame) -> pd.DataFrame:
     n = len(entities)
     docs = np.bincount(subjects.astype(np.int64), minlength=n)[:n] if len(subjects) else np.zeros(n)
     ent = spans.loc[spans["kind"] == "name", "entity"].to_numpy(dtype=np.int64)
@@ -523,9 +521,7 @@ def _comentions_table(names: list[str], spans: pd.DataFrame) -> pd.DataFrame:
     nb = name_arr[pairs["entity_b"].to_numpy(dtype=np.int64)]
     pairs = pairs[na < nb]
     if pairs.empty:
-        return pd.DataFrame(
-            {c: pd.Series([], dtype=object if c in cols[:2] else "int64") for c in cols}
-        )
+        return pd.DataFrame({c: pd.Series([], dtype=object if c in cols[:2] else "int64") for c in cols})
     out = (
         pairs.groupby(["entity_a", "entity_b"], sort=False)
         .size()
@@ -535,9 +531,7 @@ def _comentions_table(names: list[str], spans: pd.DataFrame) -> pd.DataFrame:
     )
     out["entity_a"] = name_arr[out["entity_id_a"].to_numpy(dtype=np.int64)]
     out["entity_b"] = name_arr[out["entity_id_b"].to_numpy(dtype=np.int64)]
-    out = out[cols].astype(
-        {"entity_id_a": "int64", "entity_id_b": "int64", "docs": "int64"}
-    )
+    out = out[cols].astype({"entity_id_a": "int64", "entity_id_b": "int64", "docs": "int64"})
     return out.sort_values(["entity_a", "entity_b"], kind="stable").reset_index(drop=True)
 
 
@@ -548,10 +542,7 @@ def _sample_people(rng: np.random.Generator, total: int) -> tuple[list[str], lis
     flat = rng.choice(n_f * n_m * n_l, size=total, replace=False)
     fi, rest = np.divmod(flat, n_m * n_l)
     mi, li = np.divmod(rest, n_l)
-    names = [
-        f"{firsts[a]} {MIDDLE_NAMES[b]} {LAST_NAMES[c]}"
-        for a, b, c in zip(fi.tolist(), mi.tolist(), li.tolist())
-    ]
+    names = [f"{firsts[a]} {MIDDLE_NAMES[b]} {LAST_NAMES[c]}" for a, b, c in zip(fi.tolist(), mi.tolist(), li.tolist())]
     genders = ["male" if a < len(MALE_FIRST_NAMES) else "female" for a in fi.tolist()]
     return names, genders
 
@@ -575,9 +566,7 @@ def _sample_dates(rng: np.random.Generator, total: int) -> list[str]:
 
 def max_people() -> int:
     """Number of unique full names the embedded name lists can form."""
-    return (
-        (len(MALE_FIRST_NAMES) + len(FEMALE_FIRST_NAMES)) * len(MIDDLE_NAMES) * len(LAST_NAMES)
-    )
+    return (len(MALE_FIRST_NAMES) + len(FEMALE_FIRST_NAMES)) * len(MIDDLE_NAMES) * len(LAST_NAMES)
 
 
 def generate_synthetic(
@@ -634,18 +623,14 @@ def generate_synthetic(
         raise ValueError(f"unfamiliar_frac must be a number in [0, 1), got {unfamiliar_frac!r}")
     _check_zipf(zipf_exponent, max_docs, min_docs)
     if not _is_int(heldout_docs_per_person) or heldout_docs_per_person < 0:
-        raise ValueError(
-            f"heldout_docs_per_person must be an integer >= 0, got {heldout_docs_per_person!r}"
-        )
+        raise ValueError(f"heldout_docs_per_person must be an integer >= 0, got {heldout_docs_per_person!r}")
     if (
         not isinstance(comentions, (tuple, list))
         or len(comentions) != 2
         or not all(_is_int(c) for c in comentions)
         or not (0 <= comentions[0] <= comentions[1])
     ):
-        raise ValueError(
-            f"comentions must be a (lo, hi) pair of integers with 0 <= lo <= hi, got {comentions!r}"
-        )
+        raise ValueError(f"comentions must be a (lo, hi) pair of integers with 0 <= lo <= hi, got {comentions!r}")
     lo, hi = int(comentions[0]), int(comentions[1])
     if hi > n_people - 1:
         raise ValueError(
@@ -668,9 +653,7 @@ def generate_synthetic(
     names, genders = _sample_people(rng, total)
     attrs: dict[str, list[str]] = {"birth_date": _sample_dates(rng, total)}
     attrs["birth_city"] = [CITIES[i] for i in rng.integers(0, len(CITIES), total).tolist()]
-    attrs["university"] = [
-        UNIVERSITIES[i] for i in rng.integers(0, len(UNIVERSITIES), total).tolist()
-    ]
+    attrs["university"] = [UNIVERSITIES[i] for i in rng.integers(0, len(UNIVERSITIES), total).tolist()]
     attrs["major"] = [MAJORS[i] for i in rng.integers(0, len(MAJORS), total).tolist()]
     company = rng.integers(0, len(COMPANIES), total).tolist()
     attrs["employer"] = [COMPANIES[i][0] for i in company]
@@ -705,9 +688,7 @@ def generate_synthetic(
         "unfamiliar": rng.permutation(np.repeat(unfamiliar_ids, max(1, heldout_docs_per_person))),
     }
     draw = _Uniforms(rng)
-    renderer = _Renderer(
-        names, genders, attrs, familiar_ids, planned[familiar_ids], (lo, hi), draw
-    )
+    renderer = _Renderer(names, genders, attrs, familiar_ids, planned[familiar_ids], (lo, hi), draw)
 
     n_docs = sum(len(s) for s in subjects.values())
     bar = None

@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -36,7 +36,9 @@ def corpus_fingerprint(texts: Iterable[str], settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def train_bpe(texts: list[str], vocab_size: int = 4096, min_frequency: int = 2, show_progress: bool = False) -> Tokenizer:
+def train_bpe(
+    texts: list[str], vocab_size: int = 4096, min_frequency: int = 2, show_progress: bool = False
+) -> Tokenizer:
     """Train a byte-level BPE tokenizer on ``texts``.
 
     Args:

@@ -34,8 +34,10 @@ def make_uniform_sequences(n: int, length: int, alphabet_size: int, seed: int) -
         ConfigError: for n < 1, length < 2 or alphabet_size < 2.
     """
     if n < 1 or length < 2 or alphabet_size < 2:
-        raise ConfigError(f"data.n_sequences={n}, length={length}, alphabet_size={alphabet_size}: "
-                          "expected n >= 1, length >= 2, alphabet_size >= 2")
+        raise ConfigError(
+            f"data.n_sequences={n}, length={length}, alphabet_size={alphabet_size}: "
+            "expected n >= 1, length >= 2, alphabet_size >= 2"
+        )
     g = torch.Generator().manual_seed(int(seed))
     rows = [torch.randint(0, alphabet_size, (1024, length), generator=g) for _ in range(math.ceil(n / 1024))]
     return torch.cat(rows)[:n].contiguous()
@@ -98,32 +100,57 @@ class UniformSequenceDataModule(L.LightningDataModule):
         ConfigError: for invalid sizes.
     """
 
-    def __init__(self, n_sequences: int = 1024, length: int = 64, alphabet_size: int = 256, batch_size: int = 64,
-                 seed: int = 0, n_heldout: int = 256, output_dir: str | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        n_sequences: int = 1024,
+        length: int = 64,
+        alphabet_size: int = 256,
+        batch_size: int = 64,
+        seed: int = 0,
+        n_heldout: int = 256,
+        output_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: expected a positive integer")
         if n_heldout < 1:
             raise ConfigError(f"data.n_heldout={n_heldout}: expected >= 1")
         self.n_sequences, self.length, self.alphabet_size = int(n_sequences), int(length), int(alphabet_size)
-        self.batch_size, self.seed, self.n_heldout, self.num_workers = int(batch_size), int(seed), int(n_heldout), num_workers
+        self.batch_size, self.seed, self.n_heldout, self.num_workers = (
+            int(batch_size),
+            int(seed),
+            int(n_heldout),
+            num_workers,
+        )
         self.output_dir = Path(output_dir) if output_dir else None
         self.train_tokens = make_uniform_sequences(self.n_sequences, self.length, self.alphabet_size, self.seed)
-        self.heldout_tokens = make_uniform_sequences(self.n_heldout, self.length, self.alphabet_size, self.seed + 1_000_003)
+        self.heldout_tokens = make_uniform_sequences(
+            self.n_heldout, self.length, self.alphabet_size, self.seed + 1_000_003
+        )
         self.tokenizer = None
         self.entity_table = None
         self.splits: dict = {}  # no packed text splits: text-only probes (ledger, density, modularity) do not apply
-        self.canaries = pd.DataFrame({
-            "canary_id": range(self.n_sequences), "repetitions": 1, "alphabet_size": self.alphabet_size,
-            "tokens": self.train_tokens.tolist(),
-        })
+        self.canaries = pd.DataFrame(
+            {
+                "canary_id": range(self.n_sequences),
+                "repetitions": 1,
+                "alphabet_size": self.alphabet_size,
+                "tokens": self.train_tokens.tolist(),
+            }
+        )
         self.meta = {
             "corpus": f"uniform(N={self.n_sequences},S={self.length},A={self.alphabet_size})",
-            "vocab_size": self.alphabet_size, "block_size": self.length - 1,
-            "n_sequences": self.n_sequences, "length": self.length, "alphabet_size": self.alphabet_size,
+            "vocab_size": self.alphabet_size,
+            "block_size": self.length - 1,
+            "n_sequences": self.n_sequences,
+            "length": self.length,
+            "alphabet_size": self.alphabet_size,
             "entropy_bits": self.n_sequences * (self.length - 1) * math.log2(self.alphabet_size),
-            "splits": {"train": {"sequences": self.n_sequences, "tokens": self.n_sequences * self.length},
-                       "heldout": {"sequences": self.n_heldout, "tokens": self.n_heldout * self.length}},
+            "splits": {
+                "train": {"sequences": self.n_sequences, "tokens": self.n_sequences * self.length},
+                "heldout": {"sequences": self.n_heldout, "tokens": self.n_heldout * self.length},
+            },
             "unigram_entropy_nats": math.log(self.alphabet_size),
         }
 
@@ -169,8 +196,13 @@ class UniformSequenceDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """The ``n_heldout`` fresh sequences (never trained on)."""
-        return DataLoader(SequenceDataset(self.heldout_tokens), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_batch)
+        return DataLoader(
+            SequenceDataset(self.heldout_tokens),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+        )
 
     def tokens_per_step_per_process(self) -> int:
         """Input tokens in one full batch: batch_size × (S − 1)."""

@@ -63,7 +63,10 @@ class ExposureLedger:
         mention_window = torch.as_tensor(mention_window, dtype=torch.int64).flatten()
         mention_entity = torch.as_tensor(mention_entity, dtype=torch.int64).flatten()
         if mention_window.shape != mention_entity.shape:
-            raise ValueError(f"mention_window {tuple(mention_window.shape)} and mention_entity {tuple(mention_entity.shape)}: expected equal lengths")
+            raise ValueError(
+                f"mention_window {tuple(mention_window.shape)} and mention_entity {tuple(mention_entity.shape)}: "
+                "expected equal lengths"
+            )
         if len(mention_window) and (mention_window.min() < 0 or mention_window.max() >= n_windows):
             raise ValueError(f"mention_window holds ids outside [0, {n_windows})")
         if len(mention_entity) and (mention_entity.min() < 0 or mention_entity.max() >= n_entities):
@@ -168,8 +171,13 @@ class ExposureLedger:
         padding included), distinct_tokens_seen, windows_seen (distinct), entities_seen (distinct),
         mentions_seen, and padding_tokens when ``block_size`` is given."""
         mentions = self.entity_mentions()
-        parts = [self.token_counts.sum(), (self.token_counts > 0).sum(), (self.sequence_counts > 0).sum(),
-                 (mentions > 0).sum(), mentions.sum()]
+        parts = [
+            self.token_counts.sum(),
+            (self.token_counts > 0).sum(),
+            (self.sequence_counts > 0).sum(),
+            (mentions > 0).sum(),
+            mentions.sum(),
+        ]
         names = ["tokens_seen", "distinct_tokens_seen", "windows_seen", "entities_seen", "mentions_seen"]
         if block_size is not None:
             parts.append(self.padding_tokens(block_size))
@@ -211,16 +219,25 @@ class ExposureLedger:
             start, end = start.clamp(0, T), end.clamp(0, T)
             length = (end - start).clamp(min=0)
             pos = torch.repeat_interleave(start, length) + (
-                torch.arange(int(length.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(length, 0) - length, length))
-            entity[torch.repeat_interleave(row, length), pos] = self.entity_mentions()[torch.repeat_interleave(ent, length)]
+                torch.arange(int(length.sum()), device=dev)
+                - torch.repeat_interleave(torch.cumsum(length, 0) - length, length)
+            )
+            entity[torch.repeat_interleave(row, length), pos] = self.entity_mentions()[
+                torch.repeat_interleave(ent, length)
+            ]
         return {"token": token, "sequence": seq[:, None].expand(B, T), "entity": entity}
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         """Totals on CPU (call :meth:`sync` first so nothing is pending)."""
-        return {"token_counts": self.token_counts.detach().cpu().clone(), "sequence_counts": self.sequence_counts.detach().cpu().clone(),
-                "window_first_step": self.window_first_step.detach().cpu().clone(), "vocab_size": self.vocab_size,
-                "n_windows": self.n_windows, "n_entities": self.n_entities}
+        return {
+            "token_counts": self.token_counts.detach().cpu().clone(),
+            "sequence_counts": self.sequence_counts.detach().cpu().clone(),
+            "window_first_step": self.window_first_step.detach().cpu().clone(),
+            "vocab_size": self.vocab_size,
+            "n_windows": self.n_windows,
+            "n_entities": self.n_entities,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore totals saved by :meth:`state_dict`.
@@ -230,7 +247,10 @@ class ExposureLedger:
         """
         for k in ("vocab_size", "n_windows", "n_entities"):
             if int(state[k]) != getattr(self, k):
-                raise ValueError(f"ledger checkpoint has {k}={int(state[k])} but this run has {getattr(self, k)}: expected the same data and tokenizer")
+                raise ValueError(
+                    f"ledger checkpoint has {k}={int(state[k])} but this run has {getattr(self, k)}: expected the "
+                    "same data and tokenizer"
+                )
         self.token_counts.copy_(state["token_counts"])
         self.sequence_counts.copy_(state["sequence_counts"])
         self.window_first_step.copy_(state["window_first_step"])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,9 @@ from densitylab.io import write_parquet_atomic
 from densitylab.ledger.exposure import NEVER, ExposureLedger
 
 
-def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | None, entity_names: list[str]) -> dict[str, pd.DataFrame]:
+def ledger_tables(
+    ledger: ExposureLedger, token_text: Callable[[int], str] | None, entity_names: list[str]
+) -> dict[str, pd.DataFrame]:
     """The ledger as tables (call ``ledger.sync()`` first).
 
     Returns:
@@ -23,13 +25,19 @@ def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | Non
     """
     counts = ledger.token_counts.cpu().numpy()
     ids = np.arange(len(counts))
-    tokens = pd.DataFrame({"token_id": ids, "token": [token_text(int(i)) if token_text else str(i) for i in ids], "count": counts})
+    tokens = pd.DataFrame(
+        {"token_id": ids, "token": [token_text(int(i)) if token_text else str(i) for i in ids], "count": counts}
+    )
     mentions = ledger.entity_mentions().cpu().numpy()
     first = ledger.entity_first_step().cpu().numpy()
-    entities = pd.DataFrame({
-        "entity_id": np.arange(ledger.n_entities), "entity": pd.Series(list(entity_names), dtype="string"), "mentions": mentions,
-        "first_step": pd.array(np.where(first == NEVER, 0, first), dtype="Int64"),
-    })
+    entities = pd.DataFrame(
+        {
+            "entity_id": np.arange(ledger.n_entities),
+            "entity": pd.Series(list(entity_names), dtype="string"),
+            "mentions": mentions,
+            "first_step": pd.array(np.where(first == NEVER, 0, first), dtype="Int64"),
+        }
+    )
     entities.loc[first == NEVER, "first_step"] = pd.NA
     co = ledger.cooccurrence().cpu().numpy()
     keep = co > 0
@@ -38,9 +46,15 @@ def ledger_tables(ledger: ExposureLedger, token_text: Callable[[int], str] | Non
     if len(a):  # store each unordered pair once, names in alphabetical order (as the ground truth does)
         swap = names[a] > names[b]
         a, b = np.where(swap, b, a), np.where(swap, a, b)
-    cooc = pd.DataFrame({"entity_a": pd.Series(names[a] if len(a) else [], dtype="string"),
-                         "entity_b": pd.Series(names[b] if len(b) else [], dtype="string"),
-                         "entity_id_a": a, "entity_id_b": b, "count": co[keep]})
+    cooc = pd.DataFrame(
+        {
+            "entity_a": pd.Series(names[a] if len(a) else [], dtype="string"),
+            "entity_b": pd.Series(names[b] if len(b) else [], dtype="string"),
+            "entity_id_a": a,
+            "entity_id_b": b,
+            "count": co[keep],
+        }
+    )
     return {"tokens": tokens, "entities": entities, "cooccurrence": cooc}
 
 
@@ -60,7 +74,10 @@ def plot_rank_frequency(tables: dict[str, pd.DataFrame], path: str | Path, step:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for name, col, label in (("tokens", "count", "tokens (input positions)"), ("entities", "mentions", "entities (mentions)")):
+    for name, col, label in (
+        ("tokens", "count", "tokens (input positions)"),
+        ("entities", "mentions", "entities (mentions)"),
+    ):
         c = np.sort(tables[name][col].to_numpy())[::-1]
         c = c[c > 0]
         if len(c):

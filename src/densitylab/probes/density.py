@@ -123,12 +123,16 @@ def measure_density(model, input_ids: torch.Tensor, batch_size: int = 16) -> dic
             else:
                 current[f"L{layer}/top5_energy"] = top_energy(act)
                 current[f"L{layer}/eff_rank"] = effective_rank(act)
+
         return fn
 
     hooks = []
     for i in range(n_layer):
-        hooks += [(f"blocks.{i}.mlp.hook_pre", hook(i, "pre")), (f"blocks.{i}.mlp.hook_post", hook(i, "post")),
-                  (f"blocks.{i}.hook_resid_post", hook(i, "resid"))]
+        hooks += [
+            (f"blocks.{i}.mlp.hook_pre", hook(i, "pre")),
+            (f"blocks.{i}.mlp.hook_post", hook(i, "post")),
+            (f"blocks.{i}.hook_resid_post", hook(i, "resid")),
+        ]
     with model.hooks(hooks):
         for s in range(0, len(input_ids), batch_size):
             current.clear()
@@ -150,8 +154,18 @@ def _positions(name: str, metrics: dict[str, np.ndarray], familiarity: dict[str,
         keep = counts >= 0  # entity view: positions inside mentions only
         if not keep.any():
             continue
-        frames.append(pd.DataFrame({"probe_set": name, "view": view, "bucket": bucketize(counts[keep]), "row": rows[keep],
-                                    "count": counts[keep], **{k: v[keep] for k, v in cols.items()}}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "probe_set": name,
+                    "view": view,
+                    "bucket": bucketize(counts[keep]),
+                    "row": rows[keep],
+                    "count": counts[keep],
+                    **{k: v[keep] for k, v in cols.items()},
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -181,8 +195,17 @@ def _grouped_ci(pos: pd.DataFrame, metric_cols: list[str], level: float = 0.95) 
     records = []
     for j, m in enumerate(metric_cols):
         layer, metric = m.split("/")
-        records.append(idx.assign(layer=int(layer[1:]), metric=metric, value=mean[:, j], ci_low=mean[:, j] - half[:, j],
-                                  ci_high=mean[:, j] + half[:, j], n=n_g.astype(np.int64), n_windows=k_g.astype(np.int64)))
+        records.append(
+            idx.assign(
+                layer=int(layer[1:]),
+                metric=metric,
+                value=mean[:, j],
+                ci_low=mean[:, j] - half[:, j],
+                ci_high=mean[:, j] + half[:, j],
+                n=n_g.astype(np.int64),
+                n_windows=k_g.astype(np.int64),
+            )
+        )
     return pd.concat(records, ignore_index=True)
 
 
@@ -225,10 +248,26 @@ def density_records(
             sub = pooled[pooled["view"] == view]
             if sub.empty:
                 continue
-            s, lo, hi, n, k = cluster_ols_slope(np.log2(1 + sub["count"].to_numpy()), sub[col].to_numpy(),
-                                                sub["probe_set"] + ":" + sub["row"].astype(str), level)
-            extra.append(dict(layer=layer, probe_set="pooled", view=view, bucket=-1, metric="slope", value=s,
-                              ci_low=lo, ci_high=hi, n=n, n_windows=k))
+            s, lo, hi, n, k = cluster_ols_slope(
+                np.log2(1 + sub["count"].to_numpy()),
+                sub[col].to_numpy(),
+                sub["probe_set"] + ":" + sub["row"].astype(str),
+                level,
+            )
+            extra.append(
+                dict(
+                    layer=layer,
+                    probe_set="pooled",
+                    view=view,
+                    bucket=-1,
+                    metric="slope",
+                    value=s,
+                    ci_low=lo,
+                    ci_high=hi,
+                    n=n,
+                    n_windows=k,
+                )
+            )
             if view == primary_view:
                 headline.update({f"L{layer}/slope": s, f"L{layer}/slope_ci_low": lo, f"L{layer}/slope_ci_high": hi})
         # gap: seen at its most familiar bucket minus the unfamiliar reference
@@ -244,11 +283,25 @@ def density_records(
             replicated = seen[seen["n_windows"] >= 2]  # the most familiar bucket that has a CI
             top = (replicated if len(replicated) else seen).sort_values("bucket").iloc[-1]
             r = ref.iloc[0]
-            d, lo, hi = diff_ci((top.value, top.ci_low, top.ci_high, int(top.n), int(top.n_windows)),
-                                (r.value, r.ci_low, r.ci_high, int(r.n), int(r.n_windows)), level)
-            extra.append(dict(layer=layer, probe_set=f"seen_top-{ref_name}", view=primary_view, bucket=int(top.bucket),
-                              metric="gap", value=d, ci_low=lo, ci_high=hi, n=int(top.n + r.n),
-                              n_windows=int(top.n_windows + r.n_windows)))
+            d, lo, hi = diff_ci(
+                (top.value, top.ci_low, top.ci_high, int(top.n), int(top.n_windows)),
+                (r.value, r.ci_low, r.ci_high, int(r.n), int(r.n_windows)),
+                level,
+            )
+            extra.append(
+                dict(
+                    layer=layer,
+                    probe_set=f"seen_top-{ref_name}",
+                    view=primary_view,
+                    bucket=int(top.bucket),
+                    metric="gap",
+                    value=d,
+                    ci_low=lo,
+                    ci_high=hi,
+                    n=int(top.n + r.n),
+                    n_windows=int(top.n_windows + r.n_windows),
+                )
+            )
             headline.update({f"L{layer}/gap": d, f"L{layer}/gap_ci_low": lo, f"L{layer}/gap_ci_high": hi})
     rows = pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
     rows.insert(0, "step", int(step))

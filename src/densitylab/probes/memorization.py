@@ -26,7 +26,9 @@ LN2 = math.log(2.0)
 
 
 @torch.no_grad()
-def sequence_nll(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_nll(
+    model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced NLL of each sequence and whether each next token is the model's argmax.
 
     Args:
@@ -95,8 +97,12 @@ def extractable(correct: torch.Tensor, prefix_len: int = 32, suffix_len: int = 3
 
 
 def measure_memorization(
-    model: torch.nn.Module, tokens: torch.Tensor, alphabet_size: int | torch.Tensor, batch_size: int = 256,
-    prefix_len: int = 32, suffix_len: int = 32,
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    alphabet_size: int | torch.Tensor,
+    batch_size: int = 256,
+    prefix_len: int = 32,
+    suffix_len: int = 32,
 ) -> pd.DataFrame:
     """Per-sequence memorization of ``tokens`` (N, S): one teacher-forced pass.
 
@@ -106,12 +112,14 @@ def measure_memorization(
         (fraction of the S−1 tokens that are the argmax).
     """
     nll, correct = sequence_nll(model, tokens, batch_size)
-    return pd.DataFrame({
-        "nll_bits": nll.numpy(),
-        "mem_bits": memorized_bits(nll, tokens.shape[1], alphabet_size).numpy(),
-        "extractable": extractable(correct, prefix_len, suffix_len).numpy(),
-        "argmax_acc": correct.double().mean(1).numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "nll_bits": nll.numpy(),
+            "mem_bits": memorized_bits(nll, tokens.shape[1], alphabet_size).numpy(),
+            "extractable": extractable(correct, prefix_len, suffix_len).numpy(),
+            "argmax_acc": correct.double().mean(1).numpy(),
+        }
+    )
 
 
 def memorization_scalars(per_seq: pd.DataFrame, n_params: int | None = None) -> dict[str, float]:
@@ -164,8 +172,10 @@ class Plateau:
 
     def __post_init__(self) -> None:
         if self.patience < 1 or self.lr_patience < 1 or self.min_delta < 0 or not 0 < self.lr_factor <= 1:
-            raise ValueError(f"plateau patience={self.patience}, lr_patience={self.lr_patience}, min_delta={self.min_delta}, "
-                             f"lr_factor={self.lr_factor}: expected patience, lr_patience >= 1, min_delta >= 0, 0 < lr_factor <= 1")
+            raise ValueError(
+                f"plateau patience={self.patience}, lr_patience={self.lr_patience}, min_delta={self.min_delta}, "
+                f"lr_factor={self.lr_factor}: expected patience, lr_patience >= 1, min_delta >= 0, 0 < lr_factor <= 1"
+            )
 
     def update(self, value: float) -> str | None:
         """Record one evaluation; return the action it calls for."""
@@ -178,7 +188,11 @@ class Plateau:
         self.lr_wait += 1
         if self.wait >= self.patience:
             return "stop"
-        if self.lr_wait >= self.lr_patience and self.lr_scale * self.lr_factor >= self.min_lr_scale - 1e-12 and self.lr_factor < 1:
+        if (
+            self.lr_wait >= self.lr_patience
+            and self.lr_scale * self.lr_factor >= self.min_lr_scale - 1e-12
+            and self.lr_factor < 1
+        ):
             self.lr_wait = 0
             self.lr_scale *= self.lr_factor
             return "reduce_lr"

@@ -113,10 +113,12 @@ def ablation_effects(
     def record(module, inp, out):
         sums[module.name] = out.float().mean(dim=(0, 1))
 
-    hooks = [(f"blocks.{l}.attn.hook_z", record) for l in range(L)] + [(f"blocks.{l}.mlp.hook_post", record) for l in range(L)]
+    hooks = [(f"blocks.{l}.attn.hook_z", record) for l in range(L)] + [
+        (f"blocks.{l}.mlp.hook_post", record) for l in range(L)
+    ]
     with model.hooks(hooks):
         base_loss = _token_loss(model(x), y)
-    mean_z = torch.stack([sums[f"blocks.{l}.attn.hook_z"] for l in range(L)])      # (L, H, dh)
+    mean_z = torch.stack([sums[f"blocks.{l}.attn.hook_z"] for l in range(L)])  # (L, H, dh)
     mean_post = torch.stack([sums[f"blocks.{l}.mlp.hook_post"] for l in range(L)])  # (L, dm)
 
     # per-variant masks: which head / which MLP units each variant ablates
@@ -136,17 +138,21 @@ def ablation_effects(
         def fn(module, inp, z):  # z: (V*B, T, H, dh)
             m = current["head"][:, layer].repeat_interleave(B, 0)[:, None, :, None]
             return torch.where(m, mean_z[layer].to(z.dtype), z)
+
         return fn
 
     def ablate_post(layer: int):
         def fn(module, inp, h):  # h: (V*B, T, dm)
             m = current["unit"][:, layer].repeat_interleave(B, 0)[:, None, :]
             return torch.where(m, mean_post[layer].to(h.dtype), h)
+
         return fn
 
     per_variant = max(1, max_rows // B)
     losses = torch.empty(C, B, T, device=device)
-    hooks = [(f"blocks.{l}.attn.hook_z", ablate_z(l)) for l in range(L)] + [(f"blocks.{l}.mlp.hook_post", ablate_post(l)) for l in range(L)]
+    hooks = [(f"blocks.{l}.attn.hook_z", ablate_z(l)) for l in range(L)] + [
+        (f"blocks.{l}.mlp.hook_post", ablate_post(l)) for l in range(L)
+    ]
     with model.hooks(hooks):
         for s in range(0, C, per_variant):
             e = min(C, s + per_variant)
@@ -172,8 +178,19 @@ def _token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def modularity_records(step: int, comps: list[Component], E: np.ndarray, tasks: list[str]) -> pd.DataFrame:
     """Long table for ``probes/modularity.parquet``: step, component, kind, layer, index, task, delta_loss."""
-    rows = [{"step": int(step), "component": c.name, "kind": c.kind, "layer": c.layer, "index": c.index,
-             "task": t, "delta_loss": float(E[i, j])} for i, c in enumerate(comps) for j, t in enumerate(tasks)]
+    rows = [
+        {
+            "step": int(step),
+            "component": c.name,
+            "kind": c.kind,
+            "layer": c.layer,
+            "index": c.index,
+            "task": t,
+            "delta_loss": float(E[i, j]),
+        }
+        for i, c in enumerate(comps)
+        for j, t in enumerate(tasks)
+    ]
     return pd.DataFrame(rows)
 
 

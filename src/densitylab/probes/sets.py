@@ -21,7 +21,12 @@ def _spans_for(packed: PackedSplit, windows: np.ndarray):
     if names.empty:
         return None
     row_of = pd.Series(np.arange(len(windows)), index=windows)
-    cols = (row_of.loc[names["sample_id"]].to_numpy(), names["start"].to_numpy(), names["end"].to_numpy(), names["entity"].to_numpy())
+    cols = (
+        row_of.loc[names["sample_id"]].to_numpy(),
+        names["start"].to_numpy(),
+        names["end"].to_numpy(),
+        names["entity"].to_numpy(),
+    )
     return tuple(torch.tensor(np.asarray(c), dtype=torch.int64) for c in cols)
 
 
@@ -30,8 +35,9 @@ def _draw(packed: PackedSplit, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(avail, size=min(n, avail), replace=False))
 
 
-def build_probe_sets(splits: dict[str, PackedSplit], vocab_size: int, n_windows: int = 32, seed: int = 0,
-                     eos_id: int | None = 0) -> list[ProbeSet]:
+def build_probe_sets(
+    splits: dict[str, PackedSplit], vocab_size: int, n_windows: int = 32, seed: int = 0, eos_id: int | None = 0
+) -> list[ProbeSet]:
     """Draw the probe sets.
 
     - ``seen``: training windows (their sample ids, so the ``sequence`` view reads their exposures);
@@ -56,35 +62,58 @@ def build_probe_sets(splits: dict[str, PackedSplit], vocab_size: int, n_windows:
     rng = np.random.default_rng(seed)
     sets = []
     w = _draw(splits["train"], n_windows, rng)
-    sets.append(ProbeSet("seen", torch.stack([splits["train"].window(int(i))[0] for i in w]),
-                         torch.as_tensor(w, dtype=torch.int64), _spans_for(splits["train"], w), torch.as_tensor(w)))
+    sets.append(
+        ProbeSet(
+            "seen",
+            torch.stack([splits["train"].window(int(i))[0] for i in w]),
+            torch.as_tensor(w, dtype=torch.int64),
+            _spans_for(splits["train"], w),
+            torch.as_tensor(w),
+        )
+    )
     hw = _draw(splits["heldout"], n_windows, rng)
     held = torch.stack([splits["heldout"].window(int(i))[0] for i in hw])
     none = torch.full((len(hw),), -1, dtype=torch.int64)
     sets.append(ProbeSet("heldout", held, none, _spans_for(splits["heldout"], hw), torch.as_tensor(hw)))
     if "unfamiliar" in splits:
         uw = _draw(splits["unfamiliar"], n_windows, rng)
-        sets.append(ProbeSet("unfamiliar_entities", torch.stack([splits["unfamiliar"].window(int(i))[0] for i in uw]),
-                             torch.full((len(uw),), -1, dtype=torch.int64), _spans_for(splits["unfamiliar"], uw),
-                             torch.as_tensor(uw)))
+        sets.append(
+            ProbeSet(
+                "unfamiliar_entities",
+                torch.stack([splits["unfamiliar"].window(int(i))[0] for i in uw]),
+                torch.full((len(uw),), -1, dtype=torch.int64),
+                _spans_for(splits["unfamiliar"], uw),
+                torch.as_tensor(uw),
+            )
+        )
     perm = torch.as_tensor(np.stack([rng.permutation(held.shape[1]) for _ in range(len(held))]))
     sets.append(ProbeSet("shuffled", torch.gather(held, 1, perm), none.clone(), None))
     T = held.shape[1]
     ids = rng.integers(0, vocab_size - (1 if eos_id is not None else 0), size=(n_windows, T))
     if eos_id is not None:
         ids = ids + (ids >= eos_id)  # skip the EOS id
-    sets.append(ProbeSet("random", torch.as_tensor(ids, dtype=torch.int64), torch.full((n_windows,), -1, dtype=torch.int64), None))
+    sets.append(
+        ProbeSet(
+            "random", torch.as_tensor(ids, dtype=torch.int64), torch.full((n_windows,), -1, dtype=torch.int64), None
+        )
+    )
     return sets
 
 
 def probe_sets_table(sets: list[ProbeSet]) -> pd.DataFrame:
     """The probe sets as a table (probe_set, row, sample_id, tokens) for ``probes/probe_sets.parquet``."""
-    return pd.DataFrame([{"probe_set": s.name, "row": r, "sample_id": int(s.sample_ids[r]), "tokens": s.input_ids[r].tolist()}
-                         for s in sets for r in range(len(s.input_ids))])
+    return pd.DataFrame(
+        [
+            {"probe_set": s.name, "row": r, "sample_id": int(s.sample_ids[r]), "tokens": s.input_ids[r].tolist()}
+            for s in sets
+            for r in range(len(s.input_ids))
+        ]
+    )
 
 
-def task_masks(packed: PackedSplit, probe: ProbeSet, token_counts: torch.Tensor | None = None,
-               n_freq_buckets: int = 4) -> dict[str, torch.Tensor]:
+def task_masks(
+    packed: PackedSplit, probe: ProbeSet, token_counts: torch.Tensor | None = None, n_freq_buckets: int = 4
+) -> dict[str, torch.Tensor]:
     """Tasks for the modularity probe on the rows of ``probe`` (drawn from ``packed``): the positions
     whose **target** (next token) belongs to the task, as (N, T) bool masks.
 
@@ -115,7 +144,9 @@ def task_masks(packed: PackedSplit, probe: ProbeSet, token_counts: torch.Tensor 
         ent = span_mask(spans[spans["kind"] == "name"]) if kinds else torch.zeros(N, T, dtype=torch.bool)
         masks["entity"], masks["non_entity"] = ent, ~ent
         if token_counts is not None:
-            target_ids = torch.cat([probe.input_ids[:, 1:], probe.input_ids[:, -1:]], 1)  # last position: no target in-window
+            target_ids = torch.cat(
+                [probe.input_ids[:, 1:], probe.input_ids[:, -1:]], 1
+            )  # last position: no target in-window
             c = token_counts.cpu()[target_ids].double().log1p()
             edges = torch.quantile(c[:, :-1].flatten(), torch.linspace(0, 1, n_freq_buckets + 1, dtype=torch.float64))
             b = torch.bucketize(c, edges[1:-1], right=True)

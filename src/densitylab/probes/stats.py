@@ -31,7 +31,9 @@ def _t(k: int, level: float) -> float:
     return float(stats.t.ppf(0.5 + level / 2, k - 1)) if k >= 2 else math.inf
 
 
-def cluster_mean_ci(values: np.ndarray, clusters: np.ndarray, level: float = 0.95) -> tuple[float, float, float, int, int]:
+def cluster_mean_ci(
+    values: np.ndarray, clusters: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float, int, int]:
     """Mean of ``values`` with a cluster-robust CI.
 
     Args:
@@ -57,7 +59,9 @@ def cluster_mean_ci(values: np.ndarray, clusters: np.ndarray, level: float = 0.9
     return mean, mean - h, mean + h, n, k
 
 
-def cluster_ols_slope(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, level: float = 0.95) -> tuple[float, float, float, int, int]:
+def cluster_ols_slope(
+    x: np.ndarray, y: np.ndarray, clusters: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float, int, int]:
     """OLS slope of ``y`` on ``x`` with a cluster-robust (sandwich) CI.
 
     Returns:
@@ -82,7 +86,9 @@ def cluster_ols_slope(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, level:
     return slope, slope - h, slope + h, n, k
 
 
-def diff_ci(a: tuple[float, float, float, int, int], b: tuple[float, float, float, int, int], level: float = 0.95) -> tuple[float, float, float]:
+def diff_ci(
+    a: tuple[float, float, float, int, int], b: tuple[float, float, float, int, int], level: float = 0.95
+) -> tuple[float, float, float]:
     """Difference ``a - b`` of two independent :func:`cluster_mean_ci` results with a CI (Welch-style:
     standard errors recovered from each interval, t on ``min(k_a, k_b) - 1`` degrees of freedom)."""
     (ma, la, ha, _, ka), (mb, lb, hb, _, kb) = a, b

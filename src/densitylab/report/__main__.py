@@ -1,6 +1,7 @@
 """``python -m densitylab.report [density|capacity|compare] RUN_DIR [RUN_DIR ...] [--out DIR]``
 
-``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run folders or a
+``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run
+folders or a
 Hydra multirun folder (seeds), mean ± 95% CI across runs (written to ``--out``, default
 ``<common parent>/report``). Prints the final per-layer slope and gap with CIs.
 
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "density"
     if argv and argv[0] in ("density", "capacity", "compare"):
         command, argv = argv[0], argv[1:]
-    ap = argparse.ArgumentParser(prog="python -m densitylab.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m densitylab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("runs", nargs="+", help="run folders or multirun folders")
     ap.add_argument("--out", help="output folder (default: RUN/plots for one run, else <common parent>/report)")
     if command == "compare":

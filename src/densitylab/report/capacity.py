@@ -51,8 +51,10 @@ def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray, limited: np.nda
     x_all, y_all = x_all[order], y_all[order]
     lim = None if limited is None else np.asarray(limited, dtype=bool)[order]
     if len(x_all) < 3 or not (y_all > 0).any():
-        raise ValueError(f"{len(x_all)} points with max memorized {y_all.max() if len(y_all) else 'n/a'} bits: "
-                         "expected >= 3 dataset sizes and some memorization")
+        raise ValueError(
+            f"{len(x_all)} points with max memorized {y_all.max() if len(y_all) else 'n/a'} bits: "
+            "expected >= 3 dataset sizes and some memorization"
+        )
     keep = converged_points(y_all, lim)
     too_few = int(keep.sum()) < 3
     if too_few:  # fit them all, but never call the result saturated
@@ -75,9 +77,17 @@ def fit_plateau(dataset_bits: np.ndarray, memorized: np.ndarray, limited: np.nda
         se = float("nan")
     t = stats.t.ppf(0.975, max(len(x) - 2, 1))
     saturated = bool(x[-1] >= 1.5 * c and y[-1] >= 0.85 * c) and not too_few
-    return {"capacity_bits": float(c), "capacity_ci_low": float(c - t * se), "capacity_ci_high": float(c + t * se),
-            "k": float(k), "max_memorized": y_max, "saturated": saturated, "points": int(len(x)),
-            "points_dropped": int((~keep).sum()), "dropped_dataset_bits": x_all[~keep].tolist()}
+    return {
+        "capacity_bits": float(c),
+        "capacity_ci_low": float(c - t * se),
+        "capacity_ci_high": float(c + t * se),
+        "k": float(k),
+        "max_memorized": y_max,
+        "saturated": saturated,
+        "points": int(len(x)),
+        "points_dropped": int((~keep).sum()),
+        "dropped_dataset_bits": x_all[~keep].tolist(),
+    }
 
 
 def converged_points(memorized: np.ndarray, limited: np.ndarray | None = None, tolerance: float = 0.1) -> np.ndarray:
@@ -97,7 +107,8 @@ def fit_alpha(capacity_bits: np.ndarray, params: np.ndarray, level: float = 0.95
     """Bits per parameter across models.
 
     ``alpha`` = mean over models of C_i / P_i with a t-interval across models (the models are the
-    replicates; :func:`capacity_report` passes only the models whose grid reached the plateau); ``alpha_through_origin`` = least-squares slope of C on P through the origin
+    replicates; :func:`capacity_report` passes only the models whose grid reached the plateau);
+    ``alpha_through_origin`` = least-squares slope of C on P through the origin
     (weighted towards the larger models) with its own t-interval.
 
     Raises:
@@ -113,9 +124,15 @@ def fit_alpha(capacity_bits: np.ndarray, params: np.ndarray, level: float = 0.95
     slope = float((c * p).sum() / (p * p).sum())
     resid = c - slope * p
     se = math.sqrt((resid**2).sum() / (n - 1) / (p * p).sum())
-    return {"alpha": float(r.mean()), "alpha_ci_low": float(r.mean() - half), "alpha_ci_high": float(r.mean() + half),
-            "alpha_through_origin": slope, "alpha_through_origin_ci_low": slope - t * se,
-            "alpha_through_origin_ci_high": slope + t * se, "models": n}
+    return {
+        "alpha": float(r.mean()),
+        "alpha_ci_low": float(r.mean() - half),
+        "alpha_ci_high": float(r.mean() + half),
+        "alpha_through_origin": slope,
+        "alpha_through_origin_ci_low": slope - t * se,
+        "alpha_through_origin_ci_high": slope + t * se,
+        "models": n,
+    }
 
 
 def load_capacity_runs(paths: list[str | Path]) -> pd.DataFrame:
@@ -134,17 +151,28 @@ def load_capacity_runs(paths: list[str | Path]) -> pd.DataFrame:
             s = json.loads(f.read_text())
             if "data/n_sequences" not in s or "memorization/bits_total" not in s:
                 continue
-            rows.append({
-                "run": str(f.parent), "params": int(s["model/params"]), "precision": s.get("precision"),
-                "n_sequences": int(s["data/n_sequences"]), "dataset_bits": float(s["data/entropy_bits"]),
-                "memorized_bits": float(s["memorization/bits_total"]),
-                "bits_per_param": float(s["memorization/bits_total"]) / int(s["model/params"]),
-                "stopped_by": s.get("memorization/stopped_by"), "epochs": s.get("epochs"),
-                "steps": s.get("global_step"), "wall_time_s": s.get("wall_time_s"), "val_loss": s.get("val/loss"),
-                "ln_A": s.get("data/unigram_entropy_nats"),
-            })
+            rows.append(
+                {
+                    "run": str(f.parent),
+                    "params": int(s["model/params"]),
+                    "precision": s.get("precision"),
+                    "n_sequences": int(s["data/n_sequences"]),
+                    "dataset_bits": float(s["data/entropy_bits"]),
+                    "memorized_bits": float(s["memorization/bits_total"]),
+                    "bits_per_param": float(s["memorization/bits_total"]) / int(s["model/params"]),
+                    "stopped_by": s.get("memorization/stopped_by"),
+                    "epochs": s.get("epochs"),
+                    "steps": s.get("global_step"),
+                    "wall_time_s": s.get("wall_time_s"),
+                    "val_loss": s.get("val/loss"),
+                    "ln_A": s.get("data/unigram_entropy_nats"),
+                }
+            )
     if not rows:
-        raise FileNotFoundError(f"no capacity runs (summary.json with data/n_sequences and memorization/bits_total) under {list(map(str, paths))}")
+        raise FileNotFoundError(
+            "no capacity runs (summary.json with data/n_sequences and memorization/bits_total) under "
+            f"{list(map(str, paths))}"
+        )
     return pd.DataFrame(rows).sort_values(["params", "n_sequences"]).reset_index(drop=True)
 
 
@@ -163,15 +191,27 @@ def capacity_report(paths: list[str | Path], out_dir: str | Path | None = None) 
     out = Path(out_dir) if out_dir else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     if df["precision"].nunique() > 1:
-        raise ValueError(f"runs of several precisions {sorted(df['precision'].unique())}: expected one (report each grid on its own)")
+        raise ValueError(
+            f"runs of several precisions {sorted(df['precision'].unique())}: expected one (report each grid on its own)"
+        )
     fits = []
     for params, g in df.groupby("params"):
         g = g.assign(limited=g["stopped_by"] != "plateau")
-        mean = g.groupby("dataset_bits", as_index=False).agg(memorized_bits=("memorized_bits", "mean"),
-                                                             limited=("limited", "any"))  # seeds at one N: their mean
-        fit = fit_plateau(mean["dataset_bits"].to_numpy(), mean["memorized_bits"].to_numpy(), mean["limited"].to_numpy())
-        fits.append({"params": int(params), **fit, "alpha_model": fit["capacity_bits"] / params,
-                     "runs_stopped_by_plateau": int((g["stopped_by"] == "plateau").sum()), "runs": len(g)})
+        mean = g.groupby("dataset_bits", as_index=False).agg(
+            memorized_bits=("memorized_bits", "mean"), limited=("limited", "any")
+        )  # seeds at one N: their mean
+        fit = fit_plateau(
+            mean["dataset_bits"].to_numpy(), mean["memorized_bits"].to_numpy(), mean["limited"].to_numpy()
+        )
+        fits.append(
+            {
+                "params": int(params),
+                **fit,
+                "alpha_model": fit["capacity_bits"] / params,
+                "runs_stopped_by_plateau": int((g["stopped_by"] == "plateau").sum()),
+                "runs": len(g),
+            }
+        )
     fit_df = pd.DataFrame(fits)
     sat = fit_df[fit_df["saturated"]]
     use = sat if len(sat) >= 2 else fit_df  # capacities the grid did not reach are extrapolations: leave them out
@@ -180,11 +220,18 @@ def capacity_report(paths: list[str | Path], out_dir: str | Path | None = None) 
     result["alpha_from_saturated_models_only"] = bool(len(sat) >= 2)
     unsat = fit_df[~fit_df["saturated"]]
     result["unsaturated_lower_bounds_bits_per_param"] = {
-        int(r.params): float(r.max_memorized / r.params) for r in unsat.itertuples()}
+        int(r.params): float(r.max_memorized / r.params) for r in unsat.itertuples()
+    }
     precisions = sorted(df["precision"].dropna().astype(str).unique())
-    result.update({"precision": precisions[0] if len(precisions) == 1 else precisions, "runs": len(df),
-                   "wall_time_s_total": float(df["wall_time_s"].fillna(0).sum()), "per_model": fits,
-                   "reference": "Morris et al. 2025 (arXiv:2505.24832) Table 1: 3.83 bits/param (fp32), 3.51 (bf16)"})
+    result.update(
+        {
+            "precision": precisions[0] if len(precisions) == 1 else precisions,
+            "runs": len(df),
+            "wall_time_s_total": float(df["wall_time_s"].fillna(0).sum()),
+            "per_model": fits,
+            "reference": "Morris et al. 2025 (arXiv:2505.24832) Table 1: 3.83 bits/param (fp32), 3.51 (bf16)",
+        }
+    )
     df.to_csv(out / "capacity_runs.csv", index=False)
     fit_df.to_csv(out / "capacity_fit.csv", index=False)
     (out / "capacity.json").write_text(json.dumps(result, indent=2))
@@ -199,8 +246,13 @@ def _plot_curves(df: pd.DataFrame, fit_df: pd.DataFrame, path: Path) -> None:
     colors = plt.cm.plasma(np.linspace(0, 0.85, len(fit_df)))
     for (_, f), c in zip(fit_df.iterrows(), colors):
         g = df[df["params"] == f["params"]].sort_values("dataset_bits")
-        ax.plot(g["dataset_bits"], g["memorized_bits"], "o", color=c,
-                label=f"{int(f['params']):,} params" + ("" if f["saturated"] else " (not saturated)"))
+        ax.plot(
+            g["dataset_bits"],
+            g["memorized_bits"],
+            "o",
+            color=c,
+            label=f"{int(f['params']):,} params" + ("" if f["saturated"] else " (not saturated)"),
+        )
         hi = g["dataset_bits"].max() * (2 if f["saturated"] else 1)  # no extrapolation of an unsaturated fit
         xs = np.geomspace(g["dataset_bits"].min() / 2, hi, 200)
         ax.plot(xs, saturating(xs, f["capacity_bits"], f["k"]), "-" if f["saturated"] else "--", color=c, linewidth=1)
@@ -218,8 +270,11 @@ def _plot_curves(df: pd.DataFrame, fit_df: pd.DataFrame, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("dataset size N·(S−1)·log2 A (bits)")
     ax.set_ylabel("memorized bits (Σ over training sequences)")
-    ax.set_title("Memorized bits against dataset size. Dotted: fitted capacity; x: stopped by the step limit,\n"
-                 "not the plateau; open: stopped by the limit below a smaller dataset's value, left out of the fit", fontsize=8)
+    ax.set_title(
+        "Memorized bits against dataset size. Dotted: fitted capacity; x: stopped by the step limit,\n"
+        "not the plateau; open: stopped by the limit below a smaller dataset's value, left out of the fit",
+        fontsize=8,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -232,11 +287,20 @@ def _plot_alpha(fit_df: pd.DataFrame, result: dict, path: Path) -> None:
     sat = fit_df[fit_df["saturated"]]
     p, c = sat["params"].to_numpy(float), sat["capacity_bits"].to_numpy(float)
     err = np.vstack([c - sat["capacity_ci_low"], sat["capacity_ci_high"] - c])
-    ax.errorbar(p, c, yerr=np.clip(err, 0, None), fmt="o", color="tab:blue", capsize=3, label="fitted capacity (95% CI)")
+    ax.errorbar(
+        p, c, yerr=np.clip(err, 0, None), fmt="o", color="tab:blue", capsize=3, label="fitted capacity (95% CI)"
+    )
     uns = fit_df[~fit_df["saturated"]]
     if len(uns):
-        ax.plot(uns["params"], uns["max_memorized"], "^", mfc="white", mec="tab:red", ms=8,
-                label="not saturated: max memorized (lower bound)")
+        ax.plot(
+            uns["params"],
+            uns["max_memorized"],
+            "^",
+            mfc="white",
+            mec="tab:red",
+            ms=8,
+            label="not saturated: max memorized (lower bound)",
+        )
     p = fit_df["params"].to_numpy(float)
     xs = np.geomspace(p.min() / 1.5, p.max() * 1.5, 50)
     a, lo, hi = result["alpha"], result["alpha_ci_low"], result["alpha_ci_high"]
@@ -257,16 +321,26 @@ def _plot_alpha(fit_df: pd.DataFrame, result: dict, path: Path) -> None:
 
 def format_result(result: dict) -> str:
     """A few lines for the terminal: α with CI and each model's capacity."""
-    lines = [f"alpha = {result['alpha']:.3f} bits/param, 95% CI [{result['alpha_ci_low']:.3f}, {result['alpha_ci_high']:.3f}] "
-             f"across {result['models']} models ({result['precision']}); through-origin slope "
-             f"{result['alpha_through_origin']:.3f} [{result['alpha_through_origin_ci_low']:.3f}, {result['alpha_through_origin_ci_high']:.3f}]",
-             f"{'params':>9} {'capacity bits':>14} {'95% CI':>23} {'bits/param':>10} {'saturated':>9} {'plateau-stopped':>15}"]
+    lines = [
+        f"alpha = {result['alpha']:.3f} bits/param, 95% CI [{result['alpha_ci_low']:.3f}, "
+        f"{result['alpha_ci_high']:.3f}] "
+        f"across {result['models']} models ({result['precision']}); through-origin slope "
+        f"{result['alpha_through_origin']:.3f} [{result['alpha_through_origin_ci_low']:.3f}, "
+        f"{result['alpha_through_origin_ci_high']:.3f}]",
+        f"{'params':>9} {'capacity bits':>14} {'95% CI':>23} {'bits/param':>10} {'saturated':>9} "
+        f"{'plateau-stopped':>15}",
+    ]
     for f in result["per_model"]:
-        lines.append(f"{f['params']:>9,} {f['capacity_bits']:>14,.0f} [{f['capacity_ci_low']:>10,.0f}, {f['capacity_ci_high']:>10,.0f}] "
-                     f"{f['alpha_model']:>10.3f} {str(f['saturated']):>9} {f['runs_stopped_by_plateau']:>7}/{f['runs']}")
+        lines.append(
+            f"{f['params']:>9,} {f['capacity_bits']:>14,.0f} [{f['capacity_ci_low']:>10,.0f}, "
+            f"{f['capacity_ci_high']:>10,.0f}] "
+            f"{f['alpha_model']:>10.3f} {str(f['saturated']):>9} {f['runs_stopped_by_plateau']:>7}/{f['runs']}"
+        )
     if result["unsaturated_lower_bounds_bits_per_param"]:
-        lines.append("not saturated (grid too small or runs stopped by the step limit; left out of alpha when >= 2 "
-                     "models saturated); lower bounds max memorized/params: " + ", ".join(
-                         f"{p:,}: >= {v:.3f}" for p, v in result["unsaturated_lower_bounds_bits_per_param"].items()))
+        lines.append(
+            "not saturated (grid too small or runs stopped by the step limit; left out of alpha when >= 2 "
+            "models saturated); lower bounds max memorized/params: "
+            + ", ".join(f"{p:,}: >= {v:.3f}" for p, v in result["unsaturated_lower_bounds_bits_per_param"].items())
+        )
     lines.append(result["reference"])
     return "\n".join(lines)

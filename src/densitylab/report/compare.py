@@ -38,10 +38,14 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         if (p / "metrics.csv").is_file():
             runs.append(p)
             continue
-        found = sorted((f.parent for f in p.rglob("metrics.csv") if not {"report", "compare"} & set(f.relative_to(p).parts)),
-                       key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))])
+        found = sorted(
+            (f.parent for f in p.rglob("metrics.csv") if not {"report", "compare"} & set(f.relative_to(p).parts)),
+            key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))],
+        )
         if not found:
-            raise FileNotFoundError(f"{str(p)!r} holds no metrics.csv: expected a run folder of train.py (CSV logger on)")
+            raise FileNotFoundError(
+                f"{str(p)!r} holds no metrics.csv: expected a run folder of train.py (CSV logger on)"
+            )
         runs.extend(found)
     return list(dict.fromkeys(runs))
 
@@ -73,8 +77,15 @@ def load_run(run: Path) -> dict:
     wandb_dirs = sorted((run / "wandb").glob("offline-run-*")) if (run / "wandb").is_dir() else []
     wandb_id = wandb_dirs[-1].name.rsplit("-", 1)[-1] if wandb_dirs else None
     status = "failed" if (run / "FAILED").is_file() else summary.get("status", "unfinished")
-    return {"path": run, "metrics": m, "summary": summary, "config": config, "overrides": overrides,
-            "wandb_id": wandb_id, "status": status}
+    return {
+        "path": run,
+        "metrics": m,
+        "summary": summary,
+        "config": config,
+        "overrides": overrides,
+        "wandb_id": wandb_id,
+        "status": status,
+    }
 
 
 def differing_config(runs: list[dict]) -> pd.DataFrame:
@@ -92,9 +103,20 @@ def differing_config(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(cols, index=[r["name"] for r in runs])
 
 
-FINAL_KEYS = ["status", "global_step", "val/loss", "train/loss", "model/params", "model/params_non_embedding",
-              "modularity/score", "modularity/score_minus_control", "memorization/bits_total",
-              "memorization/extractable_frac", "perf/tokens_per_sec", "wall_time_s"]
+FINAL_KEYS = [
+    "status",
+    "global_step",
+    "val/loss",
+    "train/loss",
+    "model/params",
+    "model/params_non_embedding",
+    "modularity/score",
+    "modularity/score_minus_control",
+    "memorization/bits_total",
+    "memorization/extractable_frac",
+    "perf/tokens_per_sec",
+    "wall_time_s",
+]
 
 
 def final_table(runs: list[dict]) -> pd.DataFrame:
@@ -139,8 +161,10 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
     fig.tight_layout()
     figs.append(("Loss", save_figure(fig, out / "compare_loss.png")))
 
-    slope_cols = sorted({c for r in runs for c in r["metrics"].columns if re.fullmatch(r"density/L\d+/slope", c)},
-                        key=lambda c: int(re.findall(r"\d+", c)[0]))
+    slope_cols = sorted(
+        {c for r in runs for c in r["metrics"].columns if re.fullmatch(r"density/L\d+/slope", c)},
+        key=lambda c: int(re.findall(r"\d+", c)[0]),
+    )
     if slope_cols:
         n = len(slope_cols)
         ncols = min(n, 4)
@@ -163,8 +187,10 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
         fig.tight_layout()
         figs.append(("Density slope per layer", save_figure(fig, out / "compare_density_slopes.png")))
 
-    for col, title, fname in (("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
-                              ("memorization/bits_total", "Memorized canary bits (total)", "compare_memorization.png")):
+    for col, title, fname in (
+        ("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
+        ("memorization/bits_total", "Memorized canary bits (total)", "compare_memorization.png"),
+    ):
         if not any(col in r["metrics"].columns for r in runs):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
@@ -188,14 +214,20 @@ def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tu
     x = pd.to_numeric(diff[key], errors="coerce")
     if x.isna().any():
         return None
-    panels = [c for c in ("val/loss", "modularity/score", "memorization/bits_total") if c in final and final[c].notna().any()]
+    panels = [
+        c for c in ("val/loss", "modularity/score", "memorization/bits_total") if c in final and final[c].notna().any()
+    ]
     slope_cols = [c for c in final.columns if re.fullmatch(r"density/L\d+/slope", c)]
     panels += ["density slope (mean over layers)"] if slope_cols else []
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.4), dpi=100, squeeze=False)
     for ax, p in zip(axes[0], panels):
-        y = final[slope_cols].astype(float).mean(axis=1) if p.startswith("density") else pd.to_numeric(final[p], errors="coerce")
+        y = (
+            final[slope_cols].astype(float).mean(axis=1)
+            if p.startswith("density")
+            else pd.to_numeric(final[p], errors="coerce")
+        )
         d = pd.DataFrame({"x": x.to_numpy(), "y": y.to_numpy()}).groupby("x")["y"]
         mean = d.mean()
         ax.plot(x, y, "o", color="tab:blue", alpha=0.5)
@@ -221,8 +253,13 @@ def _fmt(v) -> str:
 
 def _table_html(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["run", *df.columns])
-    body = "".join("<tr>" + f"<td class='run'>{html.escape(str(i))}</td>" +
-                   "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for i, row in zip(df.index, df.itertuples(index=False)))
+    body = "".join(
+        "<tr>"
+        + f"<td class='run'>{html.escape(str(i))}</td>"
+        + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+        + "</tr>"
+        for i, row in zip(df.index, df.itertuples(index=False))
+    )
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
@@ -256,8 +293,10 @@ def compare_report(paths: list[str | Path], out_dir: str | Path | None = None, b
     sections = []
     for title, png in figs:
         b64 = base64.b64encode(png.read_bytes()).decode()
-        sections.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
-                        f"<p class='file'>{html.escape(png.name)}</p>")
+        sections.append(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
+            f"<p class='file'>{html.escape(png.name)}</p>"
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>densitylab: {len(runs)} runs compared</title>
 <style>
@@ -265,10 +304,12 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 12px; margin-bottom: 16px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
 th {{ background: #f3f3f3; }} td.run {{ text-align: left; font-family: monospace; }}
-img {{ max-width: 100%; border: 1px solid #eee; }} div.scroll {{ overflow-x: auto; }} p.file {{ color: #888; font-size: 11px; }}
+img {{ max-width: 100%; border: 1px solid #eee; }} div.scroll {{ overflow-x: auto; }} p.file
+{{ color: #888; font-size: 11px; }}
 </style></head><body>
 <h1>densitylab: {len(runs)} runs compared</h1>
-<p>Root: <code>{html.escape(str(root))}</code>. Runs: {", ".join(f"<code>{html.escape(r['name'])}</code>" for r in runs)}.</p>
+<p>Root: <code>{html.escape(str(root))}</code>. Runs:
+{", ".join(f"<code>{html.escape(r['name'])}</code>" for r in runs)}.</p>
 <h2>Final numbers</h2>{_table_html(final)}
 <h2>Config values that differ</h2>{_table_html(diff) if len(diff.columns) else "<p>none: the runs share one config</p>"}
 {"".join(sections)}

@@ -31,7 +31,9 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
             continue
         found = sorted(f.parent.parent for f in p.rglob("probes/density.parquet"))
         if not found:
-            raise FileNotFoundError(f"{str(p)!r} holds no probes/density.parquet: expected a run folder of train.py with density probes")
+            raise FileNotFoundError(
+                f"{str(p)!r} holds no probes/density.parquet: expected a run folder of train.py with density probes"
+            )
         runs.extend(found)
     return runs
 
@@ -90,7 +92,9 @@ def plot_over_training(df: pd.DataFrame, path: Path, metric: str = "active_frac"
     save_figure(fig, path)
 
 
-def plot_vs_familiarity(df: pd.DataFrame, path: Path, metric: str = "active_frac", n_steps: int = 4, title: str = "") -> None:
+def plot_vs_familiarity(
+    df: pd.DataFrame, path: Path, metric: str = "active_frac", n_steps: int = 4, title: str = ""
+) -> None:
     """Per layer, ``metric`` on ``seen`` windows against familiarity bucket (primary view) at up to
     ``n_steps`` steps (log-spaced picks), with CI bands; the unfamiliar reference as a dashed line."""
     plt = pyplot()
@@ -101,7 +105,12 @@ def plot_vs_familiarity(df: pd.DataFrame, path: Path, metric: str = "active_frac
         idx = np.unique(np.round(np.geomspace(1, len(steps), n_steps)).astype(int) - 1)
         steps = steps[idx]
     if view == "entity":
-        ref = df[(df["probe_set"] == "unfamiliar_entities") & (df["view"] == "entity") & (df["bucket"] == 0) & (df["metric"] == metric)]
+        ref = df[
+            (df["probe_set"] == "unfamiliar_entities")
+            & (df["view"] == "entity")
+            & (df["bucket"] == 0)
+            & (df["metric"] == metric)
+        ]
         ref_label = "unfamiliar entities"
     else:
         ref = df[(df["probe_set"] == "random") & (df["view"] == "all") & (df["metric"] == metric)]
@@ -135,8 +144,15 @@ def headline_table(df: pd.DataFrame) -> pd.DataFrame:
     slope = last[(last["metric"] == "slope") & (last["view"] == view)]
     gap = last[last["metric"] == "gap"]
     cols = ["layer", "value", "ci_low", "ci_high"]
-    out = slope[cols].rename(columns={"value": "slope", "ci_low": "slope_ci_low", "ci_high": "slope_ci_high"}).merge(
-        gap[cols].rename(columns={"value": "gap", "ci_low": "gap_ci_low", "ci_high": "gap_ci_high"}), on="layer", how="outer")
+    out = (
+        slope[cols]
+        .rename(columns={"value": "slope", "ci_low": "slope_ci_low", "ci_high": "slope_ci_high"})
+        .merge(
+            gap[cols].rename(columns={"value": "gap", "ci_low": "gap_ci_low", "ci_high": "gap_ci_high"}),
+            on="layer",
+            how="outer",
+        )
+    )
     out.insert(1, "view", view)
     out.insert(2, "step", int(df["step"].max()))
     if "n_runs" in slope:
@@ -180,8 +196,14 @@ def format_table(table: pd.DataFrame) -> str:
     """Human-readable headline lines."""
     lines = []
     for r in table.itertuples():
+
         def ci(v, lo, hi):
-            return f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else f"{v:+.4f} [no CI]"
-        lines.append(f"layer {r.layer}: slope ({r.view}) {ci(r.slope, r.slope_ci_low, r.slope_ci_high)}   "
-                     f"gap {ci(r.gap, r.gap_ci_low, r.gap_ci_high)}")
+            return (
+                f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else f"{v:+.4f} [no CI]"
+            )
+
+        lines.append(
+            f"layer {r.layer}: slope ({r.view}) {ci(r.slope, r.slope_ci_low, r.slope_ci_high)}   "
+            f"gap {ci(r.gap, r.gap_ci_low, r.gap_ci_high)}"
+        )
     return "\n".join(lines)

@@ -19,9 +19,19 @@ def by_group(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         x = g["mem_bits"].to_numpy(dtype=float)
         n = len(x)
         half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
-        rows.append({"step": int(step), "repetitions": int(rep), "bits_mean": x.mean(), "ci_low": x.mean() - half,
-                     "ci_high": x.mean() + half, "bits_total": x.sum(), "max_bits": float(g["max_bits"].mean()),
-                     "extractable_frac": float(g["extractable"].mean()), "n": n})
+        rows.append(
+            {
+                "step": int(step),
+                "repetitions": int(rep),
+                "bits_mean": x.mean(),
+                "ci_low": x.mean() - half,
+                "ci_high": x.mean() + half,
+                "bits_total": x.sum(),
+                "max_bits": float(g["max_bits"].mean()),
+                "extractable_frac": float(g["extractable"].mean()),
+                "n": n,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -47,8 +57,10 @@ def plot_memorization(run_dir: str | Path, path: str | Path | None = None) -> Pa
         a2.plot(s["step"], s["extractable_frac"], marker="o", ms=3, color=c, label=label)
     a1.axhline(g["max_bits"].max(), color="k", linestyle="--", linewidth=0.8, label="(S-1) log2 A")
     last = g[g["step"] == g["step"].max()]
-    a1.set_title(f"Memorized bits per canary (total at step {int(last['step'].iloc[0])}: {last['bits_total'].sum():,.0f} bits)",
-                 fontsize=9)
+    a1.set_title(
+        f"Memorized bits per canary (total at step {int(last['step'].iloc[0])}: {last['bits_total'].sum():,.0f} bits)",
+        fontsize=9,
+    )
     a2.set_title("(32,32)-extractable fraction", fontsize=9)
     for ax, yl in ((a1, "bits (mean over canaries, 95% CI)"), (a2, "fraction of canaries")):
         ax.set_xscale("symlog", linthresh=1)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from densitylab.report.common import pyplot, read_probe, save_figure
 from densitylab.probes.modularity import Component, modularity_summary
+from densitylab.report.common import pyplot, read_probe, save_figure
 
 
 def scores_by_step(df: pd.DataFrame, eps: float = 1e-3) -> pd.DataFrame:

@@ -5,7 +5,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,16 +23,18 @@ class OptunaSweeperConf:
     """Settings of ``hydra/sweeper=densitylab_optuna`` (the names of hydra-optuna-sweeper's)."""
 
     _target_: str = "hydra_plugins.densitylab_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    direction: str = "minimize"          # minimize | maximize
+    direction: str = "minimize"  # minimize | maximize
     n_trials: int = 20
-    n_jobs: int = 1                      # trials launched together (one launcher batch)
-    study_name: Optional[str] = None
-    storage: Optional[str] = None        # e.g. sqlite:///optuna.db to share or resume a study
+    n_jobs: int = 1  # trials launched together (one launcher batch)
+    study_name: str | None = None
+    storage: str | None = None  # e.g. sqlite:///optuna.db to share or resume a study
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
-    params: Dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="densitylab_optuna", node=OptunaSweeperConf, provider="densitylab")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="densitylab_optuna", node=OptunaSweeperConf, provider="densitylab"
+)
 
 
 def distribution(override: Override) -> Any:
@@ -71,8 +73,16 @@ class OptunaSweeper(Sweeper):
     overrides. Failed or non-finite trials are told as FAIL and never stop the study. Writes
     ``optimization_results.yaml`` (best value and parameters) into the sweep folder."""
 
-    def __init__(self, direction: str, n_trials: int, n_jobs: int, study_name: Optional[str], storage: Optional[str],
-                 sampler: Any, params: Optional[Dict[str, str]]) -> None:
+    def __init__(
+        self,
+        direction: str,
+        n_trials: int,
+        n_jobs: int,
+        study_name: str | None,
+        storage: str | None,
+        sampler: Any,
+        params: dict[str, str] | None,
+    ) -> None:
         if direction not in ("minimize", "maximize"):
             raise ValueError(f"hydra.sweeper.direction={direction!r}: expected 'minimize' or 'maximize'")
         if n_trials < 1 or n_jobs < 1:
@@ -85,13 +95,17 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
-    def _search_space(self, arguments: List[str]) -> tuple:
+    def _search_space(self, arguments: list[str]) -> tuple:
         parser = OverridesParser.create()
-        space: Dict[str, Any] = {}
-        fixed: List[str] = []
-        for o in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()]) + parser.parse_overrides(arguments):
+        space: dict[str, Any] = {}
+        fixed: list[str] = []
+        for o in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()]) + parser.parse_overrides(
+            arguments
+        ):
             d = distribution(o)
             if isinstance(d, str):
                 space.pop(o.get_key_element(), None)
@@ -101,22 +115,35 @@ class OptunaSweeper(Sweeper):
                 space[o.get_key_element()] = d
         return space, fixed
 
-    def sweep(self, arguments: List[str]) -> list:
+    def sweep(self, arguments: list[str]) -> list:
         import optuna
         from hydra.utils import instantiate
 
         space, fixed = self._search_space(arguments)
         if not space:
-            raise ValueError("the Optuna sweeper found nothing to search: set hydra.sweeper.params or pass sweep overrides")
+            raise ValueError(
+                "the Optuna sweeper found nothing to search: set hydra.sweeper.params or pass sweep overrides"
+            )
         # Hydra instantiates plugin arguments recursively: the sampler usually arrives as an object
         if self.sampler_cfg is None or isinstance(self.sampler_cfg, optuna.samplers.BaseSampler):
             sampler = self.sampler_cfg
         else:
             sampler = instantiate(self.sampler_cfg)
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
-                                    direction=self.direction, load_if_exists=True)
-        log.info("Optuna study %s, %s over %s; %d trials, %d at a time", study.study_name, self.direction,
-                 {k: str(v) for k, v in space.items()}, self.n_trials, self.n_jobs)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=self.storage,
+            sampler=sampler,
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        log.info(
+            "Optuna study %s, %s over %s; %d trials, %d at a time",
+            study.study_name,
+            self.direction,
+            {k: str(v) for k, v in space.items()},
+            self.n_trials,
+            self.n_jobs,
+        )
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -131,7 +158,9 @@ class OptunaSweeper(Sweeper):
                 try:
                     value = float(ret.return_value)
                 except Exception as e:  # the job raised (or returned None): a failed trial, the study goes on
-                    log.warning("trial %d failed: %s", trial.number, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    log.warning(
+                        "trial %d failed: %s", trial.number, str(e).splitlines()[0] if str(e) else type(e).__name__
+                    )
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     continue
                 if math.isfinite(value):
@@ -141,7 +170,12 @@ class OptunaSweeper(Sweeper):
             done += len(trials)
             all_returns.append(returns)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        results = {"name": "optuna", "direction": self.direction, "n_trials": len(study.trials), "completed": len(complete)}
+        results = {
+            "name": "optuna",
+            "direction": self.direction,
+            "n_trials": len(study.trials),
+            "completed": len(complete),
+        }
         if complete:
             results.update(best_value=study.best_value, best_params=study.best_params)
             log.info("best %s: %s with %s", self.direction, study.best_value, study.best_params)
