@@ -10,16 +10,21 @@ import pytest
 import torch
 
 from densitylab.data import DataModule
-from densitylab.data.datamodule import ResumableShardSampler, WindowDataset
+from densitylab.data.entities import CapitalizedEntities, SyntheticEntities
+from densitylab.data.loaders import ResumableShardSampler, WindowDataset
+from densitylab.data.sources import SyntheticSource, TextSource
+from densitylab.data.tokenizer import TrainedBPE
 from densitylab.errors import ConfigError
 
+CANARIES = {"repetitions": [1, 3], "per_group": 1, "length": 16, "alphabet_size": 50}
 SMALL = dict(
-    source="synthetic",
-    n_people=60,
-    max_docs=12,
+    source=SyntheticSource(n_people=60, max_docs=12),
+    entities=SyntheticEntities(),
     block_size=32,
     batch_size=8,
-    tokenizer={"vocab_size": 400, "min_frequency": 2},
+    tokenizer=TrainedBPE(vocab_size=400, min_frequency=2),
+    canaries=None,
+    seed=0,
     progress=False,
 )
 
@@ -28,8 +33,7 @@ SMALL = dict(
 def dm(tmp_path_factory) -> DataModule:
     root = tmp_path_factory.mktemp("dm")
     d = DataModule(
-        **SMALL,
-        canaries={"repetitions": [1, 3], "length": 16, "alphabet_size": 50},
+        **{**SMALL, "canaries": CANARIES},
         cache_dir=str(root / "cache"),
         output_dir=str(root / "run"),
     )
@@ -84,8 +88,7 @@ def test_canaries_are_spliced_into_training_stream(dm: DataModule):
 
 def test_second_prepare_is_a_cache_hit_and_key_tracks_settings(dm: DataModule, tmp_path):
     again = DataModule(
-        **SMALL,
-        canaries={"repetitions": [1, 3], "length": 16, "alphabet_size": 50},
+        **{**SMALL, "canaries": CANARIES},
         cache_dir=str(dm.cache_dir),
         output_dir=None,
     )
@@ -143,25 +146,46 @@ def test_sampler_skip_resumes_mid_epoch_once():
         ResumableShardSampler(41, world_size=2)
 
 
-def test_unknown_source_and_bad_batch_size_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="data.source='nope'"):
-        DataModule(source="nope")
+def test_wrong_kinds_and_bad_sizes_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data.source=.synthetic.: expected a source object"):
+        DataModule(**{**SMALL, "source": "synthetic"})  # an old-style data.source=synthetic override
+    with pytest.raises(ConfigError, match="data.tokenizer=.*expected a tokenizer spec"):
+        DataModule(**{**SMALL, "tokenizer": {"vocab_size": 400}})
+    with pytest.raises(ConfigError, match="data.entities='capitalized': expected an entity extractor"):
+        DataModule(**{**SMALL, "entities": "capitalized"})
     with pytest.raises(ConfigError, match="batch_size=0"):
-        DataModule(batch_size=0)
-    with pytest.raises(ConfigError, match="unexpected keyword"):
-        DataModule(source="text", n_people=3)
+        DataModule(**{**SMALL, "batch_size": 0})
+    with pytest.raises(ConfigError, match="block_size=0"):
+        DataModule(**{**SMALL, "block_size": 0})
+    with pytest.raises(ConfigError, match="lacks \\['per_group'\\]"):
+        DataModule(**{**SMALL, "canaries": {"repetitions": [1], "length": 8, "alphabet_size": 20}})
+    with pytest.raises(ConfigError, match="n_people must be an integer >= 1, got 0"):
+        SyntheticSource(n_people=0)
+    with pytest.raises(ConfigError, match="tokenizer.vocab_size=100"):
+        TrainedBPE(vocab_size=100, min_frequency=2)
+
+
+def test_synthetic_entities_on_text_is_a_config_error(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("\n\n".join(f"Paragraph {i} about Rome and Verona." for i in range(20)))
+    d = DataModule(
+        **{**SMALL, "source": TextSource(files=str(f), cache_dir=str(tmp_path / "hf"))}, cache_dir=str(tmp_path / "c")
+    )
+    with pytest.raises(ConfigError, match="data/entities=synthetic needs the synthetic source"):
+        d.prepare_data()
 
 
 def test_text_source_splits_tail_and_reads_jsonl(tmp_path):
     f = tmp_path / "docs.jsonl"
     f.write_text("\n".join(json.dumps({"body": f"document number {i} " * 20}) for i in range(30)))
     d = DataModule(
-        source="text",
-        files=str(f),
-        text_field="body",
+        source=TextSource(files=str(f), text_field="body", cache_dir=str(tmp_path / "hf")),
+        entities=CapitalizedEntities(),
         block_size=16,
         batch_size=4,
-        tokenizer={"vocab_size": 300},
+        tokenizer=TrainedBPE(vocab_size=300, min_frequency=2),
+        canaries=None,
+        seed=0,
         cache_dir=str(tmp_path / "c"),
         progress=False,
     )

@@ -1,4 +1,4 @@
-"""Tests of packing, sample ids, span mapping and canaries (densitylab.data.packing / datamodule)."""
+"""Tests of packing, sample ids, span mapping and canaries (densitylab.data.packing / loaders / canaries)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from densitylab.data.datamodule import WindowDataset, collate_batch, make_canaries
+from densitylab.data.canaries import make_canaries
+from densitylab.data.loaders import WindowDataset, collate_batch
 from densitylab.data.packing import (
     IGNORE_INDEX,
     WINDOW_SPAN_COLUMNS,

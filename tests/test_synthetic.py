@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 
 import numpy as np
@@ -391,10 +390,7 @@ def test_zipf_bad_input(args):
 
 
 def test_default_size_and_speed():
-    t0 = time.perf_counter()
-    c = generate_synthetic()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 10.0, elapsed
+    c = generate_synthetic()  # its speed is a README figure, not a test (tests never time)
     assert len(c.entities) == 2200
     assert len(c.texts["train"]) == zipf_doc_counts(2000, 1.0, 1000).sum()
     assert 8000 <= len(c.texts["train"]) <= 9000

@@ -146,8 +146,8 @@ def pack_documents(
         )
     if n_real < block_size + 1:
         raise DataError(
-            f"model.block_size={block_size} is larger than the {split} split ({n_real} tokens): "
-            f"expected at least block_size + 1 = {block_size + 1} tokens; lower model.block_size or add data"
+            f"model.net.block_size={block_size} is larger than the {split} split ({n_real} tokens): "
+            f"expected at least block_size + 1 = {block_size + 1} tokens; lower model.net.block_size or add data"
         )
     n_windows = -(-(n_real - 1) // block_size)  # every position except the last needs to be an input
     n_windows = max(n_windows, 1)

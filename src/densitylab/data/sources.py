@@ -1,9 +1,17 @@
 """Data sources: each turns its configuration into a :class:`~densitylab.data.corpus.Corpus`.
 
-- :class:`SyntheticSource`: the embedded synthetic familiarity corpus (no network, deterministic).
-- :class:`TextSource`: local ``.txt`` / ``.jsonl`` / ``.parquet`` files through ``datasets.load_dataset``.
-- :class:`HubSource`: any Hugging Face hub dataset id (needs network), streamed so that only the
-  documents used are downloaded.
+The ``data/source`` config group (``data.source``, built by Hydra from its ``_target_``) picks one:
+
+- :class:`SyntheticSource` (``data/source=synthetic``): the embedded synthetic familiarity corpus (no
+  network, deterministic).
+- :class:`TextSource` (``data/source=text``): local ``.txt`` / ``.jsonl`` / ``.parquet`` files through
+  ``datasets.load_dataset``.
+- :class:`HubSource` (``data/source=hub``): any Hugging Face hub dataset id (needs network), streamed so
+  that only the documents used are downloaded.
+
+Any other class with ``fingerprint()`` and ``load(progress)`` (:class:`Source`) works as well:
+``data.source._target_=my.module.MySource``. Settings' defaults live in ``conf/data/source/*.yaml``
+(``tests/test_data_config.py`` checks that the Python defaults below equal them).
 
 Every source validates its input up front and raises a one-line :class:`~densitylab.errors.DataError`
 (or :class:`~densitylab.errors.HubUnreachableError`) naming the bad value and what was expected.
@@ -17,6 +25,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from densitylab.data.corpus import Corpus
 from densitylab.errors import ConfigError, DataError, HubUnreachableError
@@ -29,6 +38,19 @@ TEXT_SUFFIXES = {
     ".json": "json",
     ".parquet": "parquet",
 }
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the data module needs of a source (``data.source``)."""
+
+    def fingerprint(self) -> dict:
+        """JSON-able dict that changes whenever the corpus :meth:`load` returns would change (no heavy work)."""
+        ...
+
+    def load(self, progress: bool = False) -> Corpus:
+        """Build the corpus (``train`` and ``heldout`` splits at least)."""
+        ...
 
 
 def _heldout_count(n_docs: int, fraction: float) -> int:
@@ -45,7 +67,7 @@ def split_documents(docs: list[str], heldout_fraction: float) -> tuple[list[str]
         DataError: if there is no text at all.
     """
     if not 0.0 < heldout_fraction < 1.0:
-        raise ConfigError(f"data.heldout_fraction={heldout_fraction!r}: expected a value in (0, 1)")
+        raise ConfigError(f"data.source.heldout_fraction={heldout_fraction!r}: expected a value in (0, 1)")
     docs = [d for d in docs if d and not d.isspace()]
     if not docs:
         raise DataError("the data holds no text: expected at least one non-empty document")
@@ -63,7 +85,12 @@ def split_documents(docs: list[str], heldout_fraction: float) -> tuple[list[str]
 class SyntheticSource:
     """The synthetic familiarity corpus (design §3): bioS-style biographies with Zipf exposures.
 
-    See :func:`densitylab.data.synthetic.generate_synthetic` for the meaning of each field.
+    See :func:`densitylab.data.synthetic.generate_synthetic` for the meaning of each field. ``seed`` is
+    the corpus seed (``conf/data/source/synthetic.yaml`` fixes it at 0, so the run seed changes shuffling
+    and canaries but not the corpus).
+
+    Raises:
+        ConfigError: on an invalid generator argument (at construction).
     """
 
     n_people: int = 2000
@@ -74,6 +101,16 @@ class SyntheticSource:
     heldout_docs_per_person: int = 1
     comentions: tuple[int, int] = (1, 2)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from densitylab.data.synthetic import check_synthetic_args
+
+        if isinstance(self.comentions, list):  # a YAML list
+            self.comentions = tuple(self.comentions)
+        try:
+            check_synthetic_args(**asdict(self))
+        except ValueError as e:
+            raise ConfigError(f"data.source: {e}") from None
 
     def fingerprint(self) -> dict:
         """Every generator argument (the corpus is a pure function of them)."""
@@ -86,19 +123,9 @@ class SyntheticSource:
         from densitylab.data.synthetic import generate_synthetic
 
         try:
-            return generate_synthetic(
-                n_people=self.n_people,
-                unfamiliar_frac=self.unfamiliar_frac,
-                zipf_exponent=self.zipf_exponent,
-                max_docs=self.max_docs,
-                min_docs=self.min_docs,
-                heldout_docs_per_person=self.heldout_docs_per_person,
-                comentions=tuple(self.comentions),
-                seed=self.seed,
-                progress=progress,
-            )
+            return generate_synthetic(**asdict(self), progress=progress)
         except ValueError as e:
-            raise ConfigError(f"data: {e}") from None
+            raise ConfigError(f"data.source: {e}") from None
 
 
 def check_text_file(path: str | os.PathLike) -> str:
@@ -110,25 +137,32 @@ def check_text_file(path: str | os.PathLike) -> str:
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(f"data.files: {str(path)!r} does not exist: expected a UTF-8 .txt, .jsonl or .parquet file")
+        raise DataError(
+            f"data.source.files: {str(path)!r} does not exist: expected a UTF-8 .txt, .jsonl or .parquet file"
+        )
     if not p.is_file():
-        raise DataError(f"data.files: {str(path)!r} is not a file: expected a UTF-8 .txt, .jsonl or .parquet file")
+        raise DataError(
+            f"data.source.files: {str(path)!r} is not a file: expected a UTF-8 .txt, .jsonl or .parquet file"
+        )
     builder = TEXT_SUFFIXES.get(p.suffix.lower())
     if builder is None:
-        raise DataError(f"data.files: {str(path)!r} has suffix {p.suffix!r}: expected one of {sorted(TEXT_SUFFIXES)}")
+        raise DataError(
+            f"data.source.files: {str(path)!r} has suffix {p.suffix!r}: expected one of {sorted(TEXT_SUFFIXES)}"
+        )
     if p.stat().st_size == 0:
-        raise DataError(f"data.files: {str(path)!r} is empty: expected a file with text in it")
+        raise DataError(f"data.source.files: {str(path)!r} is empty: expected a file with text in it")
     if builder != "parquet":
         with open(p, "rb") as f:
             head = f.read(1 << 16)
         if b"\x00" in head:
-            raise DataError(f"data.files: {str(path)!r} is a binary file (NUL bytes): expected UTF-8 text")
+            raise DataError(f"data.source.files: {str(path)!r} is a binary file (NUL bytes): expected UTF-8 text")
         try:
             head.decode("utf-8")
         except UnicodeDecodeError as e:
             if e.start < len(head) - 4:  # not merely a multi-byte character cut at the read boundary
                 raise DataError(
-                    f"data.files: {str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): expected UTF-8 text"
+                    f"data.source.files: {str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): "
+                    "expected UTF-8 text"
                 ) from None
     return builder
 
@@ -146,7 +180,7 @@ class TextSource:
         cache_dir: ``datasets`` cache folder (None = its default).
     """
 
-    files: list[str] | str | None = None
+    files: list[str] | str
     text_field: str = "text"
     sample_by: str = "paragraph"
     heldout_fraction: float = 0.1
@@ -155,7 +189,9 @@ class TextSource:
     def _files(self) -> list[str]:
         files = [self.files] if isinstance(self.files, (str, os.PathLike)) else list(self.files or [])
         if not files:
-            raise ConfigError("data.files is not set: expected data.files=PATH or data.files=[PATH1,PATH2]")
+            raise ConfigError(
+                "data.source.files is not set: expected data.source.files=PATH or data.source.files=[PATH1,PATH2]"
+            )
         return [str(Path(f).expanduser().resolve()) for f in files]
 
     def fingerprint(self) -> dict:
@@ -167,7 +203,7 @@ class TextSource:
         files = self._files()
         builders = {check_text_file(f) for f in files}
         if len(builders) > 1:
-            raise DataError(f"data.files mixes file kinds {sorted(builders)}: expected files of one kind")
+            raise DataError(f"data.source.files mixes file kinds {sorted(builders)}: expected files of one kind")
         stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
         return {
             "source": "text",
@@ -191,7 +227,7 @@ class TextSource:
         for f in files[1:]:
             check_text_file(f)
         if self.sample_by not in ("paragraph", "line", "document"):
-            raise ConfigError(f"data.sample_by={self.sample_by!r}: expected paragraph, line or document")
+            raise ConfigError(f"data.source.sample_by={self.sample_by!r}: expected paragraph, line or document")
         kwargs = {"sample_by": self.sample_by} if builder == "text" else {}
         if not progress:
             datasets.disable_progress_bars()
@@ -199,12 +235,14 @@ class TextSource:
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=self.cache_dir, **kwargs)
         except Exception as e:  # datasets wraps decoding/parsing errors in many types
             raise DataError(
-                f"data.files: could not read {files} as {builder} ({type(e).__name__}: "
+                f"data.source.files: could not read {files} as {builder} ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''})"
             ) from None
         field = "text" if builder == "text" else self.text_field
         if field not in ds.column_names:
-            raise DataError(f"data.text_field={field!r} is not a column of {files}: expected one of {ds.column_names}")
+            raise DataError(
+                f"data.source.text_field={field!r} is not a column of {files}: expected one of {ds.column_names}"
+            )
         docs = [t for t in ds[field] if isinstance(t, str)]
         if builder == "text" and self.sample_by == "line":
             docs = [d for d in docs if d.strip()]
@@ -231,7 +269,7 @@ class HubSource:
         cache_dir: ``datasets`` cache folder.
     """
 
-    name: str | None = None
+    name: str
     config: str | None = None
     split: str = "train"
     heldout_split: str | None = "validation"
@@ -245,7 +283,7 @@ class HubSource:
         """The dataset id and every reading option (no network access)."""
         if not self.name:
             raise ConfigError(
-                "data.name is not set: expected a hub dataset id such as data.name=roneneldan/TinyStories"
+                "data.source.name is not set: expected a hub dataset id such as data.source.name=roneneldan/TinyStories"
             )
         return {"source": "hub", **asdict(self), "cache_dir": None}
 
@@ -255,21 +293,21 @@ class HubSource:
         from huggingface_hub import HfApi
         from huggingface_hub.errors import RepositoryNotFoundError
 
-        hint = "use data=text data.files=PATH to train on local files"
+        hint = "use data=text data.source.files=PATH to train on local files"
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
             raise HubUnreachableError(
-                f"data.name={self.name!r}: the Hugging Face hub is switched off (HF_HUB_OFFLINE=1); {hint}"
+                f"data.source.name={self.name!r}: the Hugging Face hub is switched off (HF_HUB_OFFLINE=1); {hint}"
             )
         try:
             HfApi().dataset_info(self.name, timeout=10)
         except RepositoryNotFoundError:
             raise HubUnreachableError(
-                f"data.name={self.name!r} is not a dataset on the Hugging Face hub: expected a hub dataset id such as "
-                "roneneldan/TinyStories"
+                f"data.source.name={self.name!r} is not a dataset on the Hugging Face hub: expected a hub dataset id "
+                "such as roneneldan/TinyStories"
             ) from None
         except Exception as e:
             raise HubUnreachableError(
-                f"data.name={self.name!r}: cannot reach the Hugging Face hub ({type(e).__name__}: "
+                f"data.source.name={self.name!r}: cannot reach the Hugging Face hub ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else 'no answer'}); {hint}"
             ) from None
 
@@ -294,7 +332,7 @@ class HubSource:
             for row in islice(ds, n):
                 if self.text_field not in row:
                     raise DataError(
-                        f"data.text_field={self.text_field!r} is not a column of {self.name}: expected one of "
+                        f"data.source.text_field={self.text_field!r} is not a column of {self.name}: expected one of "
                         f"{sorted(row)}"
                     )
                 out.append(row[self.text_field])
@@ -310,6 +348,3 @@ class HubSource:
         if not heldout:
             train, heldout = split_documents(train, self.heldout_fraction)
         return Corpus(texts={"train": train, "heldout": heldout}, name=f"hub({self.name})")
-
-
-SOURCES = {"synthetic": SyntheticSource, "text": TextSource, "hub": HubSource}

@@ -3,6 +3,14 @@
 The tokenizer is trained on the training split only, cached under a key that hashes the corpus
 text and every setting, and saved as ``tokenizer.json`` in the run folder. An existing
 ``tokenizer.json`` can be loaded instead of training one.
+
+The data module takes a **tokenizer spec** (the ``tokenizer`` config group, ``data.tokenizer: ${tokenizer}``):
+
+- :class:`TrainedBPE` (``tokenizer=bpe``, the default): train byte-level BPE on the training split.
+- :class:`TokenizerFile` (``tokenizer=file tokenizer.path=PATH``): load an existing ``tokenizer.json``.
+
+Both follow :class:`TokenizerSpec`: ``fingerprint()`` (a JSON-able dict that keys the data cache) and
+``build(texts, cache_dir)``.
 """
 
 from __future__ import annotations
@@ -10,9 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -122,3 +133,96 @@ def get_tokenizer(
         tok.save(str(tmp))
         os.replace(tmp, cached)
     return tok, key
+
+
+@runtime_checkable
+class TokenizerSpec(Protocol):
+    """What the data module needs of a tokenizer spec (``data.tokenizer``)."""
+
+    def fingerprint(self) -> dict:
+        """JSON-able dict that changes whenever the tokenizer :meth:`build` returns would change."""
+        ...
+
+    def build(
+        self, texts: list[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
+    ) -> tuple[Tokenizer, str]:
+        """Return ``(tokenizer, key)`` for a corpus whose training documents are ``texts``."""
+        ...
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class TrainedBPE:
+    """Byte-level BPE trained on the training split (``tokenizer=bpe``; settings in ``conf/tokenizer/bpe.yaml``).
+
+    Attributes:
+        vocab_size: target vocabulary size, >= 258 (256 byte symbols + ``<|endoftext|>`` + merges).
+            Training may stop below it on a small corpus.
+        min_frequency: minimum pair count for a merge, >= 0.
+
+    Raises:
+        ConfigError: for a ``vocab_size`` below 258 or a negative / non-integer ``min_frequency``.
+    """
+
+    vocab_size: int
+    min_frequency: int
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.vocab_size) or self.vocab_size < 258:
+            raise ConfigError(
+                f"tokenizer.vocab_size={self.vocab_size!r}: expected an integer >= 258 (256 bytes + <|endoftext|> + "
+                "merges)"
+            )
+        if not _is_int(self.min_frequency) or self.min_frequency < 0:
+            raise ConfigError(f"tokenizer.min_frequency={self.min_frequency!r}: expected an integer >= 0")
+
+    def fingerprint(self) -> dict:
+        """``vocab_size``, ``min_frequency`` and ``path`` (None); the corpus itself is keyed by the source."""
+        return {"vocab_size": self.vocab_size, "min_frequency": self.min_frequency, "path": None}
+
+    def build(
+        self, texts: list[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
+    ) -> tuple[Tokenizer, str]:
+        """Train on ``texts`` (or reuse the copy cached in ``cache_dir``): see :func:`get_tokenizer`."""
+        return get_tokenizer(
+            texts,
+            vocab_size=int(self.vocab_size),
+            min_frequency=int(self.min_frequency),
+            cache_dir=cache_dir,
+            show_progress=show_progress,
+        )
+
+
+@dataclass(frozen=True)
+class TokenizerFile:
+    """An existing ``tokenizer.json`` (``tokenizer=file tokenizer.path=PATH``), e.g. from an earlier run folder.
+
+    Attributes:
+        path: the ``tokenizer.json`` file (a GPT-2 style tokenizer with ``<|endoftext|>``).
+
+    Raises:
+        ConfigError: if ``path`` is unset or not a file (a bad file is reported by :meth:`build`).
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        if not self.path or not isinstance(self.path, (str, os.PathLike)):
+            raise ConfigError(f"tokenizer.path={self.path!r}: expected the path of a tokenizer.json file")
+        if not Path(self.path).is_file():
+            raise ConfigError(f"tokenizer.path={str(self.path)!r} does not exist: expected a tokenizer.json file")
+
+    def fingerprint(self) -> dict:
+        """The path with the file's size and modification time."""
+        p = Path(self.path)
+        stat = [p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else None
+        return {"vocab_size": None, "min_frequency": None, "path": self.path, "stat": stat}
+
+    def build(
+        self, texts: list[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
+    ) -> tuple[Tokenizer, str]:
+        """Load the file (``texts`` are not used). Raises ConfigError: see :func:`load_tokenizer`."""
+        return get_tokenizer(texts, path=str(self.path))

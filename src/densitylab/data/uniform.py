@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
-from densitylab.data.datamodule import collate_batch, resumable_train_loader
+from densitylab.data.loaders import collate_batch, resumable_train_loader
 from densitylab.data.packing import IGNORE_INDEX
 from densitylab.errors import ConfigError
 
@@ -49,7 +49,7 @@ class SequenceDataset(Dataset):
 
     With ``pad_to_multiple = m`` the length rounds up to a multiple of ``m`` with padding items
     (labels all -100, sample_id -1), so every batch is full and every sequence is seen exactly once
-    per epoch (the contract of :class:`~densitylab.data.datamodule.WindowDataset`).
+    per epoch (the contract of :class:`~densitylab.data.loaders.WindowDataset`).
     """
 
     def __init__(self, tokens: torch.Tensor, pad_to_multiple: int = 1) -> None:
@@ -96,17 +96,20 @@ class UniformSequenceDataModule(L.LightningDataModule):
         output_dir: run folder (``ground_truth/canaries.parquet`` and ``data.json`` go there).
         num_workers: DataLoader workers.
 
+    The defaults equal ``conf/data/uniform.yaml`` (checked by ``tests/test_data_config.py``).
+
     Raises:
         ConfigError: for invalid sizes.
     """
 
     def __init__(
         self,
+        *,
         n_sequences: int = 1024,
         length: int = 64,
         alphabet_size: int = 256,
         batch_size: int = 64,
-        seed: int = 0,
+        seed: int,
         n_heldout: int = 256,
         output_dir: str | None = None,
         num_workers: int = 0,

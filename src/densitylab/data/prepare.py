@@ -1,0 +1,328 @@
+"""Data preparation, cached: source -> entities -> tokenizer -> canaries -> packed splits -> artifacts.
+
+A :class:`DataRecipe` holds everything that determines the prepared data; :meth:`DataRecipe.cache_key`
+hashes it (source fingerprint, tokenizer spec, block size, canaries, entity extractor, seed) and
+:meth:`DataRecipe.build` writes the prepared data into ``CACHE/data/<key>/`` atomically (a temporary
+folder renamed into place), so a second run with the same settings skips preparation entirely.
+:func:`load_prepared` reads it back and :func:`export_run_artifacts` copies ``tokenizer.json``,
+``ground_truth/`` and ``data.json`` into a run folder.
+
+A prepared folder holds ``meta.json``, ``tokenizer.json``, ``{split}.pt`` (token stream, real length,
+block size, document offsets), ``{split}_spans.parquet`` (window spans), ``entities.parquet`` (when the
+extractor found entities) and ``ground_truth/`` (the source's tables, window co-mentions for the
+synthetic extractor, ``canaries.parquet``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from densitylab.data.canaries import canary_insertions, make_canaries
+from densitylab.data.corpus import SPLITS, Corpus
+from densitylab.data.entities import EntityExtractor
+from densitylab.data.packing import PackedSplit, tokenize_and_pack
+from densitylab.data.sources import Source
+from densitylab.data.tokenizer import EOS, TokenizerSpec
+
+log = logging.getLogger(__name__)
+
+#: Version of the prepared-data layout; part of every cache key.
+CACHE_VERSION = 2
+
+
+def window_comentions(window_spans: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
+    """Unordered entity pairs mentioned in the same window, with the number of windows.
+
+    A window co-mentions ``a`` and ``b`` when both have a ``kind="name"`` span whose first token is
+    in it (each window counts once per pair). Returns columns entity_a, entity_b (names, a < b),
+    entity_id_a, entity_id_b, windows.
+    """
+    names = window_spans[window_spans["kind"] == "name"][["sample_id", "entity"]].drop_duplicates()
+    pairs = names.merge(names, on="sample_id")
+    pairs = pairs[pairs["entity_x"] < pairs["entity_y"]]
+    counts = pairs.groupby(["entity_x", "entity_y"]).size().reset_index(name="windows")
+    lookup = entities.set_index("entity_id")["entity"]
+    a, b = lookup.loc[counts["entity_x"]].to_numpy(), lookup.loc[counts["entity_y"]].to_numpy()
+    swap = a > b
+    return pd.DataFrame(
+        {
+            "entity_a": np.where(swap, b, a),
+            "entity_b": np.where(swap, a, b),
+            "entity_id_a": np.where(swap, counts["entity_y"], counts["entity_x"]),
+            "entity_id_b": np.where(swap, counts["entity_x"], counts["entity_y"]),
+            "windows": counts["windows"].to_numpy(),
+        }
+    )
+
+
+def _atomic_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=final.name + ".tmp", dir=final.parent))
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """Everything that determines the prepared data.
+
+    Attributes:
+        source: the corpus source (:class:`~densitylab.data.sources.Source`).
+        tokenizer: the tokenizer spec (:class:`~densitylab.data.tokenizer.TokenizerSpec`).
+        entities: the entity extractor (:class:`~densitylab.data.entities.EntityExtractor`).
+        block_size: window input length T in tokens.
+        canaries: checked canary settings (:func:`~densitylab.data.canaries.check_canary_config`);
+            empty or without ``repetitions`` = no canaries.
+        seed: the data seed (canaries and their positions, unless ``canaries`` sets its own seed).
+    """
+
+    source: Source
+    tokenizer: TokenizerSpec
+    entities: EntityExtractor
+    block_size: int
+    canaries: dict
+    seed: int
+
+    def cache_key(self) -> str:
+        """20-hex-digit key of the prepared data (validates the source's input; no heavy work).
+
+        Raises:
+            DataError / ConfigError: from the source's ``fingerprint()`` (e.g. a missing file).
+        """
+        spec = {
+            "v": CACHE_VERSION,
+            "source": self.source.fingerprint(),
+            "tokenizer": self.tokenizer.fingerprint(),
+            "block_size": self.block_size,
+            "canaries": self.canaries if self.canaries.get("repetitions") else None,
+            "entities": self.entities.fingerprint(),
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def build(self, final: Path, cache_dir: Path, progress: bool = False) -> None:
+        """Prepare the data into ``final`` (skipped when ``final/meta.json`` exists); tokenizers are
+        cached under ``cache_dir/tokenizers``.
+
+        Raises:
+            DensitylabError: the source's, tokenizer's and extractor's errors (bad files, settings).
+        """
+        if (final / "meta.json").is_file():
+            return
+        bar = tqdm(total=5, desc="preparing data", disable=not progress, unit="stage")
+        try:
+            self._build(final, cache_dir, progress, bar)
+        finally:
+            bar.close()
+
+    def _build(self, final: Path, cache_dir: Path, progress: bool, bar: tqdm) -> None:
+        bar.set_postfix_str("loading corpus")
+        corpus = self.entities.extract(self.source.load(progress=progress))
+        bar.update()
+        bar.set_postfix_str("tokenizer")
+        tok, tok_key = self.tokenizer.build(corpus.texts["train"], cache_dir=cache_dir / "tokenizers")
+        bar.update()
+        canaries, extra = None, None
+        if self.canaries.get("repetitions"):
+            bar.set_postfix_str("canaries")
+            canaries, extra = self._canaries(tok, len(corpus.texts["train"]))
+        bar.update()
+        tmp = _atomic_dir(final)
+        try:
+            packed = self._pack(tok, corpus, extra, tmp, bar)
+            bar.update()
+            bar.set_postfix_str("ground truth")
+            self._write_artifacts(tmp, tok, corpus, packed, canaries)
+            meta = self._meta(corpus, tok, tok_key, packed, canaries)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            bar.update()
+            if final.exists():  # another process finished first: keep its copy
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _canaries(self, tok: Tokenizer, n_docs: int) -> tuple[pd.DataFrame, list[tuple[int, list[int]]]]:
+        c = self.canaries
+        seed = int(c.get("seed", self.seed))
+        canaries = make_canaries(
+            tok.get_vocab_size(),
+            tok.token_to_id(EOS),
+            list(c["repetitions"]),
+            int(c["per_group"]),
+            int(c["length"]),
+            int(c["alphabet_size"]),
+            seed,
+        )
+        return canaries, canary_insertions(canaries, n_docs, seed + 1)
+
+    def _pack(self, tok: Tokenizer, corpus: Corpus, extra: list | None, tmp: Path, bar: tqdm) -> dict[str, PackedSplit]:
+        packed = {}
+        for split in SPLITS:
+            if split not in corpus.texts or not corpus.texts[split]:
+                continue
+            bar.set_postfix_str(f"packing {split}")
+            packed[split] = tokenize_and_pack(
+                tok,
+                corpus.texts[split],
+                corpus.spans_for(split),
+                self.block_size,
+                split,
+                extra_docs=extra if split == "train" else None,
+            )
+            torch.save(
+                {
+                    "tokens": packed[split].tokens,
+                    "n_real": packed[split].n_real,
+                    "block_size": self.block_size,
+                    "doc_offsets": torch.from_numpy(packed[split].doc_offsets),
+                },
+                tmp / f"{split}.pt",
+            )
+            packed[split].spans.to_parquet(tmp / f"{split}_spans.parquet", index=False)
+        return packed
+
+    def _write_artifacts(
+        self,
+        tmp: Path,
+        tok: Tokenizer,
+        corpus: Corpus,
+        packed: dict[str, PackedSplit],
+        canaries: pd.DataFrame | None,
+    ) -> None:
+        tok.save(str(tmp / "tokenizer.json"))
+        gt = tmp / "ground_truth"
+        gt.mkdir()
+        for name, table in corpus.ground_truth.items():
+            table.to_parquet(gt / f"{name}.parquet", index=False)
+        if corpus.entities is not None:
+            corpus.entities[["entity_id", "entity"]].to_parquet(tmp / "entities.parquet", index=False)
+            if self.entities.method == "synthetic":  # generator truth, as packed: pairs sharing a window
+                window_comentions(packed["train"].spans, corpus.entities).to_parquet(
+                    gt / "comentions_windows_train.parquet", index=False
+                )
+        if canaries is not None:
+            canaries.to_parquet(gt / "canaries.parquet", index=False)
+
+    def _meta(
+        self,
+        corpus: Corpus,
+        tok: Tokenizer,
+        tok_key: str,
+        packed: dict[str, PackedSplit],
+        canaries: pd.DataFrame | None,
+    ) -> dict:
+        train = packed["train"]
+        counts = torch.bincount(train.tokens[: train.n_real], minlength=tok.get_vocab_size()).double()
+        p = counts[counts > 0] / counts.sum()
+        return {
+            "corpus": corpus.name,
+            "cache_key": self.cache_key(),
+            "tokenizer_key": tok_key,
+            "vocab_size": tok.get_vocab_size(),
+            "block_size": self.block_size,
+            "splits": {
+                s: {
+                    "documents": len(corpus.texts[s]),
+                    "tokens": pk.n_real,
+                    "windows": pk.n_windows,
+                    "characters": corpus.n_chars(s),
+                }
+                for s, pk in packed.items()
+            },
+            "unigram_entropy_nats": float(-(p * p.log()).sum()),
+            "canaries": 0 if canaries is None else len(canaries),
+            "entities": {
+                "method": self.entities.method,
+                "count": 0 if corpus.entities is None else len(corpus.entities),
+                "train_mentions": int((train.spans["kind"] == "name").sum()),
+            },
+        }
+
+
+@dataclass
+class PreparedData:
+    """Prepared data read back from its cache folder (:func:`load_prepared`).
+
+    Attributes:
+        meta: the ``meta.json`` dict (corpus, vocab size, per-split documents/tokens/windows, ...).
+        tokenizer: the tokenizer.
+        splits: split name -> :class:`~densitylab.data.packing.PackedSplit`.
+        entity_table: ``entity_id``, ``entity`` (None when the extractor found no entity table).
+        canaries: the canary table (None without canaries).
+        ground_truth_dir: the ``ground_truth/`` folder.
+    """
+
+    meta: dict
+    tokenizer: Tokenizer
+    splits: dict[str, PackedSplit]
+    entity_table: pd.DataFrame | None
+    canaries: pd.DataFrame | None
+    ground_truth_dir: Path
+
+
+def wait_for_prepared(d: Path, timeout_s: float | None = None) -> None:
+    """Block until ``d/meta.json`` exists (another process prepares ``d``).
+
+    Args:
+        timeout_s: seconds to wait (None: ``$DENSITYLAB_PREPARE_TIMEOUT``, default 3600).
+    Raises:
+        TimeoutError: when it does not appear in time.
+    """
+    timeout_s = float(os.environ.get("DENSITYLAB_PREPARE_TIMEOUT", 3600)) if timeout_s is None else timeout_s
+    deadline = time.time() + timeout_s
+    while not (d / "meta.json").is_file():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited too long for local rank 0 to prepare {d}")
+        time.sleep(0.5)
+
+
+def load_prepared(d: Path) -> PreparedData:
+    """Read the prepared data in ``d`` (written by :meth:`DataRecipe.build`)."""
+    meta = json.loads((d / "meta.json").read_text())
+    splits = {}
+    for split in SPLITS:
+        f = d / f"{split}.pt"
+        if f.is_file():
+            s = torch.load(f, weights_only=True)
+            splits[split] = PackedSplit(
+                s["tokens"],
+                int(s["n_real"]),
+                int(s["block_size"]),
+                s["doc_offsets"].numpy(),
+                pd.read_parquet(d / f"{split}_spans.parquet"),
+            )
+    gt = d / "ground_truth"
+    return PreparedData(
+        meta=meta,
+        tokenizer=Tokenizer.from_file(str(d / "tokenizer.json")),
+        splits=splits,
+        entity_table=pd.read_parquet(d / "entities.parquet") if (d / "entities.parquet").is_file() else None,
+        canaries=pd.read_parquet(gt / "canaries.parquet") if (gt / "canaries.parquet").is_file() else None,
+        ground_truth_dir=gt,
+    )
+
+
+def export_run_artifacts(data_dir: Path, output_dir: Path, meta: dict) -> None:
+    """Copy ``tokenizer.json`` and ``ground_truth/`` from ``data_dir`` into the run folder ``output_dir``
+    and write ``meta`` there as ``data.json``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data_dir / "tokenizer.json", output_dir / "tokenizer.json")
+    gt = data_dir / "ground_truth"
+    if any(gt.iterdir()):
+        shutil.copytree(gt, output_dir / "ground_truth", dirs_exist_ok=True)
+    (output_dir / "data.json").write_text(json.dumps(meta, indent=2))
