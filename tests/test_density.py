@@ -195,6 +195,16 @@ def test_density_records_cover_everything_with_consistent_counts(model):
     ]
     assert whole["value"].item() == pytest.approx(metrics["seen"]["L1/hoyer"].mean(), rel=1e-5)
 
+    from densitylab.report.density import heatmap_active_frac_seen
+
+    fig = heatmap_active_frac_seen(rows, 7, "token")
+    image = fig.axes[0].images[0].get_array()
+    seen = base[(base["probe_set"] == "seen") & (base["view"] == "token") & (base["metric"] == "active_frac")]
+    assert image.shape == (2, seen["bucket"].nunique())  # layer x familiarity bucket
+    assert image[1, 0] == pytest.approx(seen[seen["layer"] == 1].sort_values("bucket")["value"].iloc[0])
+    assert "step 7" in fig.axes[0].get_title()
+    fig.clf()
+
 
 def test_stop_at_layer_returns_the_residual_stream_without_lm_head(model):
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(5))

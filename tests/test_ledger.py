@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 
 from densitylab.data.corpus import Corpus
 from densitylab.data.entities import capitalized_mentions, extract_gazetteer
-from densitylab.ledger import NEVER, ExposureLedger, ledger_tables, plot_rank_frequency, write_ledger
+from densitylab.ledger import NEVER, ExposureLedger, ledger_tables, write_ledger
+from densitylab.report.ledger import plot_rank_frequency
 
 # 4 windows; mentions: window 0 -> e0, e1, e1 ; window 1 -> e2 ; window 2 -> e0, e2 ; window 3 -> none
 MENTION_WINDOW = torch.tensor([0, 0, 0, 1, 2, 2])
@@ -116,8 +117,9 @@ def test_tables_and_plot(tmp_path):
     assert co[["entity_a", "entity_b", "count"]].values.tolist() == [["Amy", "Zed", 1]]  # alphabetical order
     write_ledger(tables, tmp_path / "ledger")
     assert pd.read_parquet(tmp_path / "ledger" / "entities.parquet").equals(tables["entities"])
-    plot_rank_frequency(tables, tmp_path / "plots" / "z.png", step=3)
+    assert plot_rank_frequency(tables, tmp_path / "plots" / "z.png", step=3) == tmp_path / "plots" / "z.png"
     assert (tmp_path / "plots" / "z.png").stat().st_size > 1000
+    assert [f.name for f in (tmp_path / "plots").iterdir()] == ["z.png"]  # atomic: no temporary file left
     assert not list((tmp_path / "ledger").glob("*.tmp*"))
 
 

@@ -295,3 +295,46 @@ def test_fit_plateau_leaves_out_points_that_did_not_converge():
     # runs that stopped on their own plateau are converged: kept even when lower
     kept = fit_plateau(x, y, limited=np.array([False] * 7 + [True]))
     assert kept["points_dropped"] == 1
+
+
+def test_callback_plateau_rule_lowers_lr_then_stops_and_follows_rank_0():
+    from types import SimpleNamespace
+
+    from densitylab.callbacks import MemorizationCallback
+
+    settings = {"patience": 3, "min_delta": 0.1, "lr_patience": 1, "lr_factor": 0.5, "min_lr_scale": 0.25}
+    cb = MemorizationCallback(plateau=settings)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        should_stop=False,
+        global_step=0,
+        optimizers=[opt],
+        lr_scheduler_configs=[],
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj),
+    )
+    records = pd.DataFrame({"step": [0]})
+    lrs, logged = [], []
+    for step, v in enumerate([0.5, 1.0, 2.0, 2.05, 2.5, 2.55, 2.56, 2.57]):
+        trainer.global_step = step
+        out = cb.after_measure(trainer, step, (records, {"bits_per_param": v, "bits_total": math.nan}), final=False)
+        lrs.append(opt.param_groups[0]["lr"])
+        logged.append(out[1])
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25]  # step 0 is never a plateau evaluation
+    assert trainer.should_stop and cb.stopped_by == "plateau"
+    assert logged[-1] == {"memorization/bits_per_param": 2.57, "memorization/lr_scale": 0.25}  # finite only
+    assert cb.after_measure(trainer, 9, (records, {"bits_per_param": 0.0}), final=True)[1]["memorization/lr_scale"]
+    assert len(cb.plateau.history) == 7  # the final probe is not an evaluation of the rule
+
+    other = MemorizationCallback(plateau=settings)  # another process: no result, rank 0's decision applies
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    state = {**other.plateau.state_dict(), "lr_scale": 0.5}
+    trainer2 = SimpleNamespace(
+        is_global_zero=False,
+        global_step=3,
+        optimizers=[opt2],
+        lr_scheduler_configs=[],
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: ("reduce_lr", state)),
+    )
+    assert other.after_measure(trainer2, 3, None, final=False) is None
+    assert opt2.param_groups[0]["lr"] == 0.5 and other.plateau.lr_scale == 0.5

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -80,6 +79,22 @@ def test_components_affecting_every_task_equally_score_zero():
     assert modularity_score(E) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_ablation_heatmap_shows_the_effect_matrix():
+    from densitylab.report.modularity import ablation_heatmap
+
+    model = hand_built(heads_carrying=(0,))
+    x, y = constant_windows([0, 1, 2, 3])
+    tasks = {"copy_1_or_2": (x == 1) | (x == 2), "copy_0_or_3": (x == 0) | (x == 3)}
+    comps, E, _ = ablation_effects(model, x, y, tasks, mlp_groups=2)
+    for step, title in ((-1, "init control"), (12, "step 12")):
+        fig = ablation_heatmap(comps, E, list(tasks), step)
+        ax = fig.axes[0]
+        assert np.array_equal(ax.images[0].get_array(), E)  # rows = components, columns = tasks
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["L0.H0", "L0.H1", "L0.M0", "L0.M1"]
+        assert title in ax.get_title() and ax.images[0].get_clim() == (-np.abs(E).max(), np.abs(E).max())
+        fig.clf()
+
+
 def test_specialization_and_score_definitions():
     E = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-1.0, 0.5, 0.5], [0.0, 0.0, 0.0], [1e-5, 0.0, 0.0]])
     spec = specialization(E)
@@ -118,10 +133,7 @@ def test_records_table_and_tiny_model_cost():
     x = torch.randint(0, 2256, (16, 128), generator=torch.Generator().manual_seed(0))
     y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
     tasks = {f"t{i}": (y % 7 == i) & (y >= 0) for i in range(7)}
-    t0 = time.perf_counter()
-    comps, E, _ = ablation_effects(model, x, y, tasks, mlp_groups=4)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 30  # the budget is 10 s on 2 quiet cores (bench/throughput.py measures it); loose here
+    comps, E, _ = ablation_effects(model, x, y, tasks, mlp_groups=4)  # its cost: bench/throughput.py
     rows = modularity_records(5, comps, E, list(tasks))
     assert len(rows) == len(comps) * 7 == 32 * 7
     assert list(rows.columns) == ["step", "component", "kind", "layer", "index", "task", "delta_loss"]

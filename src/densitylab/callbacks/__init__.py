@@ -1,5 +1,10 @@
-"""Thin Lightning adapters: schedule measurements and log them. No math lives here."""
+"""Thin Lightning adapters: schedule measurements and log them. No math lives here.
 
+Probes subclass :class:`~densitylab.callbacks.base.ProbeCallback`; callbacks that need another one name it by
+its ``cfg.callbacks`` key, resolved by :func:`~densitylab.callbacks.base.connect_callbacks`.
+"""
+
+from densitylab.callbacks.base import ProbeCallback, connect_callbacks
 from densitylab.callbacks.density import DensityCallback
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.callbacks.memorization import MemorizationCallback
@@ -12,5 +17,7 @@ __all__ = [
     "LedgerCallback",
     "MemorizationCallback",
     "ModularityCallback",
+    "ProbeCallback",
     "ThroughputLogger",
+    "connect_callbacks",
 ]

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from densitylab.callbacks.wandb_util import find_wandb_logger
-from densitylab.ledger import ExposureLedger, ledger_tables, plot_rank_frequency, write_ledger
+from densitylab.ledger import ExposureLedger, ledger_tables, write_ledger
 from densitylab.probes.schedule import is_scheduled
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ class LedgerCallback(L.Callback):
     - at probe cadence (log-spaced steps, then every ``every_n_steps``): W&B histograms of
       log2(1 + count) for tokens and entities and a table of the most and least seen entities;
     - at every checkpoint and at the end: ``ledger/{tokens,entities,cooccurrence}.parquet`` in the
-      run folder (atomic writes) and, at the end, ``plots/ledger_zipf.png``;
+      run folder (atomic writes) and, at the end, ``plots/ledger_zipf.png``
+      (:func:`densitylab.report.ledger.plot_rank_frequency`);
     - its state (the totals) is saved in the checkpoint, so a resumed run continues the same counts.
 
     Args:
@@ -140,4 +141,6 @@ class LedgerCallback(L.Callback):
         tables = ledger_tables(self.ledger, self._token_text, self._entity_names)
         write_ledger(tables, self.output_dir / "ledger")
         if plot:
+            from densitylab.report.ledger import plot_rank_frequency
+
             plot_rank_frequency(tables, self.output_dir / "plots" / "ledger_zipf.png", step=trainer.global_step)

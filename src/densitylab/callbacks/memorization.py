@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 
-from densitylab.callbacks.dist import probe_model
-from densitylab.io import write_parquet_atomic
+from densitylab.callbacks.base import ProbeCallback, ProbeResult
 from densitylab.probes.memorization import Plateau, canary_max_bits, measure_memorization, memorization_scalars
-from densitylab.probes.schedule import is_scheduled
 
 log = logging.getLogger(__name__)
 
 
-class MemorizationCallback(L.Callback):
+class MemorizationCallback(ProbeCallback):
     """Measure how many bits of each canary the model has memorized (Morris et al., arXiv:2505.24832)
     and whether it is (32, 32)-extractable (Pythia, arXiv:2304.11158), during training.
 
@@ -30,7 +26,8 @@ class MemorizationCallback(L.Callback):
 
     Cadence: step 0, log-spaced steps 1, 2, 4, ... (``log_spaced``) and every ``every_n_steps``; with
     ``every_n_epochs`` also at the end of every such epoch once at least ``min_steps_between``
-    steps have passed since the last call; and at the end of training. Eval mode, ``torch.no_grad``,
+    steps have passed since the last call; and at the end of training
+    (:class:`~densitylab.callbacks.base.ProbeCallback`). Eval mode, ``torch.no_grad``,
     the uncompiled model (an unsharded copy under FSDP), on global rank 0, which logs and writes; the
     plateau rule's decision is broadcast so every process lowers the LR or stops at the same step.
 
@@ -64,6 +61,8 @@ class MemorizationCallback(L.Callback):
         RuntimeError: at fit start if the canaries differ in length or do not fit the model's block.
     """
 
+    name = "memorization"
+
     def __init__(
         self,
         output_dir: str | None = None,
@@ -76,21 +75,23 @@ class MemorizationCallback(L.Callback):
         suffix_len: int = 32,
         plateau: dict | None = None,
     ) -> None:
-        self.output_dir = Path(output_dir) if output_dir else None
-        self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
-        self.every_n_epochs, self.min_steps_between = every_n_epochs, min_steps_between
+        super().__init__(
+            output_dir,
+            every_n_steps,
+            log_spaced=log_spaced,
+            probe_at_start=True,
+            every_n_epochs=every_n_epochs,
+            min_steps_between=min_steps_between,
+        )
         self.batch_size, self.prefix_len, self.suffix_len = batch_size, prefix_len, suffix_len
         self.plateau = Plateau(**plateau) if plateau else None
         self.stopped_by = "limit"
-        self.rows: list[pd.DataFrame] = []
         self.scalars: dict[str, float] = {}
-        self.last_step = -1
-        self.seconds, self.calls = 0.0, 0
         self.tokens: torch.Tensor | None = None
-        self.enabled = True
 
     # ------------------------------------------------------------------ set-up and state
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Read and check the canaries (every process); no canaries turn the probe off with a warning."""
         dm = trainer.datamodule
         table = getattr(dm, "canaries", None)
         self.enabled = table is not None and len(table) > 0
@@ -106,7 +107,7 @@ class MemorizationCallback(L.Callback):
         self.length = int(lengths.iloc[0])
         if self.length - 1 > pl_module.model.config.block_size:
             raise RuntimeError(
-                f"canary length {self.length}: expected <= model.block_size + 1 = "
+                f"canary length {self.length}: expected <= model.net.block_size + 1 = "
                 f"{pl_module.model.config.block_size + 1}"
             )
         self.table = table[["canary_id", "repetitions", "alphabet_size"]].reset_index(drop=True)
@@ -114,10 +115,6 @@ class MemorizationCallback(L.Callback):
         self.tokens = torch.tensor(np.stack(table["tokens"].map(np.asarray).to_list()), dtype=torch.int64)
         self.alphabet = torch.tensor(self.table["alphabet_size"].to_numpy(), dtype=torch.float64)
         self.n_params = getattr(pl_module, "n_params", None) or pl_module.model.num_params(non_embedding=False)
-        if trainer.is_global_zero and self.output_dir is not None:
-            old = self.output_dir / "probes" / "memorization.parquet"
-            if old.is_file():  # resumed into the same folder: keep the earlier records
-                self.rows = [pd.read_parquet(old)]
 
     def state_dict(self) -> dict:
         """The plateau rule's state (best value, waits, LR scale, history) for the checkpoint."""
@@ -129,86 +126,38 @@ class MemorizationCallback(L.Callback):
             self.plateau.load_state_dict(state_dict["plateau"])
         self.stopped_by = state_dict.get("stopped_by", self.stopped_by)
 
-    # ------------------------------------------------------------------ schedule
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
-            return
-        self.rows = [r[r["step"] <= trainer.global_step] for r in self.rows]
-        self.last_step = trainer.global_step if trainer.global_step > 0 else -1
-        if trainer.global_step == 0:
-            self._probe(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.enabled:
-            return
-        step = trainer.global_step
-        if step != self.last_step and is_scheduled(step, self.every_n_steps, self.log_spaced):
-            self._probe(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
-            return
-        if not self.every_n_epochs or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        step = trainer.global_step
-        if step != self.last_step and step - max(self.last_step, 0) >= self.min_steps_between:
-            self._probe(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
-            return
-        if trainer.global_step != self.last_step:
-            self._probe(trainer, pl_module, final=True)
-
     # ------------------------------------------------------------------ the measurement
-    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
-        step = trainer.global_step
-        self.last_step = step
-        t0 = time.perf_counter()
-        per = None
-        with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
-            if model is not None:
-                per = measure_memorization(
-                    model, self.tokens, self.alphabet, self.batch_size, self.prefix_len, self.suffix_len
-                )
-        scalars = {}
-        if per is not None:
-            per = pd.concat([self.table, per], axis=1)
-            scalars = memorization_scalars(per, self.n_params)
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, model, step: int) -> ProbeResult:
+        """Memorized bits and extractability of every canary
+        (:func:`~densitylab.probes.memorization.measure_memorization`).
+
+        Returns:
+            The per-canary records (step, epoch, canary_id, repetitions, nll_bits, mem_bits, max_bits,
+            extractable, argmax_acc) and the unprefixed scalars of
+            :func:`~densitylab.probes.memorization.memorization_scalars` (prefixed in :meth:`after_measure`).
+        """
+        per = measure_memorization(model, self.tokens, self.alphabet, self.batch_size, self.prefix_len, self.suffix_len)
+        per = pd.concat([self.table, per], axis=1)
+        scalars = memorization_scalars(per, self.n_params)
+        per.insert(0, "epoch", int(trainer.current_epoch))
+        per.insert(0, "step", step)
+        cols = ["step", "epoch", "canary_id", "repetitions", "nll_bits", "mem_bits", "max_bits", "extractable"]
+        return per[[*cols, "argmax_acc"]], scalars
+
+    def after_measure(
+        self, trainer: L.Trainer, step: int, result: ProbeResult | None, final: bool
+    ) -> ProbeResult | None:
+        """Every process: apply the plateau rule (not at step 0 nor at the final probe; the decision is
+        broadcast from rank 0), add ``lr_scale``, and prefix the finite scalars with ``memorization/``."""
+        scalars = {} if result is None else result[1]
         if self.plateau is not None:
             if not final and step > 0:
                 self._apply_plateau(trainer, scalars.get("bits_per_param"))
             scalars["lr_scale"] = self.plateau.lr_scale
-        if per is None:
-            return
+        if result is None:
+            return None
         self.scalars = scalars
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
-        per.insert(0, "epoch", int(trainer.current_epoch))
-        per.insert(0, "step", step)
-        self.rows.append(
-            per[
-                [
-                    "step",
-                    "epoch",
-                    "canary_id",
-                    "repetitions",
-                    "nll_bits",
-                    "mem_bits",
-                    "max_bits",
-                    "extractable",
-                    "argmax_acc",
-                ]
-            ]
-        )
-        if self.output_dir is not None:
-            write_parquet_atomic(
-                pd.concat(self.rows, ignore_index=True), self.output_dir / "probes" / "memorization.parquet"
-            )
-        logged = {f"memorization/{k}": float(v) for k, v in scalars.items() if math.isfinite(v)}
-        logged["perf/memorization_probe_seconds"] = self.seconds / self.calls
-        for lg in trainer.loggers:
-            lg.log_metrics(logged, step=step)
+        return result[0], {f"memorization/{k}": float(v) for k, v in scalars.items() if math.isfinite(v)}
 
     def _apply_plateau(self, trainer: L.Trainer, value: float | None) -> None:
         """Rank 0 updates the rule; every process receives the action and the rule's state."""
@@ -242,11 +191,10 @@ class MemorizationCallback(L.Callback):
                     self.plateau.patience,
                 )
 
-    def summary_metrics(self) -> dict:
+    def final_metrics(self) -> dict:
         """Final numbers for ``summary.json``: every ``memorization/*`` scalar of the last call, the
-        number of calls, ``memorization/stopped_by`` and the mean seconds per call."""
-        if not self.enabled:
-            return {}
+        number of calls, the canaries' length and count, and with the plateau rule
+        ``memorization/stopped_by`` and ``memorization/best_bits_per_param``."""
         out: dict = {f"memorization/{k}": v for k, v in self.scalars.items()}
         out["memorization/probe_calls"] = self.calls
         out["memorization/length"] = getattr(self, "length", None)
@@ -254,5 +202,4 @@ class MemorizationCallback(L.Callback):
         if self.plateau is not None:
             out["memorization/stopped_by"] = self.stopped_by
             out["memorization/best_bits_per_param"] = self.plateau.max_seen
-        out["perf/memorization_probe_seconds"] = self.seconds / max(self.calls, 1)
         return out

@@ -92,6 +92,11 @@ class ThroughputLogger(L.Callback):
         """Mean training throughput over the logged windows (tokens/s), or NaN before any."""
         return self.total_tokens / self.total_time if self.total_time > 0 else math.nan
 
+    def summary_metrics(self) -> dict[str, float | None]:
+        """``perf/tokens_per_sec`` for ``summary.json``: :attr:`mean_tokens_per_sec`, None before any window."""
+        tps = self.mean_tokens_per_sec
+        return {"perf/tokens_per_sec": None if math.isnan(tps) else tps}
+
 
 class FiniteLossGuard(L.Callback):
     """Raise :class:`DivergenceError` when the training loss is NaN/inf, checked at every logging
@@ -125,6 +130,6 @@ class FiniteLossGuard(L.Callback):
         if bad:
             raise DivergenceError(
                 f"train/loss is {float(loss) if loss is not None else 'nan'} at step {step} on some process: expected "
-                "a finite loss; lower optim.lr or "
-                "raise optim.warmup_steps (the last good checkpoint was kept)"
+                "a finite loss; lower model.optimizer.lr or "
+                "raise model.scheduler.warmup_steps (the last good checkpoint was kept)"
             )

@@ -29,7 +29,7 @@ def run_tags(cfg, n_params: int, data_name: str | None) -> list[str]:
     ``seed:{seed}``."""
     size = f"{n_params / 1e6:.1f}M" if n_params >= 1e5 else f"{n_params / 1e3:.0f}K"
     tags = [str(t) for t in (cfg.get("tags") or [])]
-    tags += [f"model:{cfg.model.n_layer}x{cfg.model.n_embd}", f"params:{size}", f"seed:{cfg.seed}"]
+    tags += [f"model:{cfg.model.net.n_layer}x{cfg.model.net.n_embd}", f"params:{size}", f"seed:{cfg.seed}"]
     if data_name:
         tags.append(f"data:{data_name}")
     return list(dict.fromkeys(t[:64] for t in tags))  # W&B rejects the whole tag set if one tag is longer

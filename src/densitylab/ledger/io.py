@@ -1,8 +1,8 @@
-"""Ledger outputs: parquet tables (written atomically) and the rank-frequency plot."""
+"""Ledger outputs: parquet tables (written atomically). The rank-frequency plot is
+:func:`densitylab.report.ledger.plot_rank_frequency`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,33 +64,3 @@ def write_ledger(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         write_parquet_atomic(df, out / f"{name}.parquet")
-
-
-def plot_rank_frequency(tables: dict[str, pd.DataFrame], path: str | Path, step: int | None = None) -> None:
-    """Log-log rank-frequency plot of token and entity exposure counts (Zipf's law check)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for name, col, label in (
-        ("tokens", "count", "tokens (input positions)"),
-        ("entities", "mentions", "entities (mentions)"),
-    ):
-        c = np.sort(tables[name][col].to_numpy())[::-1]
-        c = c[c > 0]
-        if len(c):
-            ax.loglog(np.arange(1, len(c) + 1), c, label=f"{label}: {len(c)} seen")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("exposures")
-    ax.set_title("Exposure rank-frequency" + (f" at step {step}" if step is not None else ""))
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)

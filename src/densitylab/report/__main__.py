@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="run folders or multirun folders")
     ap.add_argument("--out", help="output folder (default: RUN/plots for one run, else <common parent>/report)")
     if command == "compare":
-        ap.add_argument("--by", help="config key to plot final numbers against (e.g. model.n_layer)")
+        ap.add_argument("--by", help="config key to plot final numbers against (e.g. model.net.n_layer)")
     args = ap.parse_args(argv)
     if command == "capacity":
         return _capacity(args)

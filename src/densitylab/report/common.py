@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -30,9 +31,18 @@ def read_probe(run_dir: str | Path, name: str) -> pd.DataFrame:
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save ``fig`` to ``path`` (creating its folder), close it, return the path."""
+    """Save ``fig`` to ``path`` (creating its folder), close it, return the path.
+
+    The write is atomic (a temporary file in the same folder, then a rename), so a reader never sees half
+    an image; the format comes from the suffix (``.png`` when there is none).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    pyplot().close(fig)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=path.suffix[1:] or "png")
+        os.replace(tmp, path)
+    finally:
+        pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
     return path

@@ -6,7 +6,7 @@ Reads each run's ``metrics.csv`` (every logged scalar), ``summary.json`` and ``.
 / ``overrides.yaml``; draws loss curves, per-layer density slopes, modularity and memorization over
 training; tabulates the final numbers and the config values that differ between runs; and, when one
 numeric config value varies (or ``--by KEY``), draws the final numbers against it (e.g. loss,
-density slope and modularity against ``model.n_layer`` for the depth-against-width experiment).
+density slope and modularity against ``model.net.n_layer`` for the depth-against-width experiment).
 """
 
 from __future__ import annotations

@@ -137,6 +137,32 @@ def plot_vs_familiarity(
     save_figure(fig, path)
 
 
+def heatmap_active_frac_seen(rows: pd.DataFrame, step: int, view: str):
+    """Heatmap of ``active_frac`` on the ``seen`` probe set, layer × familiarity bucket, at one probe step
+    (the ``density/heatmap_active_frac_seen`` W&B image).
+
+    Args:
+        rows: one probe call's density records (:func:`~densitylab.probes.density.density_records`).
+        step: the training step of those records (for the title).
+        view: the familiarity view of the buckets (``entity`` or ``token``; see :func:`primary_view`).
+
+    Returns:
+        A matplotlib Figure (Agg backend); the caller closes it.
+    """
+    plt = pyplot()
+    sel = rows[(rows["probe_set"] == "seen") & (rows["view"] == view) & (rows["metric"] == "active_frac")]
+    grid = sel.pivot(index="layer", columns="bucket", values="value")
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(grid.shape[1]), [str(b) for b in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [f"L{i}" for i in grid.index])
+    ax.set_xlabel(f"familiarity bucket floor(log2(1+{view} exposures))")
+    ax.set_title(f"active_frac on seen windows, step {step}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def headline_table(df: pd.DataFrame) -> pd.DataFrame:
     """Final-step slope (primary view) and gap per layer, with CIs."""
     view = primary_view(df)

@@ -22,6 +22,31 @@ def scores_by_step(df: pd.DataFrame, eps: float = 1e-3) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def ablation_heatmap(comps: list[Component], E: np.ndarray, tasks: list[str], step: int):
+    """Heatmap of one ablation sweep: Δloss (nats) on each task (columns) when each component (rows)
+    is mean-ablated (Lepori et al., arXiv:2301.10884); the ``modularity/heatmap`` W&B image.
+
+    Args:
+        comps: the C ablated components, in the row order of ``E``.
+        E: (C, K) loss changes in nats, component × task.
+        tasks: the K task names, in the column order of ``E``.
+        step: training step of the sweep; negative for the untrained control.
+
+    Returns:
+        A matplotlib Figure (Agg backend); the caller closes it.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(tasks), 1 + 0.22 * len(comps)), dpi=100)
+    lim = float(np.abs(E).max()) or 1.0
+    im = ax.imshow(E, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_yticks(range(len(comps)), [c.name for c in comps], fontsize=6)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+    ax.set_title(f"Δloss (nats) when ablated, {'init control' if step < 0 else f'step {step}'}", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """Write ``plots/modularity_over_training.png``: modularity scores against step, the untrained
     control as dashed lines.

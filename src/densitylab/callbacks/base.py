@@ -1,0 +1,349 @@
+"""The skeleton every probe callback shares, and the explicit wiring between callbacks.
+
+A probe is a measurement on the model at scheduled training steps. :class:`ProbeCallback` owns
+everything around the measurement: the schedule, resume dedupe, timing, rank gating, the parquet
+table, logging and ``summary.json`` numbers. A subclass sets ``name`` and implements
+:meth:`ProbeCallback.measure`; a new probe (knowledge, hallucination, priming, ...) is that plus a
+``conf/callbacks`` entry::
+
+    class NormProbe(ProbeCallback):
+        name = "norm"  # probes/norm.parquet, perf/norm_probe_seconds
+
+        def measure(self, trainer, pl_module, model, step):
+            norm = float(sum(p.norm() ** 2 for p in model.parameters()) ** 0.5)
+            return pd.DataFrame({"step": [step], "norm": [norm]}), {"norm/weights": norm}
+
+Callbacks that read another callback's state name it by its key in ``conf/callbacks``
+(``density: {ledger: ledger}``); :func:`connect_callbacks` resolves those names once all callbacks
+are built.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import pandas as pd
+
+from densitylab.callbacks.dist import probe_model
+from densitylab.callbacks.wandb_util import find_wandb_logger
+from densitylab.errors import ConfigError
+from densitylab.io import write_parquet_atomic
+from densitylab.probes.schedule import is_scheduled
+
+# what a measurement returns: (records for probes/{name}.parquet, scalars to log at this step)
+ProbeResult = tuple[pd.DataFrame, dict[str, float]]
+
+
+class ProbeCallback(L.Callback):
+    """Base of the probe callbacks: schedule a measurement, keep and write its records, log them.
+
+    **Schedule** (every process takes the same decisions; probes may hold collectives):
+
+    - ``on_train_start`` at step 0: one probe before training when ``probe_at_start``;
+    - ``on_train_batch_end``: when :func:`~densitylab.probes.schedule.is_scheduled` (log-spaced steps
+      0, 1, 2, 4, ... below ``every_n_steps`` when ``log_spaced``, and every multiple of
+      ``every_n_steps``; 0 = no periodic part), at most once per optimizer step (with gradient
+      accumulation several batches share a step);
+    - ``on_train_epoch_end``: with ``every_n_epochs``, at the end of every such epoch, once at least
+      ``min_steps_between`` steps have passed since the last probe;
+    - ``on_train_end``: once more, unless the last probe was at this step.
+
+    **One probe** (:meth:`probe`): :meth:`before_measure` on every process; :meth:`measure` on the
+    model of :func:`~densitylab.callbacks.dist.probe_model` (eval mode, uncompiled, on global rank 0
+    only; an unsharded copy under FSDP); :meth:`after_measure` on every process (e.g. broadcast a
+    decision from rank 0); then, on rank 0: the records are appended and ``probes/{name}.parquet``
+    is rewritten atomically (all records so far); the scalars plus ``perf/{name}_probe_seconds``
+    (mean wall-clock seconds per probe call, measurement only) go to every logger with
+    ``log_metrics(scalars, step=step)``; :meth:`figures` go to W&B as images (when a W&B logger is
+    on) with ``trainer/global_step``.
+
+    **Resume**: at fit start rank 0 reads an existing ``probes/{name}.parquet`` of the run folder;
+    at train start only its records with ``step <= trainer.global_step`` (the restored step) are
+    kept, so a resumed run never holds a step twice.
+
+    **Dependencies**: ``requires`` maps a constructor argument to the callback type it must name,
+    e.g. ``{"ledger": LedgerCallback}``; the argument is a key of ``cfg.callbacks`` (resolved by
+    :func:`connect_callbacks`) or the callback itself; :meth:`dependency` returns it.
+
+    Subclass hooks: :meth:`prepare` (fit-start set-up, every process), :meth:`before_measure`,
+    :meth:`measure` (required), :meth:`after_measure`, :meth:`figures`, :meth:`final_metrics`.
+    Set ``self.enabled = False`` in :meth:`prepare` to turn the probe off for the run.
+
+    Args:
+        output_dir: run folder (None: no table is written).
+        every_n_steps: periodic cadence in optimizer steps (0 = off).
+        log_spaced: also probe at steps 1, 2, 4, ... below ``every_n_steps``.
+        probe_at_start: probe at step 0, before training.
+        every_n_epochs: epoch cadence (None or 0 = off).
+        min_steps_between: minimum steps between an epoch-cadence probe and the previous probe.
+        needs: the callbacks named by ``requires``' arguments (config keys or callbacks).
+
+    Attributes:
+        rows: the records so far (list of DataFrames, each with a ``step`` column).
+        calls, seconds: probe calls so far and their total measurement seconds.
+        last_step: step of the last probe (-1: none yet).
+        config_key: this callback's key in ``cfg.callbacks`` (set by :func:`connect_callbacks`).
+
+    Raises:
+        TypeError: if the subclass sets no ``name`` or ``needs`` has an argument not in ``requires``.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[Mapping[str, type]] = {}
+
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        every_n_steps: int = 0,
+        *,
+        log_spaced: bool = True,
+        probe_at_start: bool = True,
+        every_n_epochs: int | None = None,
+        min_steps_between: int = 0,
+        needs: Mapping[str, str | L.Callback | None] | None = None,
+    ) -> None:
+        if not self.name:
+            raise TypeError(f"{type(self).__name__}: a ProbeCallback subclass sets the class attribute `name`")
+        needs = dict(needs or {})
+        unknown = sorted(set(needs) - set(self.requires))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: needs {unknown}: expected arguments of {sorted(self.requires)}")
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.every_n_steps = every_n_steps
+        self.log_spaced = log_spaced
+        self.probe_at_start = probe_at_start
+        self.every_n_epochs = every_n_epochs
+        self.min_steps_between = min_steps_between
+        self.needs: dict[str, str | L.Callback | None] = {k: needs.get(k) for k in self.requires}
+        self.config_key = self.name
+        self.enabled = True
+        self.rows: list[pd.DataFrame] = []
+        self.last_step = -1
+        self.seconds = 0.0
+        self.calls = 0
+
+    # ------------------------------------------------------------------ names
+    @property
+    def table_path(self) -> Path | None:
+        """``output_dir/probes/{name}.parquet``, or None without an output folder."""
+        return None if self.output_dir is None else self.output_dir / "probes" / f"{self.name}.parquet"
+
+    @property
+    def seconds_key(self) -> str:
+        """``perf/{name}_probe_seconds``: the logged and summarised mean seconds per probe call."""
+        return f"perf/{self.name}_probe_seconds"
+
+    @property
+    def mean_seconds(self) -> float:
+        """Mean wall-clock seconds of one probe call so far (0.0 before the first)."""
+        return self.seconds / max(self.calls, 1)
+
+    def dependency(self, arg: str) -> L.Callback:
+        """The callback that constructor argument ``arg`` (a key of ``requires``) names.
+
+        Raises:
+            ConfigError: if it was never connected (:func:`connect_callbacks`) or has the wrong type.
+        """
+        ref = self.needs[arg]
+        if isinstance(ref, L.Callback):
+            _check_type(self, arg, ref, repr(ref.__class__.__name__))
+            return ref
+        raise ConfigError(
+            f"callbacks.{self.config_key}.{arg}={ref!r}: not connected to a callback (build the callbacks with "
+            "densitylab.run.build_callbacks or call densitylab.callbacks.connect_callbacks)"
+        )
+
+    # ------------------------------------------------------------------ subclass hooks
+    def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fit-start set-up on every process (probe sets, tensors, checks); ``pl_module.model`` exists.
+        Runs before the earlier records are read. Default: nothing."""
+
+    def before_measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """Runs on every process right before each probe (collectives such as ``ledger.sync()``)."""
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, model, step: int) -> ProbeResult:
+        """The measurement, on global rank 0 only.
+
+        Args:
+            model: the :class:`~densitylab.model.GPT` to measure (eval mode; do not train it).
+            step: ``trainer.global_step`` (optimizer steps taken).
+
+        Returns:
+            ``(records, scalars)``: a DataFrame with a ``step`` column, appended to
+            ``probes/{name}.parquet``, and the metrics (name -> float) to log at ``step``.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.measure")
+
+    def after_measure(
+        self, trainer: L.Trainer, step: int, result: ProbeResult | None, final: bool
+    ) -> ProbeResult | None:
+        """Runs on every process after :meth:`measure`; ``result`` is None off rank 0. Returns the result to
+        record and log (None: nothing). ``final`` is True for the probe at the end of training."""
+        return result
+
+    def figures(self, step: int, records: pd.DataFrame) -> dict:
+        """W&B images of one probe call: ``{key: matplotlib Figure}`` (closed by the caller). Called on
+        rank 0 only when a W&B logger is on. Default: none."""
+        return {}
+
+    def final_metrics(self) -> dict:
+        """This probe's ``summary.json`` numbers (``perf/{name}_probe_seconds`` is added). Default: none."""
+        return {}
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check the dependencies, :meth:`prepare`, then (rank 0) read the earlier records of the run folder."""
+        for arg in self.requires:
+            self.dependency(arg)
+        self.prepare(trainer, pl_module)
+        if self.enabled and trainer.is_global_zero:
+            path = self.table_path
+            self.rows = [pd.read_parquet(path)] if path is not None and path.is_file() else []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Drop records after the restored step (resume), then probe at step 0 when ``probe_at_start``."""
+        if not self.enabled:
+            return
+        step = trainer.global_step
+        self.rows = [r[r["step"] <= step] for r in self.rows]
+        self.last_step = step if step > 0 else -1
+        if step == 0 and self.probe_at_start:
+            self.probe(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Probe when :meth:`is_due` at this step."""
+        if self.enabled and self.is_due(trainer.global_step):
+            self.probe(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Probe at the epoch cadence (``every_n_epochs``, ``min_steps_between``)."""
+        if self.enabled and self.is_due_at_epoch_end(trainer.current_epoch, trainer.global_step):
+            self.probe(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final probe, unless the last one was at this step."""
+        if self.enabled and trainer.global_step != self.last_step:
+            self.probe(trainer, pl_module, final=True)
+
+    # ------------------------------------------------------------------ schedule
+    def is_due(self, step: int) -> bool:
+        """True when ``step`` is a scheduled probe step not probed yet (once per step under accumulation)."""
+        return step != self.last_step and is_scheduled(step, self.every_n_steps, self.log_spaced)
+
+    def is_due_at_epoch_end(self, epoch: int, step: int) -> bool:
+        """True at the end of 0-based ``epoch`` when ``every_n_epochs`` divides ``epoch + 1``, ``step`` was
+        not probed yet and at least ``min_steps_between`` steps passed since the last probe."""
+        if not self.every_n_epochs or (epoch + 1) % self.every_n_epochs:
+            return False
+        return step != self.last_step and step - max(self.last_step, 0) >= self.min_steps_between
+
+    # ------------------------------------------------------------------ one probe
+    def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
+        """Measure at ``trainer.global_step`` and record, write and log the result (call on every process)."""
+        step = trainer.global_step
+        self.before_measure(trainer, pl_module, step)
+        self.last_step = step
+        t0 = time.perf_counter()
+        result = None
+        with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
+            if model is not None:
+                result = self.measure(trainer, pl_module, model, step)
+        result = self.after_measure(trainer, step, result, final)
+        if result is None:
+            return
+        records, scalars = result
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        self.add_records(records)
+        self.log_scalars(trainer, step, {**scalars, self.seconds_key: self.mean_seconds})
+        self.log_figures(trainer, step, records)
+
+    def add_records(self, records: pd.DataFrame) -> None:
+        """Append ``records`` and rewrite ``probes/{name}.parquet`` with every record so far (atomically)."""
+        self.rows.append(records)
+        if self.table_path is not None:
+            write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.table_path)
+
+    def log_scalars(self, trainer: L.Trainer, step: int, scalars: dict[str, float]) -> None:
+        """``log_metrics(scalars, step=step)`` on every logger of the trainer."""
+        for lg in trainer.loggers:
+            lg.log_metrics(scalars, step=step)
+
+    def log_figures(self, trainer: L.Trainer, step: int, records: pd.DataFrame) -> None:
+        """Log :meth:`figures` as W&B images at ``trainer/global_step = max(step, 0)``; no W&B logger: nothing."""
+        wandb_logger = find_wandb_logger(trainer.loggers)
+        if wandb_logger is None:
+            return
+        figs = self.figures(step, records)
+        if not figs:
+            return
+        import wandb
+
+        from densitylab.report.common import pyplot
+
+        try:
+            data = {k: wandb.Image(fig) for k, fig in figs.items()}
+            wandb_logger.experiment.log({**data, "trainer/global_step": max(step, 0)})
+        finally:
+            for fig in figs.values():
+                pyplot().close(fig)
+
+    def summary_metrics(self) -> dict:
+        """Final numbers for ``summary.json``: :meth:`final_metrics` and ``perf/{name}_probe_seconds``
+        (mean seconds per call); {} when the probe is off."""
+        if not self.enabled:
+            return {}
+        return {**self.final_metrics(), self.seconds_key: self.mean_seconds}
+
+
+def _check_type(cb, arg: str, target: L.Callback, ref: str) -> None:
+    expected = cb.requires[arg]
+    if not isinstance(target, expected):
+        raise ConfigError(
+            f"callbacks.{cb.config_key}.{arg}={ref}: expected a {expected.__name__}, got {type(target).__name__}"
+        )
+
+
+def connect_callbacks(callbacks: Mapping[str, L.Callback | None]) -> None:
+    """Resolve the callback names in every callback's ``needs`` (its ``requires`` arguments) to the callbacks
+    themselves, and set each such callback's ``config_key``.
+
+    Args:
+        callbacks: ``cfg.callbacks`` key -> built callback, in config (= hook) order; None for a disabled
+            entry (``callbacks.ledger=null``).
+
+    Raises:
+        ConfigError: one line naming the argument, e.g. ``callbacks.density.ledger='ledger': no callback of
+            that name (expected one of [...])``, when the name is unknown, names a disabled entry or a
+            callback of the wrong type, or names one that comes later in ``callbacks`` (its hooks must run
+            first: the density probe reads the counts the ledger took of the same batch).
+    """
+    names = [k for k, v in callbacks.items() if v is not None]
+    order = {k: i for i, k in enumerate(names)}
+    for key, cb in callbacks.items():
+        if cb is None or not getattr(cb, "requires", None):
+            continue
+        cb.config_key = key
+        for arg in cb.requires:
+            ref = cb.needs.get(arg)
+            if isinstance(ref, L.Callback):
+                _check_type(cb, arg, ref, repr(type(ref).__name__))
+                continue
+            where = f"callbacks.{key}.{arg}={'null' if ref is None else repr(ref)}"
+            if not isinstance(ref, str):
+                raise ConfigError(f"{where}: expected the name of a callback (one of {names})")
+            if ref not in callbacks:
+                raise ConfigError(f"{where}: no callback of that name (expected one of {names})")
+            target = callbacks[ref]
+            if target is None:
+                raise ConfigError(
+                    f"{where}: callbacks.{ref} is disabled (null): enable it, or disable callbacks.{key} too"
+                )
+            _check_type(cb, arg, target, repr(ref))
+            if order[ref] > order[key]:
+                raise ConfigError(f"{where}: callbacks.{ref} must come before callbacks.{key} (its hooks run first)")
+            cb.needs[arg] = target
