@@ -2,7 +2,7 @@
 
 python train.py                                  # default experiment (density_emergence)
 python train.py experiment=smoke                 # < 60 s end-to-end check
-python train.py data=text data.files=my.txt      # your own text
+python train.py data=text data.source.files=my.txt   # your own text
 python train.py -m seed=0,1,2                    # Hydra multirun
 """
 

@@ -3,9 +3,10 @@
     python bench/throughput.py                 # tiny model: 4 layers, 4 heads, d=128, T=128, B=32, V=4096, fp32
     python bench/throughput.py --steps 60 --repeats 3 --json out.json
 
-Data: ``../shared/data/tinyshakespeare.txt`` through the real DataModule (byte-level BPE, vocab 4096,
-capitalized-span entities), or a random token stream with ``--data random``. All loops run the same
-GPT, AdamW (decay on >= 2-D params), gradient clipping at 1.0, the same packed-window batches, fp32 on
+Data: ``tinyshakespeare.txt`` from the folder named by ``DENSITYLAB_TEXT_DIR`` (default: a ``shared/data``
+folder beside the repository) through the real DataModule (byte-level BPE, vocab 4096, capitalized-span
+entities), or a random token stream with ``--data random``. All loops run the same GPT, AdamW (decay on
+>= 2-D params), gradient clipping at 1.0, the same packed-window batches, fp32 on
 CPU (bf16-mixed on CUDA). The Lightning runs use the real ``LitGPT`` with the default callbacks
 (throughput logger, finite-loss guard), the progress bar and the CSV logger, i.e. what ``train.py``
 runs minus checkpoint writes; once without and once with the ``LedgerCallback``. Runs alternate and the
@@ -16,6 +17,7 @@ in isolation. Prints tokens/s and ratios. Not a test: numbers go into notes and 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -30,10 +32,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from densitylab.callbacks import FiniteLossGuard, LedgerCallback, ThroughputLogger  # noqa: E402
-from densitylab.data import DataModule  # noqa: E402
-from densitylab.lit import LitGPT, cosine_with_warmup  # noqa: E402
+from densitylab.data import CapitalizedEntities, DataModule, TextSource, TrainedBPE  # noqa: E402
+from densitylab.lit import LitGPT, cosine_with_warmup, warmup_cosine  # noqa: E402
+from densitylab.model import GPT, GPTConfig  # noqa: E402
 
 MODEL = dict(block_size=128, n_layer=4, n_head=4, n_embd=128)
+
+
+def make_lit(net: dict, lr: float = 1e-3, warmup_steps: int = 10) -> LitGPT:
+    """The LitGPT that conf/model/tiny.yaml builds (AdamW, warmup + cosine), for the architecture ``net``; its GPT
+    is built by Lightning's configure_model (vocab_size given here)."""
+    return LitGPT(
+        net=functools.partial(GPT, **net),
+        optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.1, betas=(0.9, 0.95)),
+        scheduler=functools.partial(warmup_cosine, warmup_steps=warmup_steps, min_lr_ratio=0.1, decay_steps=None),
+        compile=False,
+        init_seed=0,
+    )
 
 
 def make_datamodule(args, cache: str) -> DataModule:
@@ -47,13 +62,21 @@ def make_datamodule(args, cache: str) -> DataModule:
         path.write_text("\n\n".join(" ".join(words[i : i + 50]) for i in range(0, len(words), 50)))
         files = str(path)
     else:
-        files = str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")
+        text_dir = Path(os.environ.get("DENSITYLAB_TEXT_DIR") or REPO.parent / "shared" / "data").expanduser()
+        if not (text_dir / "tinyshakespeare.txt").is_file():
+            sys.exit(
+                f"error: {text_dir / 'tinyshakespeare.txt'} not found: set DENSITYLAB_TEXT_DIR to a folder holding "
+                "tinyshakespeare.txt, or use --data random"
+            )
+        files = str(text_dir / "tinyshakespeare.txt")
     dm = DataModule(
-        source="text",
-        files=files,
+        source=TextSource(files=files, cache_dir=str(Path(cache) / "hf_datasets")),
+        tokenizer=TrainedBPE(vocab_size=4096, min_frequency=2),
+        entities=CapitalizedEntities(),
         block_size=args.block,
         batch_size=args.batch,
-        tokenizer={"vocab_size": 4096},
+        canaries=None,
+        seed=0,
         cache_dir=cache,
         progress=False,
     )
@@ -65,7 +88,7 @@ def make_datamodule(args, cache: str) -> DataModule:
 def plain_loop(args, dm, device) -> float:
     """nanoGPT-style loop; returns tokens/s over the timed steps."""
     torch.manual_seed(0)
-    model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=args.block)).model.to(device).train()
+    model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=args.block))).to(device).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -120,7 +143,7 @@ def lightning_loop(args, dm, device, ledger: bool) -> float:
             self.t1 = time.perf_counter()
 
     torch.manual_seed(0)
-    lit = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=args.block), lr=1e-3, warmup_steps=10)
+    lit = make_lit(dict(MODEL, vocab_size=4096, block_size=args.block), lr=1e-3, warmup_steps=10)
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
         callbacks = [ThroughputLogger(), FiniteLossGuard(), timer]
@@ -193,7 +216,7 @@ def probe_call_cost(dm, device, windows_per_set: int = 32, repeats: int = 3) -> 
         device,
     )
     sets = build_probe_sets(dm.splits, dm.vocab_size, windows_per_set, 0, dm.eos_id)
-    model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=dm.block_size)).model.to(device).eval()
+    model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=dm.block_size))).to(device).eval()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -218,7 +241,7 @@ def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tup
     tasks = task_masks(dm.splits["heldout"], probe, counts)
     x = probe.input_ids
     y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
-    model = LitGPT(model=dict(MODEL, vocab_size=4096, block_size=dm.block_size)).model.to(device).eval()
+    model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=dm.block_size))).to(device).eval()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -244,7 +267,7 @@ def memorization_call_cost(device, repeats: int = 3) -> dict:
         ),
     }
     for name, (cfg, seqs, bs) in cases.items():
-        model = LitGPT(model=cfg).model.to(device).eval()
+        model = GPT(GPTConfig(**cfg)).to(device).eval()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -12,39 +12,37 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_command
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 
 def train(
-    *overrides: str, cwd: Path, cache_dir: Path, timeout: int = 400, env: dict | None = None
+    *overrides: str, cwd: Path, cache_dir: Path, timeout: float = 1200, env: dict | None = None
 ) -> subprocess.CompletedProcess:
+    """Run train.py (these are multiruns: a generous base ``timeout`` in seconds, scaled by
+    DENSITYLAB_TEST_TIMEOUT_SCALE in conftest)."""
     e = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run(
+    return run_command(
         [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
         cwd=cwd,
         env=e,
-        capture_output=True,
-        text=True,
         timeout=timeout,
+        what="train.py " + " ".join(overrides),
     )
 
 
 def report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "densitylab.report", *args], capture_output=True, text=True, timeout=300, cwd=REPO
-    )
+    return run_command([sys.executable, "-m", "densitylab.report", *args], timeout=300, cwd=REPO)
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
-    out = subprocess.run(
+    out = run_command(
         [str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json", str(offline[0])],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        timeout=120,
         check=True,
     ).stdout
     return [json.loads(line) for line in out.splitlines()]
@@ -107,7 +105,12 @@ def test_slurm_launcher_and_fsdp_trainer_configs_compose():
         assert isinstance(strategy, FSDPStrategy)
         cfg = compose("config", ["hparams_search=optuna"], return_hydra_config=True)
         assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.optimized_metric == "val/loss"
-        assert set(cfg.hydra.sweeper.params) == {"optim.lr", "optim.warmup_steps", "optim.weight_decay", "model.n_embd"}
+        assert set(cfg.hydra.sweeper.params) == {
+            "model.optimizer.lr",
+            "model.scheduler.warmup_steps",
+            "model.optimizer.weight_decay",
+            "model.net.n_embd",
+        }
 
 
 def test_optuna_search_space_from_hydra_sweep_syntax():
@@ -119,10 +122,10 @@ def test_optuna_search_space_from_hydra_sweep_syntax():
     p = OverridesParser.create()
     lr, wu, wd, width, fixed = p.parse_overrides(
         [
-            "optim.lr=tag(log, interval(1e-4, 1e-2))",
-            "optim.warmup_steps=range(0, 300, step=50)",
-            "optim.weight_decay=interval(0.0, 0.2)",
-            "model.n_embd=choice(64, 96, 128)",
+            "model.optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "model.scheduler.warmup_steps=range(0, 300, step=50)",
+            "model.optimizer.weight_decay=interval(0.0, 0.2)",
+            "model.net.n_embd=choice(64, 96, 128)",
             "seed=3",
         ]
     )
@@ -179,7 +182,7 @@ def test_multirun_two_seeds_two_wandb_runs_then_compare_page(tmp_path, cache_dir
         assert run_rec[0]["run_group"] == "smoke"
         assert any(x.get("type") == "metric" for x in records)  # define_metric records (summary rules)
         config_keys = {k for x in records if x.get("type") == "config" for k in x["config"].get("update", {})}
-        assert {"optim", "model", "choices/model", "choices/data"} <= config_keys
+        assert {"model", "choices/model", "choices/data"} <= config_keys
         summary_keys = {k for x in records if x.get("type") == "summary" for k in x["summary"].get("update", {})}
         assert "val/loss_final" in summary_keys and "memorization/bits_total" in summary_keys
     assert len(set(ids)) == 2 and sorted(seeds) == ["seed:0", "seed:1"]  # two distinct W&B runs
@@ -199,7 +202,7 @@ def test_multirun_two_seeds_two_wandb_runs_then_compare_page(tmp_path, cache_dir
 @pytest.mark.slow
 def test_every_experiment_runs_one_step(tmp_path, cache_dir):
     proc = train(
-        "-m", "experiment=glob(*)", "trainer.max_steps=1", "logger=csv", cwd=tmp_path, cache_dir=cache_dir, timeout=900
+        "-m", "experiment=glob(*)", "trainer.max_steps=1", "logger=csv", cwd=tmp_path, cache_dir=cache_dir, timeout=2400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = {}
@@ -230,10 +233,15 @@ def test_optuna_search_minimizes_val_loss(tmp_path, cache_dir):
     losses, lrs = [], []
     for r in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
         losses.append(json.loads((r / "summary.json").read_text())["val/loss"])
-        lrs.append(yaml.safe_load((r / ".hydra" / "config.yaml").read_text())["optim"]["lr"])
+        lrs.append(yaml.safe_load((r / ".hydra" / "config.yaml").read_text())["model"]["optimizer"]["lr"])
     assert len(losses) == 3 and len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
     assert result["completed"] == 3 and result["best_value"] == pytest.approx(min(losses))
-    assert set(result["best_params"]) == {"optim.lr", "optim.warmup_steps", "optim.weight_decay", "model.n_embd"}
+    assert set(result["best_params"]) == {
+        "model.optimizer.lr",
+        "model.scheduler.warmup_steps",
+        "model.optimizer.weight_decay",
+        "model.net.n_embd",
+    }
 
 
 @pytest.mark.slow

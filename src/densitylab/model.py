@@ -64,16 +64,16 @@ class GPTConfig:
                 value = int(value)
                 setattr(self, name, value)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"model.{name}={value!r}: expected a positive integer")
+                raise ValueError(f"model.net.{name}={value!r}: expected a positive integer")
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
+                f"model.net.n_embd={self.n_embd} is not divisible by model.net.n_head={self.n_head}: "
                 "expected n_embd = n_head * d_head"
             )
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={self.activation!r}: expected one of {ACTIVATIONS}")
+            raise ValueError(f"model.net.activation={self.activation!r}: expected one of {ACTIVATIONS}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout!r}: expected a value in [0, 1)")
+            raise ValueError(f"model.net.dropout={self.dropout!r}: expected a value in [0, 1)")
 
     @property
     def d_head(self) -> int:
@@ -292,7 +292,7 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
+            raise ValueError(f"sequence length {T} exceeds model.net.block_size={self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):

@@ -7,13 +7,14 @@ folder is Hydra's output folder; see the README ("What the run folder holds").
 from __future__ import annotations
 
 import logging
-import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -69,6 +70,7 @@ def instantiate(node: Any, name: str, **kwargs: Any) -> Any:
     naming the config node (``name``) and the problem."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as _instantiate
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     from densitylab.config import _one_line
 
@@ -77,6 +79,14 @@ def instantiate(node: Any, name: str, **kwargs: Any) -> Any:
     except InstantiationException as e:
         if isinstance(e.__cause__, DensitylabError):
             raise e.__cause__ from None
+        key = re.search(r"full_key: (\S+)", str(e))  # the innermost node that failed, e.g. model.optimizer
+        hint = r",? set env var HYDRA_FULL_ERROR=1 to see chained (?:stack trace|exception)\.?"
+        text = re.sub(hint, "", _one_line(e))
+        raise ConfigError(f"{key.group(1) if key else name}: {text}") from None
+    except MissingMandatoryValue as e:  # a `???` the command line did not set, e.g. data=text without files
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{key}=???: expected a value (set it on the command line, e.g. {key}=...)") from None
+    except OmegaConfBaseException as e:  # a bad interpolation
         raise ConfigError(f"{name}: {_one_line(e)}") from None
 
 
@@ -93,30 +103,81 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """Instantiate every entry of ``cfg.callbacks``."""
-    return [
-        instantiate(c, f"callbacks.{n}")
+    """Instantiate every entry of ``cfg.callbacks`` (in config order) and connect the callbacks that name
+    another one (``callbacks.density.ledger: ledger``; :func:`densitylab.callbacks.base.connect_callbacks`).
+
+    Raises:
+        ConfigError: for an entry that cannot be built, or a callback name that does not resolve.
+    """
+    from densitylab.callbacks.base import connect_callbacks
+
+    built = {
+        str(n): instantiate(c, f"callbacks.{n}") if c is not None and "_target_" in c else None
         for n, c in (cfg.get("callbacks") or {}).items()
-        if c is not None and "_target_" in c
-    ]
+    }
+    connect_callbacks(built)
+    return [c for c in built.values() if c is not None]
 
 
 def train(cfg: DictConfig) -> dict:
-    """Prepare data, build model, trainer, loggers and callbacks from ``cfg``, fit, validate once
-    more, and write ``summary.json``.
+    """Build every object from ``cfg``, fit, validate once more, and write the run folder's summary and reports.
+
+    Reads top to bottom: build (run folder checks and seed, data prepared, LightningModule, loggers, callbacks,
+    trainer), fit, validate, write (``summary.json``, W&B summary, report plots).
 
     Returns:
         The summary dict (also written to ``RUN_DIR/summary.json`` on rank 0).
     Raises:
         DensitylabError: for bad configuration or data (train.py turns it into one line + exit 2).
     """
-    import lightning as L
-
-    from densitylab.lit import LitGPT
-
-    quiet_lightning_logging()
-
     t_start = time.time()
+    output_dir, ckpt = _start_run(cfg)
+
+    # ---- build
+    lit = instantiate(cfg.model, "model", _convert_="all")  # cheap: the GPT is built in lit.configure_model()
+    dm = instantiate(cfg.data, "data", _convert_="all")
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        dm.prepare_data()
+    dm.setup("fit")  # other local ranks wait for rank 0's cache
+    loggers = build_loggers(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = build_callbacks(cfg)
+    trainer = instantiate(
+        cfg.trainer,
+        "trainer",
+        callbacks=[_WandbRunSetup(cfg, _hydra_choices()), *callbacks],  # W&B set up before any callback logs
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+    )
+
+    try:
+        # ---- fit
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        # ---- validate
+        val = trainer.validate(lit, datamodule=dm, verbose=False)
+        # ---- write
+        summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
+        if trainer.is_global_zero:
+            _write_outputs(output_dir, summary, loggers)
+        return summary
+    finally:
+        _finish_wandb()
+
+
+def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Process-wide settings and run-folder checks before anything is built: quiet Lightning logging, malloc
+    tuning, the resume checkpoint, refusal to overwrite a finished run, the global seed, matmul precision.
+
+    Returns:
+        (run folder, checkpoint path to resume from or None).
+    Raises:
+        ConfigError: for a missing checkpoint, a finished run folder without ``ckpt_path``, a non-integer seed.
+    """
+    quiet_lightning_logging()
     if cfg.get("malloc_tuning", True):
         from densitylab.system import tune_malloc
 
@@ -133,85 +194,63 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    return output_dir, ckpt
 
-    dm = instantiate(cfg.data, "data", _convert_="all")
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        dm.prepare_data()
-    dm.setup("fit")  # other local ranks wait for rank 0's cache
 
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if model_cfg.get("vocab_size") in (None, 0):
-        model_cfg["vocab_size"] = dm.vocab_size
-    elif model_cfg["vocab_size"] < dm.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={model_cfg['vocab_size']}: expected >= the tokenizer's {dm.vocab_size} (or null)"
-        )
-    try:
-        lit = LitGPT(
-            model=model_cfg, compile=bool(cfg.get("compile", False)), **OmegaConf.to_container(cfg.optim, resolve=True)
-        )
-    except DensitylabError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e) if str(e).startswith(("model.", "optim.")) else f"model/optim: {e}") from None
-
-    loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger, prepare_wandb_run
+def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
+    """Rank 0, after the final validation: ``summary.json``, the W&B run summary, and the report plots of every
+    probe table the run wrote (``plots/``)."""
+    from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger
 
     wandb_logger = find_wandb_logger(loggers)
-    from lightning.pytorch.utilities import rank_zero_only
+    if wandb_logger is not None:
+        wandb_logger.experiment.summary.update(final_summary(summary))
+    write_json_atomic(output_dir / "summary.json", summary)
+    if (output_dir / "probes" / "density.parquet").is_file():
+        from densitylab.report.density import density_report, format_table
 
-    if (
-        wandb_logger is not None and rank_zero_only.rank == 0
-    ):  # RANK / LOCAL_RANK / SLURM_PROCID, as Lightning reads them
-        prepare_wandb_run(wandb_logger, cfg, lit.n_params, dm.meta.get("corpus"), _hydra_choices())
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
-    )
+        plots, table = density_report([output_dir])
+        log.info("density report in %s:\n%s", plots, format_table(table))
+    if (output_dir / "probes" / "modularity.parquet").is_file():
+        from densitylab.report.modularity import plot_modularity
 
-    try:
-        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        val = trainer.validate(lit, datamodule=dm, verbose=False)
-        summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
-        if trainer.is_global_zero:
-            if wandb_logger is not None:
-                wandb_logger.experiment.summary.update(final_summary(summary))
-            write_json_atomic(output_dir / "summary.json", summary)
-            if (output_dir / "probes" / "density.parquet").is_file():
-                from densitylab.report.density import density_report, format_table
+        plot_modularity(output_dir)
+    if (output_dir / "probes" / "memorization.parquet").is_file():
+        from densitylab.report.memorization import plot_memorization
 
-                plots, table = density_report([output_dir])
-                log.info("density report in %s:\n%s", plots, format_table(table))
-            if (output_dir / "probes" / "modularity.parquet").is_file():
-                from densitylab.report.modularity import plot_modularity
+        plot_memorization(output_dir)
 
-                plot_modularity(output_dir)
-            if (output_dir / "probes" / "memorization.parquet").is_file():
-                from densitylab.report.memorization import plot_memorization
 
-                plot_memorization(output_dir)
-        return summary
-    finally:
-        _finish_wandb()
+class _WandbRunSetup(L.Callback):
+    """At fit start (the model is built by then): make the W&B run dashboard-ready on global rank 0
+    (:func:`densitylab.callbacks.wandb_util.prepare_wandb_run`: summaries, tags with the parameter count, Hydra
+    group choices)."""
+
+    def __init__(self, cfg: DictConfig, choices: dict) -> None:
+        self.cfg, self.choices = cfg, choices
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.utilities import rank_zero_only
+
+        from densitylab.callbacks.wandb_util import find_wandb_logger, prepare_wandb_run
+
+        wandb_logger = find_wandb_logger(trainer.loggers)
+        if wandb_logger is not None and rank_zero_only.rank == 0:  # RANK / LOCAL_RANK / SLURM_PROCID
+            corpus = trainer.datamodule.meta.get("corpus")
+            prepare_wandb_run(wandb_logger, self.cfg, pl_module.n_params, corpus, self.choices)
 
 
 def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) -> dict:
-    from densitylab.callbacks.perf import ThroughputLogger
+    """The ``summary.json`` record: run identity, final losses, sizes, device, and every callback's
+    ``summary_metrics()`` (probe headlines, ``perf/tokens_per_sec`` from the ThroughputLogger)."""
 
     def metric(name: str) -> float | None:
         v = trainer.callback_metrics.get(name)
         return None if v is None else float(v)
 
-    tput = next((c for c in callbacks if isinstance(c, ThroughputLogger)), None)
     val_loss = float(val[0]["val/loss"]) if val and "val/loss" in val[0] else metric("val/loss")
     extra = {}
-    for cb in callbacks:  # probes contribute their final headline numbers
+    for cb in callbacks:  # probes contribute their final headline numbers, the throughput logger its mean
         if hasattr(cb, "summary_metrics"):
             extra.update(cb.summary_metrics())
     return {
@@ -230,9 +269,7 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
         "model/params": lit.n_params,
         "model/params_non_embedding": lit.n_params_non_embedding,
         "model/flops_per_token": lit.flops_per_token,
-        "perf/tokens_per_sec": None
-        if tput is None or math.isnan(tput.mean_tokens_per_sec)
-        else tput.mean_tokens_per_sec,
+        "perf/tokens_per_sec": None,  # filled in by the ThroughputLogger's summary_metrics()
         "wall_time_s": wall_time,
         "device": str(lit.device),
         "precision": str(trainer.precision),
