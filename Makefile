@@ -9,7 +9,7 @@ ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.densitylab-installed
 
-.PHONY: setup train smoke test test-fast bench clean
+.PHONY: setup train smoke lint format test test-fast bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -25,7 +25,15 @@ train: setup            ## the default experiment (density_emergence) on the emb
 smoke: setup            ## the whole pipeline in under a minute
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) train.py experiment=smoke $(ARGS)
 
-test: setup             ## the whole test suite (fast unit tests + end-to-end runs marked slow)
+lint: setup             ## ruff: lint and format check (configured in pyproject.toml; lines <= 120)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup           ## ruff: fix what can be fixed and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint              ## lint, then the whole test suite (fast unit tests + end-to-end runs marked slow)
 	WANDB_MODE=offline $(PY) -m pytest -q
 
 test-fast: setup        ## unit tests only
