@@ -85,6 +85,22 @@ def make_datamodule(args, cache: str) -> DataModule:
     return dm
 
 
+def make_ledger(dm, device):
+    """An ExposureLedger over the training split of ``dm`` (vocabulary 4096), as the LedgerCallback builds it."""
+    from densitylab.ledger import ExposureLedger
+
+    packed = dm.splits["train"]
+    names = packed.spans[packed.spans["kind"] == "name"]
+    return ExposureLedger(
+        4096,
+        packed.n_windows,
+        torch.tensor(names["sample_id"].to_numpy()),
+        torch.tensor(names["entity"].to_numpy()),
+        len(dm.entity_table),
+        device,
+    )
+
+
 def plain_loop(args, dm, device) -> float:
     """nanoGPT-style loop; returns tokens/s over the timed steps."""
     torch.manual_seed(0)
@@ -175,18 +191,8 @@ def lightning_loop(args, dm, device, ledger: bool) -> float:
 
 def ledger_update_cost(dm, device, n: int = 500) -> float:
     """Seconds per ``ExposureLedger.update`` call on real batches (isolated micro-benchmark)."""
-    from densitylab.ledger import ExposureLedger
 
-    packed = dm.splits["train"]
-    names = packed.spans[packed.spans["kind"] == "name"]
-    led = ExposureLedger(
-        4096,
-        packed.n_windows,
-        torch.tensor(names["sample_id"].to_numpy()),
-        torch.tensor(names["entity"].to_numpy()),
-        len(dm.entity_table),
-        device,
-    )
+    led = make_ledger(dm, device)
     dm.trainer = None
     batches = [{k: v.to(device) for k, v in b.items()} for _, b in zip(range(20), dm.train_dataloader())]
     t0 = time.perf_counter()
@@ -201,20 +207,10 @@ def ledger_update_cost(dm, device, n: int = 500) -> float:
 def probe_call_cost(dm, device, windows_per_set: int = 32, repeats: int = 3) -> float:
     """Seconds of one density probe call (all probe sets, all layers, records with CIs) on the tiny
     model: what ``DensityCallback`` does at each probe step."""
-    from densitylab.ledger import ExposureLedger
     from densitylab.probes.density import density_records, measure_density
     from densitylab.probes.sets import build_probe_sets
 
-    packed = dm.splits["train"]
-    names = packed.spans[packed.spans["kind"] == "name"]
-    led = ExposureLedger(
-        4096,
-        packed.n_windows,
-        torch.tensor(names["sample_id"].to_numpy()),
-        torch.tensor(names["entity"].to_numpy()),
-        len(dm.entity_table),
-        device,
-    )
+    led = make_ledger(dm, device)
     sets = build_probe_sets(dm.splits, dm.vocab_size, windows_per_set, 0, dm.eos_id)
     model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=dm.block_size))).to(device).eval()
     times = []
