@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -104,6 +106,11 @@ class FiniteLossGuard(L.Callback):
     diverged model never overwrites a good ``last.ckpt``. On a single CPU process the check is free and
     runs every step; under DDP the processes agree on the outcome (one collective per checked step).
 
+    The error's one line says truthfully whether a checkpoint exists: ``(last good checkpoint: PATH)`` or
+    ``(no checkpoint was written yet)``. When fit stops on any exception, this callback closes the tqdm
+    progress bars first (:meth:`on_exception`), so the ``error:`` line that ``train.py`` prints afterwards is
+    the last line on the terminal, not drawn over by the bar.
+
     Args:
         checkpoint_every_n_steps: the checkpoint cadence to guard (None: only logging steps).
     """
@@ -112,6 +119,11 @@ class FiniteLossGuard(L.Callback):
         self.every = checkpoint_every_n_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Check the step's loss when due (see the class docstring).
+
+        Raises:
+            DivergenceError: when the loss (on any process) is NaN or infinite.
+        """
         step = trainer.global_step
         due = (
             (
@@ -131,5 +143,53 @@ class FiniteLossGuard(L.Callback):
             raise DivergenceError(
                 f"train/loss is {float(loss) if loss is not None else 'nan'} at step {step} on some process: expected "
                 "a finite loss; lower model.optimizer.lr or "
-                "raise model.scheduler.warmup_steps (the last good checkpoint was kept)"
+                f"raise model.scheduler.warmup_steps ({checkpoint_note(trainer)})"
             )
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Close the tqdm progress bars (validation, then training) and flush stdout, so that whatever is
+        printed about ``exception`` afterwards comes after the bar and is never redrawn over."""
+        close_progress_bars(trainer)
+
+
+def checkpoint_note(trainer: L.Trainer) -> str:
+    """``"last good checkpoint: PATH"`` for the newest checkpoint file that the trainer's ``ModelCheckpoint``
+    callbacks have written (or restored on resume) and that exists on disk, else ``"no checkpoint was written
+    yet"``. Without a ``monitor`` the callback's newest ``step<N>.ckpt`` holds the same state as its
+    ``last.ckpt`` and is named instead (it shows the step). PATH is relative to the working directory when the
+    file lies below it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    found: list[Path] = []
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        best, last = (Path(p) if p else None for p in (cb.best_model_path, cb.last_model_path))
+        order = (best, last) if cb.monitor is None else (last, best)  # monitor None: best = the newest save
+        found += [p for p in order if p is not None and p.is_file()][:1]
+    if not found:
+        return "no checkpoint was written yet"
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        shown = newest.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = newest
+    return f"last good checkpoint: {shown}"
+
+
+def close_progress_bars(trainer: L.Trainer) -> None:
+    """Close the open bars of a ``TQDMProgressBar`` (Lightning's default; the rich bar stops itself on an
+    exception) and flush stdout and stderr. Safe to call when no bar is open or the bar is disabled."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, TQDMProgressBar):
+        for name in ("_val_progress_bar", "_test_progress_bar", "_predict_progress_bar", "_train_progress_bar"):
+            tqdm_bar = getattr(bar, name, None)
+            if tqdm_bar is not None and not getattr(tqdm_bar, "disable", False):
+                tqdm_bar.close()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
