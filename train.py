@@ -49,6 +49,10 @@ if __name__ == "__main__":
     from densitylab.config import check_overrides
 
     problem = check_overrides(CONFIG_DIR, "config", sys.argv[1:])
+    if not problem:  # output folder and values, before Hydra writes the run folder (densitylab.preflight)
+        from densitylab.preflight import check_launch
+
+        problem = check_launch(CONFIG_DIR, "config", sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

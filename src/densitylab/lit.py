@@ -89,6 +89,36 @@ def check_schedule(warmup_steps: Any, min_lr_ratio: Any, decay_steps: Any) -> No
         raise ConfigError(f"model.scheduler.decay_steps={decay_steps!r}: expected a positive integer or null")
 
 
+def check_optimizer_settings(settings: Mapping, node: str = "model.optimizer") -> None:
+    """Range-check an optimizer's settings (a partial's keywords or a config node): ``lr`` > 0, every value of a
+    ``betas`` setting (any key containing ``betas``) in [0, 1), ``eps``, ``weight_decay``, ``momentum`` and
+    ``dampening`` >= 0. Settings that are absent or not numbers of these names are left to the optimizer class.
+
+    Raises:
+        ConfigError: one line naming ``{node}.{key}``, the value and the expected range.
+    """
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    for key, value in settings.items():
+        key = str(key)
+        if key.startswith("_"):
+            continue
+        if "betas" in key:
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if not values or not all(number(v) and 0 <= v < 1 for v in values):
+                raise ConfigError(f"{node}.{key}={_plain(value)!r}: expected values in [0, 1), e.g. [0.9, 0.95]")
+        elif key == "lr" and value is not None and (not number(value) or not value > 0):
+            raise ConfigError(f"{node}.lr={value!r}: expected a positive learning rate")
+        elif key in ("eps", "weight_decay", "momentum", "dampening") and (not number(value) or not value >= 0):
+            raise ConfigError(f"{node}.{key}={value!r}: expected a number >= 0")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def partial_spec(fn: Callable | Mapping | None) -> dict | None:
     """A plain-data description of a partial (``{"_target_": "torch.optim.adamw.AdamW", "lr": ...}``) for the
     checkpoint's hyperparameters, so a checkpoint loads with ``torch.load(weights_only=True)``; a mapping is
@@ -148,7 +178,8 @@ class LitGPT(L.LightningModule):
     tokens trained on, all processes), ``lr``.
 
     Raises:
-        ConfigError: for a non-positive learning rate, a bad schedule setting, a ``net.vocab_size`` below the
+        ConfigError: for a non-positive learning rate, betas outside [0, 1), a negative eps / weight_decay /
+            momentum (:func:`check_optimizer_settings`), a bad schedule setting, a ``net.vocab_size`` below the
             tokenizer's, or an optimizer setting its class does not take.
     """
 
@@ -168,9 +199,7 @@ class LitGPT(L.LightningModule):
             raise ConfigError(f"model.init_seed={init_seed!r}: expected an integer or null")
         self.compile, self.init_seed = bool(compile), init_seed
         opt_kw = self.optimizer_factory.keywords if isinstance(self.optimizer_factory, functools.partial) else {}
-        lr = opt_kw.get("lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ConfigError(f"model.optimizer.lr={lr!r}: expected a positive learning rate")
+        check_optimizer_settings(opt_kw, "model.optimizer")
         sched = self.scheduler_factory
         if isinstance(sched, functools.partial) and sched.func is warmup_cosine:
             kw = sched.keywords

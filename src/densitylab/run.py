@@ -25,14 +25,15 @@ log = logging.getLogger("densitylab")
 
 
 def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
-    if not ckpt_path:
-        return None
-    p = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not p.is_file():
-        raise ConfigError(
-            f"ckpt_path={str(ckpt_path)!r} does not exist ({p}): expected a Lightning checkpoint file or 'last'"
-        )
-    return str(p)
+    """The checkpoint to resume from (``last`` = this run folder's ``checkpoints/last.ckpt``), or None.
+
+    Raises:
+        ConfigError: if it does not exist or is a directory (:func:`densitylab.preflight.resolve_checkpoint`).
+    """
+    from densitylab.preflight import resolve_checkpoint
+
+    p = resolve_checkpoint(ckpt_path, output_dir)
+    return None if p is None else str(p)
 
 
 def _check_output_dir(output_dir: Path, resuming: bool) -> None:
@@ -130,6 +131,8 @@ def train(cfg: DictConfig) -> dict:
     Raises:
         DensitylabError: for bad configuration or data (train.py turns it into one line + exit 2).
     """
+    from densitylab.preflight import check_checkpoint_vocab
+
     t_start = time.time()
     output_dir, ckpt = _start_run(cfg)
 
@@ -139,6 +142,7 @@ def train(cfg: DictConfig) -> dict:
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         dm.prepare_data()
     dm.setup("fit")  # other local ranks wait for rank 0's cache
+    check_checkpoint_vocab(cfg, ckpt, dm.vocab_size)  # the only check that needs the tokenizer
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -175,8 +179,12 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     Returns:
         (run folder, checkpoint path to resume from or None).
     Raises:
-        ConfigError: for a missing checkpoint, a finished run folder without ``ckpt_path``, a non-integer seed.
+        ConfigError: for a missing or bad checkpoint, a finished run folder without ``ckpt_path``, or any value
+            :func:`densitylab.preflight.check_config` refuses (seed, trainer, model, optimizer, canaries, tokenizer
+            file, checkpoint architecture), an unwritable run folder.
     """
+    from densitylab.preflight import check_config, check_output_dir
+
     quiet_lightning_logging()
     if cfg.get("malloc_tuning", True):
         from densitylab.system import tune_malloc
@@ -185,6 +193,8 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
     _check_output_dir(output_dir, resuming=ckpt is not None)
+    check_output_dir(output_dir, "paths.output_dir")
+    check_config(cfg, ckpt)  # before the data are prepared (train.py ran it before Hydra, too)
     if _is_rank_zero():
         print(f"run folder: {output_dir}", flush=True)
     try:

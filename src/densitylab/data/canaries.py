@@ -8,6 +8,8 @@ canary) and ``alphabet_size``; an optional ``seed`` (default: the data seed).
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import pandas as pd
 
@@ -22,7 +24,8 @@ def check_canary_config(canaries: dict | None) -> dict:
 
     Raises:
         ConfigError: if it is not a mapping, has an unknown key, or (with repetitions) lacks one of
-            :data:`CANARY_KEYS`.
+            :data:`CANARY_KEYS` or has a value out of range (repetitions counts >= 0, per_group >= 1,
+            length >= 2, alphabet_size >= 2, all integers).
     """
     if canaries is None:
         return {}
@@ -34,7 +37,32 @@ def check_canary_config(canaries: dict | None) -> dict:
     missing = [k for k in CANARY_KEYS if k not in canaries]
     if canaries.get("repetitions") and missing:
         raise ConfigError(f"data.canaries lacks {missing}: expected all of {', '.join(CANARY_KEYS)}")
+    if canaries.get("repetitions"):
+        reps = canaries["repetitions"]
+        if not isinstance(reps, (list, tuple)) or not all(_is_int(r) and r >= 0 for r in reps):
+            raise ConfigError(f"data.canaries.repetitions={reps!r}: expected a list of integers >= 0")
+        for key, low in (("per_group", 1), ("length", 2), ("alphabet_size", 2)):
+            if not _is_int(canaries[key]) or canaries[key] < low:
+                raise ConfigError(f"data.canaries.{key}={canaries[key]!r}: expected an integer >= {low}")
     return dict(canaries)
+
+
+def check_canary_length(length: int, block_size: int) -> None:
+    """A canary of ``length`` tokens fits one window of the model: ``length`` <= ``block_size`` + 1 (its
+    ``length - 1`` next-token predictions are scored in one forward pass by the memorization probe).
+
+    Raises:
+        ConfigError: one line with both values.
+    """
+    if _is_int(length) and _is_int(block_size) and length - 1 > block_size:
+        raise ConfigError(
+            f"data.canaries.length={length}: expected <= model.net.block_size + 1 = {block_size + 1} (a canary is "
+            "scored in one window)"
+        )
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def make_canaries(

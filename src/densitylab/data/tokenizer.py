@@ -94,10 +94,41 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise ConfigError(f"tokenizer.path={str(p)!r} is not a valid tokenizer.json ({e})") from None
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConfigError(f"tokenizer.path={str(p)!r} is not a valid tokenizer.json ({reason})") from None
     if tok.token_to_id(EOS) is None:
         raise ConfigError(f"tokenizer.path={str(p)!r} has no {EOS} token: expected a GPT-2 style tokenizer")
     return tok
+
+
+def check_tokenizer_file(path: str | os.PathLike) -> None:
+    """Check that ``path`` is a ``tokenizer.json`` that :func:`load_tokenizer` can load: an existing file (not a
+    directory), not empty, JSON, a tokenizer (with a ``model``), with ``<|endoftext|>``.
+
+    Raises:
+        ConfigError: one line naming ``tokenizer.path`` and the problem.
+    """
+    p = Path(path)
+    shown = f"tokenizer.path={str(path)!r}"
+    if p.is_dir():
+        raise ConfigError(f"{shown} is a directory: expected a tokenizer.json file (e.g. {p / 'tokenizer.json'})")
+    if not p.is_file():
+        raise ConfigError(f"{shown} does not exist: expected a tokenizer.json file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{shown} cannot be read as text ({type(e).__name__}): expected a tokenizer.json file"
+        ) from None
+    if not text.strip():
+        raise ConfigError(f"{shown} is empty: expected a tokenizer.json file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{shown} is not JSON ({e.msg} at line {e.lineno}): expected a tokenizer.json file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(f"{shown} is JSON but not a tokenizer (no 'model' entry): expected a tokenizer.json file")
+    load_tokenizer(p)
 
 
 def get_tokenizer(
@@ -202,18 +233,23 @@ class TokenizerFile:
 
     Attributes:
         path: the ``tokenizer.json`` file (a GPT-2 style tokenizer with ``<|endoftext|>``).
+        vocab_size, min_frequency: not used (the file's vocabulary is); accepted so that an experiment that sets
+            ``tokenizer.vocab_size`` for the trained tokenizer (``experiment=smoke``) composes with ``tokenizer=file``.
 
     Raises:
-        ConfigError: if ``path`` is unset or not a file (a bad file is reported by :meth:`build`).
+        ConfigError: if ``path`` is unset, or not a valid tokenizer file (:func:`check_tokenizer_file`).
     """
 
     path: str
+    vocab_size: int | None = None
+    min_frequency: int | None = None
 
     def __post_init__(self) -> None:
         if not self.path or not isinstance(self.path, (str, os.PathLike)):
             raise ConfigError(f"tokenizer.path={self.path!r}: expected the path of a tokenizer.json file")
-        if not Path(self.path).is_file():
-            raise ConfigError(f"tokenizer.path={str(self.path)!r} does not exist: expected a tokenizer.json file")
+        check_tokenizer_file(self.path)
+        if self.vocab_size is not None:
+            log.info("tokenizer=file: tokenizer.vocab_size=%s not used (the file's vocabulary is)", self.vocab_size)
 
     def fingerprint(self) -> dict:
         """The path with the file's size and modification time."""

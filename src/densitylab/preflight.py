@@ -1,0 +1,386 @@
+"""Pre-flight checks of a composed config: every bad input is refused with one line before anything is built.
+
+``train.py`` runs :func:`check_launch` before ``@hydra.main`` (so a refused launch writes nothing, not even
+Hydra's ``.hydra/`` folder), and :func:`densitylab.run.train` runs :func:`check_config` again (for in-process
+callers and multirun jobs). Every check raises :class:`~densitylab.errors.ConfigError` with one line naming the
+bad value and what was expected. What is checked:
+
+- the output folder: not a file, not under a regular file, writable (:func:`check_output_dir`);
+- ``ckpt_path``: a file (not a directory), readable by ``torch.load(weights_only=True)`` (truncated, corrupt,
+  text and pickle payloads are refused), a densitylab checkpoint (a Lightning checkpoint whose
+  ``hyper_parameters["net"]`` holds the GPTConfig) of the configured architecture and optimizer class
+  (:func:`check_checkpoint`); its vocabulary once the tokenizer is known (:func:`check_checkpoint_vocab`);
+- ``model.net`` sizes (:class:`~densitylab.model.GPTConfig`), the optimizer's ``lr``, ``betas`` (under any key),
+  ``eps``, ``weight_decay``, ``momentum`` (:func:`densitylab.lit.check_optimizer_settings`);
+- ``data.canaries.length`` <= ``model.net.block_size`` + 1 (:func:`densitylab.data.canaries.check_canary_length`);
+- ``trainer.max_steps`` an integer >= 1 (or -1 with ``trainer.max_epochs`` >= 1), ``seed`` an integer;
+- ``tokenizer=file``: the file exists and is a ``tokenizer.json``
+  (:func:`densitylab.data.tokenizer.check_tokenizer_file`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from densitylab.errors import ConfigError, DensitylabError
+
+_UNSET = object()
+
+
+def _get(cfg: DictConfig, key: str, default: Any = _UNSET) -> Any:
+    """``cfg``'s value at dotted ``key`` as plain data; ``default`` when absent, missing (``???``) or not
+    resolvable (those are reported where the value is used, with Hydra's own message)."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_UNSET, throw_on_missing=True)
+    except Exception:
+        return default
+    if value is _UNSET:
+        return default
+    if OmegaConf.is_config(value):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except Exception:
+            return default
+    return value
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+# ----------------------------------------------------------------------------- output folder
+def check_output_dir(path: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Check that ``path`` can be the run folder: a folder, or creatable (the nearest existing parent is a
+    writable folder, not a regular file). Writes nothing.
+
+    Raises:
+        ConfigError: one line naming ``key``, the path and the problem.
+    """
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is a file: expected a folder for the run")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is under a regular file ({parent}): expected a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        where = "" if parent == p else f" ({parent} is not writable)"
+        raise ConfigError(f"{key}={str(path)!r} is not writable{where}: expected a folder you can write to")
+
+
+# ----------------------------------------------------------------------------- checkpoint
+_CKPT_CACHE: dict[tuple, dict] = {}
+
+
+def resolve_checkpoint(ckpt_path: Any, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint file ``ckpt_path`` names (``last`` = ``output_dir/checkpoints/last.ckpt``), or None.
+
+    Raises:
+        ConfigError: if it is a directory or does not exist.
+    """
+    if ckpt_path is None or ckpt_path == "":
+        return None
+    shown = str(ckpt_path)
+    p = Path(output_dir) / "checkpoints" / "last.ckpt" if shown == "last" else Path(shown).expanduser()
+    if p.is_dir():
+        raise ConfigError(
+            f"ckpt_path={shown!r} is a directory ({p}): expected a checkpoint file, e.g. {p / 'last.ckpt'}"
+        )
+    if not p.is_file():
+        raise ConfigError(f"ckpt_path={shown!r} does not exist ({p}): expected a Lightning checkpoint file or 'last'")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint once with ``torch.load(map_location="cpu", weights_only=True)`` and return its
+    ``hyper_parameters`` (cached by path, size and modification time; the weights are not kept).
+
+    Raises:
+        ConfigError: if the file is not a readable torch checkpoint, holds Python objects (not a safe
+            checkpoint), is not a Lightning checkpoint, or not a densitylab one (no ``hyper_parameters["net"]``).
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _CKPT_CACHE:
+        return _CKPT_CACHE[key]
+    shown = f"ckpt_path={str(path)!r}"
+    if st.st_size == 0:
+        raise ConfigError(f"{shown} is an empty file: expected a densitylab checkpoint")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 56" for random bytes
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise ConfigError(
+                f"{shown} is not a safe checkpoint: it holds a Python object ({found.group(1)}) that could run "
+                "code when loaded, so it is refused: expected a densitylab checkpoint (tensors and plain data)"
+            ) from None
+        raise ConfigError(
+            f"{shown} is not a readable checkpoint (not a torch file, or corrupt): expected a densitylab checkpoint "
+            "written by train.py"
+        ) from None
+    except Exception as e:  # truncated zip, text, random bytes: RuntimeError, KeyError, EOFError ...
+        detail = "truncated or corrupt" if "zip archive" in str(e) or isinstance(e, EOFError) else "not a torch file"
+        raise ConfigError(
+            f"{shown} is not a readable checkpoint ({detail}: {type(e).__name__}): expected a densitylab "
+            "checkpoint written by train.py"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
+        what = type(ckpt).__name__ if not isinstance(ckpt, dict) else "a torch file without state_dict"
+        raise ConfigError(
+            f"{shown} is not a Lightning checkpoint ({what}): expected a densitylab checkpoint written by train.py"
+        )
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict) or not isinstance(hp.get("net"), dict):
+        raise ConfigError(
+            f"{shown} is a Lightning checkpoint but not a densitylab one (no hyper_parameters['net']): expected a "
+            "checkpoint written by train.py"
+        )
+    _CKPT_CACHE.clear()  # one entry: a resumed run reads one checkpoint
+    _CKPT_CACHE[key] = hp
+    return hp
+
+
+def _target(spec: Any) -> Any:
+    """The class a ``_target_`` string names (the string itself if it does not import)."""
+    name = spec.get("_target_") if isinstance(spec, dict) else None
+    if not isinstance(name, str):
+        return None
+    try:
+        from hydra.utils import get_object
+
+        return get_object(name)
+    except Exception:
+        return name
+
+
+def check_checkpoint(cfg: DictConfig, ckpt: str | os.PathLike | None) -> None:
+    """Check that ``ckpt`` (see :func:`resolve_checkpoint`) is a densitylab checkpoint of the architecture
+    ``cfg.model.net`` configures (every GPTConfig field but ``dropout``; ``vocab_size`` only when the config sets
+    it, else see :func:`check_checkpoint_vocab`) and of the configured optimizer class. Nothing to do for None.
+
+    Raises:
+        ConfigError: see :func:`load_checkpoint`; or one line naming each field that differs.
+    """
+    if ckpt is None:
+        return
+    from densitylab.model import GPTConfig
+
+    hp = load_checkpoint(ckpt)
+    net = _get(cfg, "model.net", {}) or {}
+    diffs = []
+    for f in dataclasses.fields(GPTConfig):
+        mine, theirs = net.get(f.name, _UNSET), hp["net"].get(f.name, _UNSET)
+        if f.name == "dropout" or mine is _UNSET or theirs is _UNSET or (f.name == "vocab_size" and mine in (None, 0)):
+            continue
+        if mine != theirs:
+            diffs.append(f"checkpoint {f.name} {theirs!r} != model.net.{f.name} {mine!r}")
+    if diffs:
+        raise ConfigError(
+            f"ckpt_path={str(cfg.get('ckpt_path'))!r} is a checkpoint of another model size ({', '.join(diffs)}): "
+            "expected the same architecture (choose the matching model=... or model.net overrides)"
+        )
+    mine, theirs = _target(_get(cfg, "model.optimizer", None)), _target(hp.get("optimizer"))
+    if mine is not None and theirs is not None and mine != theirs:
+        name = getattr(theirs, "__qualname__", theirs)
+        raise ConfigError(
+            f"ckpt_path={str(cfg.get('ckpt_path'))!r} was trained with optimizer {name}, not "
+            f"model.optimizer._target_={_get(cfg, 'model.optimizer._target_', None)!r}: expected the same optimizer "
+            "class to resume"
+        )
+
+
+def check_checkpoint_vocab(cfg: DictConfig, ckpt: str | os.PathLike | None, data_vocab: int) -> None:
+    """After data preparation: the checkpoint's ``vocab_size`` equals the model's (``model.net.vocab_size``, or
+    the tokenizer's ``data_vocab`` where that is null). Nothing to do for None.
+
+    Raises:
+        ConfigError: one line with both sizes.
+    """
+    if ckpt is None:
+        return
+    theirs = load_checkpoint(ckpt)["net"].get("vocab_size")
+    mine = _get(cfg, "model.net.vocab_size", None) or data_vocab
+    if theirs is not None and theirs != mine:
+        raise ConfigError(
+            f"ckpt_path={str(cfg.get('ckpt_path'))!r} has vocab_size {theirs} != {mine} (this run's tokenizer): "
+            "expected a checkpoint trained with the same tokenizer (tokenizer=file tokenizer.path=<its run>/"
+            "tokenizer.json)"
+        )
+
+
+# ----------------------------------------------------------------------------- values
+def check_model(cfg: DictConfig) -> None:
+    """``model.net``'s sizes (through :class:`~densitylab.model.GPTConfig`'s own checks; ``vocab_size`` null is
+    the tokenizer's) and the optimizer's settings (:func:`densitylab.lit.check_optimizer_settings`).
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    from densitylab.lit import check_optimizer_settings
+    from densitylab.model import GPTConfig
+
+    net = _get(cfg, "model.net", None)
+    if isinstance(net, dict):
+        names = {f.name for f in dataclasses.fields(GPTConfig)}
+        fields = {k: v for k, v in net.items() if k in names}
+        if fields.get("vocab_size", 1) in (None, 0):
+            fields["vocab_size"] = 1  # the tokenizer's: checked once the data are prepared
+        try:
+            GPTConfig(**fields)
+        except (TypeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(msg if msg.startswith("model.") else f"model.net: {msg}") from None
+    opt = _get(cfg, "model.optimizer", None)
+    if isinstance(opt, dict):
+        check_optimizer_settings(opt, "model.optimizer")
+
+
+def check_canaries(cfg: DictConfig) -> None:
+    """``data.canaries`` keys and sizes, and ``length`` <= ``model.net.block_size`` + 1 (the memorization probe
+    scores a canary in one window).
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    from densitylab.data.canaries import check_canary_config, check_canary_length
+
+    canaries = _get(cfg, "data.canaries", None)
+    if canaries is None or not isinstance(canaries, dict):
+        return
+    canaries = check_canary_config(canaries)
+    block = _get(cfg, "model.net.block_size", None)
+    if canaries.get("repetitions") and _is_int(block):
+        check_canary_length(canaries.get("length"), block)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """``trainer.max_steps``: an integer >= 1 (or -1, Lightning's "no step limit", with ``trainer.max_epochs``
+    >= 1).
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    steps = _get(cfg, "trainer.max_steps", _UNSET)
+    if steps is _UNSET:
+        return
+    epochs = _get(cfg, "trainer.max_epochs", None)
+    if steps == -1 and _is_int(epochs) and epochs >= 1:
+        return
+    if not _is_int(steps) or steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps={steps!r}: expected an integer >= 1 (optimizer steps to train; or -1 with "
+            "trainer.max_epochs >= 1)"
+        )
+
+
+def check_seed(cfg: DictConfig) -> None:
+    """``seed``: an integer.
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    seed = _get(cfg, "seed", None)
+    if seed is None:
+        return
+    try:
+        int(seed)
+    except (TypeError, ValueError):
+        raise ConfigError(f"seed={seed!r}: expected an integer") from None
+    if isinstance(seed, (bool, float)) or (isinstance(seed, str) and not re.fullmatch(r"[+-]?\d+", seed.strip())):
+        raise ConfigError(f"seed={seed!r}: expected an integer")
+
+
+def check_tokenizer(cfg: DictConfig) -> None:
+    """``tokenizer=file``: ``tokenizer.path`` is a ``tokenizer.json`` (see
+    :func:`densitylab.data.tokenizer.check_tokenizer_file`); nothing to check for a trained tokenizer.
+
+    Raises:
+        ConfigError: one line naming the path and the problem.
+    """
+    from densitylab.data.tokenizer import check_tokenizer_file
+
+    target = _get(cfg, "tokenizer._target_", None)
+    if isinstance(target, str) and target.rsplit(".", 1)[-1] == "TokenizerFile":
+        path = _get(cfg, "tokenizer.path", None)
+        if path is not None:  # ??? is reported by the constructor
+            check_tokenizer_file(path)
+
+
+def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None:
+    """Every value check of this module on a composed config, before any data is prepared: seed, trainer,
+    model and optimizer, canaries, tokenizer file, and the resume checkpoint ``ckpt`` (already resolved by
+    :func:`resolve_checkpoint`).
+
+    Raises:
+        ConfigError: the first problem found, one line.
+    """
+    check_seed(cfg)
+    check_trainer(cfg)
+    check_model(cfg)
+    check_canaries(cfg)
+    check_tokenizer(cfg)
+    check_checkpoint(cfg, ckpt)
+
+
+# ----------------------------------------------------------------------------- before @hydra.main
+def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: list[str]) -> str | None:
+    """Compose ``config_name`` with ``overrides`` as ``@hydra.main`` will and run the output-folder check
+    (:func:`check_output_dir` on ``hydra.run.dir``) and :func:`check_config`, so that a refused launch
+    writes nothing (Hydra creates the run folder and ``.hydra/`` before ``main`` runs).
+
+    Returns:
+        The one-line error message, or None when the checks pass or do not apply (Hydra flags such as ``-m``,
+        sweep syntax, a composition error: :func:`densitylab.config.check_overrides` and Hydra report those).
+    """
+    if any(a.startswith("-") for a in overrides):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
+
+    try:
+        if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(overrides)):
+            return None
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except Exception:
+        GlobalHydra.instance().clear()
+        return None
+    try:
+        run_dir = _get(cfg, "hydra.run.dir", None)
+        if not isinstance(run_dir, str):
+            return None
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = run_dir
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        check_output_dir(run_dir)
+        ckpt = resolve_checkpoint(_get(cfg, "ckpt_path", None), _get(cfg, "paths.output_dir", run_dir))
+        check_config(cfg, ckpt)
+    except DensitylabError as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception:  # anything else is main's to report, as before
+        return None
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+    return None
