@@ -33,6 +33,13 @@ SMOKE_NET = {
 }
 
 
+class OsSystem:
+    """A pickle whose load would call os.system (never loaded here: weights_only refuses it)."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 class Payload:
     """An arbitrary class instance: ``torch.load(weights_only=True)`` refuses it."""
 
@@ -76,12 +83,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
         (d / f"{name}.ckpt").write_bytes(data)
         out[name] = d / f"{name}.ckpt"
     torch.save({"x": Payload()}, d / "pickle.ckpt")
+    torch.save({"x": OsSystem()}, d / "os_system.ckpt")  # a blocked module's global (os.system)
     torch.save(_densitylab_ckpt(n_embd=128), d / "other_size.ckpt")
     torch.save(_densitylab_ckpt(vocab_size=999), d / "other_vocab.ckpt")
     torch.save({"state_dict": {}, "pytorch-lightning_version": "2.5.0", "hyper_parameters": {}}, d / "lightning.ckpt")
     torch.save({"w": torch.zeros(2)}, d / "plain.ckpt")
     (d / "dir.ckpt").mkdir()
-    out.update({n: d / f"{n}.ckpt" for n in ("pickle", "other_size", "other_vocab", "lightning", "plain", "dir")})
+    out.update(
+        {n: d / f"{n}.ckpt" for n in ("pickle", "os_system", "other_size", "other_vocab", "lightning", "plain", "dir")}
+    )
     (d / "empty.json").write_text("")
     (d / "notjson.json").write_text("{not json")
     (d / "nottok.json").write_text('{"a": 1}')
@@ -109,6 +119,7 @@ CASES = [  # (overrides, words the one line must contain)
     (["ckpt_path={empty_ckpt}"], ["empty_ckpt.ckpt", "empty file"]),
     (["ckpt_path={text}"], ["text.ckpt", "not a readable checkpoint"]),
     (["ckpt_path={pickle}"], ["pickle.ckpt", "not a safe checkpoint"]),
+    (["ckpt_path={os_system}"], ["os_system.ckpt", "not a safe checkpoint", "system"]),
     (["ckpt_path={dir}"], ["dir.ckpt", "is a directory"]),
     (["ckpt_path={other_size}"], ["other_size.ckpt", "n_embd 128 != model.net.n_embd 64"]),
     (["ckpt_path={other_size}", "model.net.n_embd=128", "model.net.n_layer=3"], ["n_layer 2 != model.net.n_layer 3"]),
@@ -132,7 +143,8 @@ CASES = [  # (overrides, words the one line must contain)
     (["trainer.max_steps=0"], ["trainer.max_steps=0", "integer >= 1"]),
     (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer >= 1"]),
     (["trainer.max_steps=1.5"], ["trainer.max_steps=1.5", "integer >= 1"]),
-    (["trainer.max_steps=-1"], ["trainer.max_steps=-1", "integer >= 1"]),
+    (["trainer.max_steps=-1"], ["trainer.max_steps=-1", "integer >= 1", "max_time"]),  # nothing would stop it
+    (["model.net.dropout=abc"], ["model.net.dropout='abc'", "[0, 1)"]),
     (["seed=abc"], ["seed='abc'", "integer"]),
     (["tokenizer=file", "tokenizer.path={finished}/missing.json"], ["missing.json", "does not exist"]),
     (["tokenizer=file", "tokenizer.path={finished}"], ["finished", "is a directory"]),
@@ -165,6 +177,35 @@ def test_train_refuses_before_preparing_data(compose_config, files, tmp_path, ov
         train(cfg)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     assert not (tmp_path / "run" / "data.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.max_steps=-1", "trainer.max_epochs=2"],
+        ["trainer.max_steps=-1", "+trainer.max_time=00:00:01:00"],
+        ["experiment=capacity_smoke", "trainer.max_steps=-1"],  # max_epochs -1, stopped by the plateau rule
+        ["data.canaries.length=100", "callbacks.memorization=null"],  # only the probe needs one window
+    ],
+)
+def test_valid_edge_values_pass(compose_config, overrides):
+    _check(compose_config("experiment=smoke", "logger=csv", *overrides))
+
+
+def test_multirun_config_is_left_to_the_sweeper(tmp_path):
+    from densitylab.config import check_overrides
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    args = ["experiment=smoke", "hparams_search=optuna", "model.net.n_head=3", f"hydra.sweep.dir={tmp_path}/s"]
+    assert check_overrides(conf, "config", args) is None
+    assert preflight.check_launch(conf, "config", args) is None  # the sweeper's n_embd choices decide
+
+
+def test_lit_built_without_convert_accepts_its_own_betas(compose_config):
+    from hydra.utils import instantiate
+
+    lit = instantiate(compose_config().model)  # ListConfig betas, as a notebook would build it
+    assert lit.optimizer_factory.keywords["lr"] == 1e-3
 
 
 def test_valid_config_and_checkpoint_pass(compose_config, files):
@@ -207,8 +248,9 @@ def _assert_refused(proc, *words: str) -> None:
         ("hydra.run.dir={afile}/sub", ["afile/sub", "under a regular file"]),
         ("model.optimizer.betas=[2,3]", ["model.optimizer.betas=[2, 3]"]),
         ("ckpt_path={pickle}", ["not a safe checkpoint"]),
+        ("seed=5", ["already holds a finished run"]),  # a valid relaunch: no .hydra/ rewrite, no FAILED
     ],
-    ids=["output-under-file", "betas-into-finished-run", "pickle-into-finished-run"],
+    ids=["output-under-file", "betas-into-finished-run", "pickle-into-finished-run", "relaunch-finished-run"],
 )
 def test_train_py_refuses_and_leaves_finished_run_untouched(files, tmp_path, override, words):
     before = _tree_hash(files["finished"])

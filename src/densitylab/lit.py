@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from densitylab.data.packing import IGNORE_INDEX
 from densitylab.errors import ConfigError
@@ -106,6 +107,8 @@ def check_optimizer_settings(settings: Mapping, node: str = "model.optimizer") -
         if key.startswith("_"):
             continue
         if "betas" in key:
+            if OmegaConf.is_list(value):  # built without _convert_="all" (a notebook, a test)
+                value = OmegaConf.to_container(value)
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             if not values or not all(number(v) and 0 <= v < 1 for v in values):
                 raise ConfigError(f"{node}.{key}={_plain(value)!r}: expected values in [0, 1), e.g. [0.9, 0.95]")

@@ -70,6 +70,8 @@ class GPTConfig:
                 f"model.net.n_embd={self.n_embd} is not divisible by model.net.n_head={self.n_head}: "
                 "expected n_embd = n_head * d_head"
             )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise ValueError(f"model.net.dropout={self.dropout!r}: expected a value in [0, 1)")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.net.activation={self.activation!r}: expected one of {ACTIVATIONS}")
         if not 0.0 <= self.dropout < 1.0:

@@ -123,9 +123,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 56" for random bytes
             warnings.simplefilter("ignore")
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+            try:  # mmap: every process of a DDP launch reads it, and only the metadata is needed here
+                ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                ckpt = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch's wording: "Unsupported global: GLOBAL x" (not allowlisted) or "unsupported GLOBAL posix.system
+        # whose module posix is blocked" (os, subprocess, builtins ...)
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
         if found:
             raise ConfigError(
                 f"{shown} is not a safe checkpoint: it holds a Python object ({found.group(1)}) that could run "
@@ -266,13 +273,14 @@ def check_canaries(cfg: DictConfig) -> None:
         return
     canaries = check_canary_config(canaries)
     block = _get(cfg, "model.net.block_size", None)
-    if canaries.get("repetitions") and _is_int(block):
+    if canaries.get("repetitions") and _is_int(block) and _get(cfg, "callbacks.memorization", None) is not None:
         check_canary_length(canaries.get("length"), block)
 
 
 def check_trainer(cfg: DictConfig) -> None:
-    """``trainer.max_steps``: an integer >= 1 (or -1, Lightning's "no step limit", with ``trainer.max_epochs``
-    >= 1).
+    """``trainer.max_steps``: an integer >= 1, or -1 (Lightning's "no step limit") when something else ends the
+    run: ``trainer.max_epochs`` >= 1 or null (Lightning's 1000), ``trainer.max_time``, or the memorization plateau
+    rule (``callbacks.memorization.plateau``, the capacity experiments).
 
     Raises:
         ConfigError: one line naming the bad value.
@@ -281,12 +289,14 @@ def check_trainer(cfg: DictConfig) -> None:
     if steps is _UNSET:
         return
     epochs = _get(cfg, "trainer.max_epochs", None)
-    if steps == -1 and _is_int(epochs) and epochs >= 1:
-        return
+    if steps == -1:  # Lightning's "no step limit": something else must end the run
+        stopper = _get(cfg, "trainer.max_time", None) is not None or _get(cfg, "callbacks.memorization.plateau", None)
+        if epochs is None or (_is_int(epochs) and (epochs >= 1 or (epochs == -1 and stopper))):
+            return  # max_epochs (Lightning's default 1000 when null), max_time, or the plateau rule's stop
     if not _is_int(steps) or steps < 1:
         raise ConfigError(
-            f"trainer.max_steps={steps!r}: expected an integer >= 1 (optimizer steps to train; or -1 with "
-            "trainer.max_epochs >= 1)"
+            f"trainer.max_steps={steps!r}: expected an integer >= 1 (optimizer steps to train; or -1 for no step "
+            "limit together with trainer.max_epochs >= 1, trainer.max_time or a memorization plateau rule)"
         )
 
 
@@ -369,12 +379,19 @@ def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: lis
         run_dir = _get(cfg, "hydra.run.dir", None)
         if not isinstance(run_dir, str):
             return None
+        from hydra.types import RunMode
+
+        if _get(cfg, "hydra.mode", None) in (RunMode.MULTIRUN, "MULTIRUN"):  # e.g. hparams_search=optuna
+            return None  # each job's values are the sweeper's; every job checks its own in run.train
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = run_dir
             cfg.hydra.job.num = 0
         HydraConfig.instance().set_config(cfg)
         check_output_dir(run_dir)
         ckpt = resolve_checkpoint(_get(cfg, "ckpt_path", None), _get(cfg, "paths.output_dir", run_dir))
+        from densitylab.run import _check_output_dir
+
+        _check_output_dir(Path(run_dir), resuming=ckpt is not None)  # a finished run: refused before Hydra writes
         check_config(cfg, ckpt)
     except DensitylabError as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__
