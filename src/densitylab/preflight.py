@@ -389,10 +389,10 @@ def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: lis
         HydraConfig.instance().set_config(cfg)
         check_output_dir(run_dir)
         ckpt = resolve_checkpoint(_get(cfg, "ckpt_path", None), _get(cfg, "paths.output_dir", run_dir))
+        check_config(cfg, ckpt)  # a bad value is named first, then the folder's state
         from densitylab.run import _check_output_dir
 
         _check_output_dir(Path(run_dir), resuming=ckpt is not None)  # a finished run: refused before Hydra writes
-        check_config(cfg, ckpt)
     except DensitylabError as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     except Exception:  # anything else is main's to report, as before
