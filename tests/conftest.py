@@ -20,6 +20,7 @@ import inspect
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -84,6 +85,23 @@ def run_command(
         f"{name} timed out after {limit:g} s ({TIMEOUT_SCALE_ENV}={timeout_scale():g}; raise it on a slow machine)"
         f"\n--- stderr tail ---\n{_tail(stderr)}",
         pytrace=False,
+    )
+
+
+def run_train_py(
+    *overrides: str, cache_dir: str | Path, cwd: str | Path = REPO, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python train.py *overrides trainer.enable_progress_bar=false`` as a user runs it: W&B offline, the data
+    cache in ``cache_dir``, ``env`` added to the environment; ``timeout`` is a base in seconds, scaled by
+    ``DENSITYLAB_TEST_TIMEOUT_SCALE`` (:func:`run_command`)."""
+    full = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
+    full.update(env or {})
+    return run_command(
+        [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
+        cwd=cwd,
+        env=full,
+        timeout=timeout,
+        what="train.py " + " ".join(overrides),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_command
+from conftest import run_command, run_train_py
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -23,14 +23,7 @@ def train(
 ) -> subprocess.CompletedProcess:
     """Run train.py (these are multiruns: a generous base ``timeout`` in seconds, scaled by
     DENSITYLAB_TEST_TIMEOUT_SCALE in conftest)."""
-    e = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1", **(env or {}))
-    return run_command(
-        [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
-        cwd=cwd,
-        env=e,
-        timeout=timeout,
-        what="train.py " + " ".join(overrides),
-    )
+    return run_train_py(*overrides, cwd=cwd, cache_dir=cache_dir, timeout=timeout, env=env)
 
 
 def report(*args: str) -> subprocess.CompletedProcess:

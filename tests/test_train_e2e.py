@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import real_text, require_success, run_command
+from conftest import real_text, require_success, run_command, run_train_py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,14 +19,7 @@ pytestmark = pytest.mark.slow
 
 def run_train(*overrides: str, cache_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run train.py; ``timeout`` is a base in seconds, scaled by DENSITYLAB_TEST_TIMEOUT_SCALE (conftest)."""
-    env = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
-    return run_command(
-        [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false"],
-        cwd=REPO,
-        env=env,
-        timeout=timeout,
-        what="train.py " + " ".join(overrides),
-    )
+    return run_train_py(*overrides, cache_dir=cache_dir, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
