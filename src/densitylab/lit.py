@@ -178,7 +178,10 @@ class LitGPT(L.LightningModule):
     ``flops_per_token`` hold the model's sizes, counted when it is built (before any strategy shards parameters).
 
     Logged scalars: ``train/loss`` and ``val/loss`` (mean cross-entropy, nats/token), ``train/tokens_seen`` (input
-    tokens trained on, all processes), ``lr``.
+    tokens trained on, all processes), ``lr``. Every value is keyed by the optimizer steps completed when it is
+    logged (``docs/design.md``, "The step convention"): ``train/loss`` at step N is the loss of the batch the N-th
+    optimizer step trained on, ``train/tokens_seen`` at N the tokens of steps 1..N, ``val/loss`` at N the model
+    after N steps, the same key as every probe's measurement of that model.
 
     Raises:
         ConfigError: for a non-positive learning rate, betas outside [0, 1), a negative eps / weight_decay /
@@ -220,6 +223,7 @@ class LitGPT(L.LightningModule):
         self.n_params = self.n_params_non_embedding = self.flops_per_token = None
         self._fwd = None
         self.tokens_seen = 0  # input tokens trained on, summed over processes (python int: no sync)
+        self.last_val_step = -1  # optimizer steps completed at the last validation during fit (-1: none)
 
     # the compiled wrapper must not be registered as a submodule (its state_dict keys would differ)
     def __setattr__(self, name: str, value: Any) -> None:
@@ -302,6 +306,8 @@ class LitGPT(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, reduce_fx="max")
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("epoch", float(self.current_epoch), on_step=True, on_epoch=False)  # Lightning's column, kept
+        self._log_step(self.global_step + self._steps_done_by_this_batch(), on_step=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -309,6 +315,26 @@ class LitGPT(L.LightningModule):
         loss = self.loss_fn(self.model(batch["input_ids"]), labels)
         n = int((labels != IGNORE_INDEX).sum())
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        self._log_step(self.global_step, on_step=False)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.last_val_step = int(self.global_step)
+
+    def _steps_done_by_this_batch(self) -> int:
+        """1 when the optimizer steps after this training batch, 0 while gradients accumulate."""
+        loop = self.trainer.fit_loop.epoch_loop
+        return 0 if loop._should_accumulate() else 1
+
+    def _log_step(self, step: int, on_step: bool) -> None:
+        """Key what this hook logs by ``step`` (optimizer steps completed: the step convention of ``docs/design.md``).
+
+        Lightning keys a ``self.log`` value by its count of batches that stepped *before* this one, one less than
+        the optimizer steps the logged values belong to; a logged ``step`` metric is the documented way to set the
+        key (``LoggerConnector.log_metrics`` pops it). ``ModelCheckpoint`` reads the same value, which equals
+        ``trainer.global_step`` whenever it runs.
+        """
+        self.log("step", float(step), on_step=on_step, on_epoch=not on_step, reduce_fx="max", sync_dist=False)
 
     def configure_optimizers(self):
         """Call the ``optimizer`` partial on two parameter groups (weight decay on >= 2-D parameters only) and the

@@ -25,7 +25,7 @@ log = logging.getLogger("densitylab")
 
 
 def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """The checkpoint to resume from (``last`` = this run folder's ``checkpoints/last.ckpt``), or None.
+    """The checkpoint to resume from (``last`` = this run folder's newest checkpoint by global step), or None.
 
     Raises:
         ConfigError: if it does not exist or is a directory (:func:`densitylab.preflight.resolve_checkpoint`).
@@ -34,14 +34,6 @@ def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
 
     p = resolve_checkpoint(ckpt_path, output_dir)
     return None if p is None else str(p)
-
-
-def _check_output_dir(output_dir: Path, resuming: bool) -> None:
-    if (output_dir / "summary.json").exists() and not resuming:
-        raise ConfigError(
-            f"hydra.run.dir={str(output_dir)!r} already holds a finished run (summary.json): expected a new folder, "
-            "or ckpt_path=... to resume it"
-        )
 
 
 def quiet_lightning_logging() -> None:
@@ -103,6 +95,22 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+def resume_loggers(loggers: list, output_dir: Path, ckpt: str) -> None:
+    """Tell the loggers that this attempt resumes from ``ckpt``: ``metrics.csv`` drops its rows after the
+    checkpoint's step, the W&B logger leaves out what earlier attempts of the folder logged and records
+    ``attempt`` / ``resumed_from_step`` (:mod:`densitylab.loggers`)."""
+    from densitylab.runfolder import checkpoint_step
+
+    step = checkpoint_step(ckpt)
+    if step is None or not _is_rank_zero():
+        return
+    for lg in loggers:
+        if hasattr(lg, "resume_at"):
+            lg.resume_at(step)
+        if hasattr(lg, "resume_in"):
+            lg.resume_in(output_dir, step)
+
+
 def build_callbacks(cfg: DictConfig) -> list:
     """Instantiate every entry of ``cfg.callbacks`` (in config order) and connect the callbacks that name
     another one (``callbacks.density.ledger: ledger``; :func:`densitylab.callbacks.base.connect_callbacks`).
@@ -144,13 +152,18 @@ def train(cfg: DictConfig) -> dict:
     dm.setup("fit")  # other local ranks wait for rank 0's cache
     check_checkpoint_vocab(cfg, ckpt, dm.vocab_size)  # the only check that needs the tokenizer
     loggers = build_loggers(cfg)
+    if ckpt is not None:  # this attempt continues a run: its history is kept, each (step, metric) once
+        resume_loggers(loggers, output_dir, ckpt)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = build_callbacks(cfg)
+    from densitylab.checkpoint import kill_at_step_callback
+
+    fault = kill_at_step_callback()  # DENSITYLAB_FAULT_KILL_AT_STEP (tests); None otherwise
     trainer = instantiate(
         cfg.trainer,
         "trainer",
-        callbacks=[_WandbRunSetup(cfg, _hydra_choices()), *callbacks],  # W&B set up before any callback logs
+        callbacks=[_WandbRunSetup(cfg, _hydra_choices()), *callbacks, *([fault] if fault else [])],
         logger=loggers or False,
         default_root_dir=str(output_dir),
     )
@@ -162,7 +175,10 @@ def train(cfg: DictConfig) -> dict:
             raise KeyboardInterrupt
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         # ---- validate
-        val = trainer.validate(lit, datamodule=dm, verbose=False)
+        if lit.last_val_step == trainer.global_step:  # validated at the last step already: log (step, val/loss) once
+            val = [{"val/loss": float(trainer.callback_metrics["val/loss"])}]
+        else:
+            val = trainer.validate(lit, datamodule=dm, verbose=False)
         # ---- write
         summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
         if trainer.is_global_zero:
@@ -184,6 +200,7 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
             file, checkpoint architecture), an unwritable run folder.
     """
     from densitylab.preflight import check_config, check_output_dir
+    from densitylab.runfolder import check_relaunch
 
     quiet_lightning_logging()
     if cfg.get("malloc_tuning", True):
@@ -192,7 +209,7 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
         tune_malloc()
     output_dir = Path(cfg.paths.output_dir)
     ckpt = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
-    _check_output_dir(output_dir, resuming=ckpt is not None)
+    check_relaunch(output_dir, None if ckpt is None else Path(ckpt), "paths.output_dir")
     check_output_dir(output_dir, "paths.output_dir")
     check_config(cfg, ckpt)  # before the data are prepared (train.py ran it before Hydra, too)
     if _is_rank_zero():
@@ -211,11 +228,13 @@ def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
     """Rank 0, after the final validation: ``summary.json``, the W&B run summary, and the report plots of every
     probe table the run wrote (``plots/``)."""
     from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger
+    from densitylab.runfolder import clear_failed
 
     wandb_logger = find_wandb_logger(loggers)
     if wandb_logger is not None:
         wandb_logger.experiment.summary.update(final_summary(summary))
     write_json_atomic(output_dir / "summary.json", summary)
+    clear_failed(output_dir)  # an earlier attempt's FAILED marker: this attempt finished the run
     if (output_dir / "probes" / "density.parquet").is_file():
         from densitylab.report.density import density_report, format_table
 
@@ -248,6 +267,10 @@ class _WandbRunSetup(L.Callback):
         if wandb_logger is not None and rank_zero_only.rank == 0:  # RANK / LOCAL_RANK / SLURM_PROCID
             corpus = trainer.datamodule.meta.get("corpus")
             prepare_wandb_run(wandb_logger, self.cfg, pl_module.n_params, corpus, self.choices)
+            if hasattr(wandb_logger, "backfill"):  # a resumed attempt: what the killed one's W&B log had lost
+                n = wandb_logger.backfill()
+                if n:
+                    log.info("W&B: %d values of metrics.csv up to the resumed step logged again", n)
 
 
 def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) -> dict:
@@ -309,7 +332,8 @@ def _finish_wandb() -> None:
 
 
 def mark_failed(output_dir: str | Path, message: str) -> None:
-    """Write ``FAILED`` (the error line) into a run folder so it never looks like a success."""
+    """Write ``FAILED`` (the error line) into a run folder so it never looks like a success; a finished run
+    (``summary.json``: a refused relaunch into it) is never marked."""
     p = Path(output_dir)
-    if p.is_dir():
+    if p.is_dir() and not (p / "summary.json").exists():
         (p / "FAILED").write_text(message + "\n")
