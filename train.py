@@ -48,12 +48,13 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     from densitylab.config import check_overrides
 
-    problem = check_overrides(CONFIG_DIR, "config", sys.argv[1:])
+    problem, extra = check_overrides(CONFIG_DIR, "config", sys.argv[1:]), []
     if not problem:  # output folder and values, before Hydra writes the run folder (densitylab.preflight)
         from densitylab.preflight import check_launch
 
-        problem = check_launch(CONFIG_DIR, "config", sys.argv[1:])
+        problem, extra = check_launch(CONFIG_DIR, "config", sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += extra  # a resume in its own folder: Hydra records it in .hydra/attempt-K, beside the run's own
     main()

@@ -160,3 +160,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     log.info("removed %s, left by an interrupted checkpoint write", p)
                 except OSError:
                     pass
+
+
+KILL_ENV = "DENSITYLAB_FAULT_KILL_AT_STEP"
+
+
+def kill_at_step_callback(environ: dict[str, str] | None = None):
+    """Fault injection (for tests): with ``DENSITYLAB_FAULT_KILL_AT_STEP=<n>`` the process kills itself with
+    ``SIGKILL`` when training is about to start optimizer step n + 1 (n steps done; everything of step n logged,
+    flushed and checkpointed), as a ``kill -9`` between two steps would. ``densitylab.run.train`` adds the
+    returned Lightning callback when the variable is set.
+
+    Returns:
+        The callback, or None when ``DENSITYLAB_FAULT_KILL_AT_STEP`` is unset or empty.
+
+    Raises:
+        ConfigError: for a value that is not a non-negative integer.
+    """
+    import lightning as L
+
+    raw = (os.environ if environ is None else environ).get(KILL_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        step = int(raw)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise ConfigError(f"{KILL_ENV}={raw!r}: expected a non-negative integer (the optimizer steps to finish)")
+
+    class _Kill(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == step:
+                for lg in trainer.loggers:
+                    lg.save()
+                log.warning("%s: killing the process after %d steps", KILL_ENV, step)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return _Kill()

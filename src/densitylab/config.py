@@ -11,13 +11,26 @@ from omegaconf import OmegaConf
 
 def register_resolvers() -> None:
     """Register densitylab's OmegaConf resolvers (idempotent): ``${width_at_budget:...}`` (see
-    :func:`width_at_budget`) and ``${cwd:}``, the working directory at resolution time. ``conf/config.yaml`` roots
-    ``paths`` there instead of at ``${hydra:runtime.cwd}``,
-    which Hydra has not set yet when a multirun resolves ``hydra.sweep.dir``."""
+    :func:`width_at_budget`), ``${run_folder_group:...}`` (:func:`run_folder_group`) and ``${cwd:}``, the
+    working directory at resolution time. ``conf/config.yaml`` roots ``paths`` there instead of at
+    ``${hydra:runtime.cwd}``, which Hydra has not set yet when a multirun resolves ``hydra.sweep.dir``."""
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
     if not OmegaConf.has_resolver("width_at_budget"):
         OmegaConf.register_new_resolver("width_at_budget", width_at_budget)
+    if not OmegaConf.has_resolver("run_folder_group"):
+        OmegaConf.register_new_resolver("run_folder_group", run_folder_group)
+
+
+def run_folder_group(output_dir: str, log_dir: str) -> str:
+    """``${run_folder_group:RUN_DIR,LOG_DIR}``: the W&B group of a run folder, its path below ``LOG_DIR``
+    (``smoke/runs/2026-12-01_10-00-00-000000``), or its absolute path when it lies elsewhere. Every attempt of
+    one run folder (a resume in the same folder) carries the same group."""
+    out, root = Path(os.path.abspath(output_dir)), Path(os.path.abspath(log_dir))
+    try:
+        return out.relative_to(root).as_posix()
+    except ValueError:
+        return out.as_posix()
 
 
 def width_at_budget(budget: int, n_layer: int, n_head: int) -> int:

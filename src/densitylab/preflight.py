@@ -12,7 +12,8 @@ bad value and what was expected. What is checked:
   (:func:`check_checkpoint`); its vocabulary once the tokenizer is known (:func:`check_checkpoint_vocab`);
 - ``model.net`` sizes (:class:`~densitylab.model.GPTConfig`), the optimizer's ``lr``, ``betas`` (under any key),
   ``eps``, ``weight_decay``, ``momentum`` (:func:`densitylab.lit.check_optimizer_settings`);
-- ``data.canaries.length`` <= ``model.net.block_size`` + 1 (:func:`densitylab.data.canaries.check_canary_length`);
+- ``data.canaries.length`` <= ``model.net.block_size`` + 1 (:func:`densitylab.data.canaries.check_canary_length`),
+  and ``data.length`` <= ``model.net.block_size`` + 1 for ``data=uniform`` (:func:`check_uniform`);
 - ``trainer.max_steps`` an integer >= 1 (or -1 with ``trainer.max_epochs`` >= 1), ``seed`` an integer;
 - ``tokenizer=file``: the file exists and is a ``tokenizer.json``
   (:func:`densitylab.data.tokenizer.check_tokenizer_file`).
@@ -82,15 +83,26 @@ _CKPT_CACHE: dict[tuple, dict] = {}
 
 
 def resolve_checkpoint(ckpt_path: Any, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint file ``ckpt_path`` names (``last`` = ``output_dir/checkpoints/last.ckpt``), or None.
+    """The checkpoint file ``ckpt_path`` names, or None. ``last`` is the checkpoint of ``output_dir/checkpoints``
+    with the most optimizer steps (:func:`densitylab.runfolder.newest_checkpoint`: never a stale ``last.ckpt``).
 
     Raises:
-        ConfigError: if it is a directory or does not exist.
+        ConfigError: if it is a directory or does not exist; for ``last``, if the folder holds no checkpoint.
     """
+    from densitylab.runfolder import newest_checkpoint
+
     if ckpt_path is None or ckpt_path == "":
         return None
     shown = str(ckpt_path)
-    p = Path(output_dir) / "checkpoints" / "last.ckpt" if shown == "last" else Path(shown).expanduser()
+    if shown == "last":
+        newest = newest_checkpoint(output_dir)
+        if newest is None:
+            raise ConfigError(
+                f"ckpt_path='last': {Path(output_dir) / 'checkpoints'} holds no checkpoint: expected the run folder "
+                "of a run that saved one (hydra.run.dir=...), or ckpt_path=<a checkpoint file>"
+            )
+        return newest[1]
+    p = Path(shown).expanduser()
     if p.is_dir():
         raise ConfigError(
             f"ckpt_path={shown!r} is a directory ({p}): expected a checkpoint file, e.g. {p / 'last.ckpt'}"
@@ -277,6 +289,24 @@ def check_canaries(cfg: DictConfig) -> None:
         check_canary_length(canaries.get("length"), block)
 
 
+def check_uniform(cfg: DictConfig) -> None:
+    """``data=uniform``: a sequence of ``data.length`` tokens is one training window, so ``data.length`` <=
+    ``model.net.block_size`` + 1.
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    target = _get(cfg, "data._target_", None)
+    if not (isinstance(target, str) and target.rsplit(".", 1)[-1] == "UniformSequenceDataModule"):
+        return
+    length, block = _get(cfg, "data.length", None), _get(cfg, "model.net.block_size", None)
+    if _is_int(length) and _is_int(block) and length - 1 > block:
+        raise ConfigError(
+            f"data.length={length}: expected <= model.net.block_size + 1 = {block + 1} (each sequence is one "
+            "training window; raise model.net.block_size or lower data.length)"
+        )
+
+
 def check_trainer(cfg: DictConfig) -> None:
     """``trainer.max_steps``: an integer >= 1, or -1 (Lightning's "no step limit") when something else ends the
     run: ``trainer.max_epochs`` >= 1 or null (Lightning's 1000), ``trainer.max_time``, or the memorization plateau
@@ -345,59 +375,78 @@ def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None
     check_trainer(cfg)
     check_model(cfg)
     check_canaries(cfg)
+    check_uniform(cfg)
     check_tokenizer(cfg)
     check_checkpoint(cfg, ckpt)
 
 
 # ----------------------------------------------------------------------------- before @hydra.main
-def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: list[str]) -> str | None:
-    """Compose ``config_name`` with ``overrides`` as ``@hydra.main`` will and run the output-folder check
-    (:func:`check_output_dir` on ``hydra.run.dir``) and :func:`check_config`, so that a refused launch
-    writes nothing (Hydra creates the run folder and ``.hydra/`` before ``main`` runs).
+def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """Compose ``config_name`` with ``overrides`` as ``@hydra.main`` will and run the output-folder checks
+    (:func:`check_output_dir` on ``hydra.run.dir``, :func:`densitylab.runfolder.check_relaunch`) and
+    :func:`check_config`, so that a refused launch writes nothing (Hydra creates the run folder and ``.hydra/``
+    before ``main`` runs). A resume in an unfinished run folder must compose the configuration that run was
+    launched with (:func:`densitylab.runfolder.config_difference`; ``ckpt_path`` aside), and Hydra records it in
+    ``.hydra/attempt-K`` instead of over the run's own ``.hydra/`` files.
 
     Returns:
-        The one-line error message, or None when the checks pass or do not apply (Hydra flags such as ``-m``,
-        sweep syntax, a composition error: :func:`densitylab.config.check_overrides` and Hydra report those).
+        (the one-line error message or None, overrides to add to the launch: ``hydra.output_subdir=...`` for a
+        resume in the same folder). (None, []) when the checks do not apply (Hydra flags such as ``-m``, sweep
+        syntax, a composition error: :func:`densitylab.config.check_overrides` and Hydra report those).
     """
-    if any(a.startswith("-") for a in overrides):
-        return None
+    from densitylab.runfolder import is_launching_process
+
+    if any(a.startswith("-") for a in overrides) or not is_launching_process():  # DDP ranks 1..: rank 0 checked
+        return None, []
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import open_dict
 
+    from densitylab.runfolder import attempt_subdir, check_relaunch, config_difference, folder_state, saved_overrides
+
     try:
         if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(overrides)):
-            return None
+            return None, []
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except Exception:
         GlobalHydra.instance().clear()
-        return None
+        return None, []
     try:
         run_dir = _get(cfg, "hydra.run.dir", None)
         if not isinstance(run_dir, str):
-            return None
+            return None, []
         from hydra.types import RunMode
 
         if _get(cfg, "hydra.mode", None) in (RunMode.MULTIRUN, "MULTIRUN"):  # e.g. hparams_search=optuna
-            return None  # each job's values are the sweeper's; every job checks its own in run.train
+            return None, []  # each job's values are the sweeper's; every job checks its own in run.train
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = run_dir
             cfg.hydra.job.num = 0
         HydraConfig.instance().set_config(cfg)
         check_output_dir(run_dir)
+        state = folder_state(run_dir)
         ckpt = resolve_checkpoint(_get(cfg, "ckpt_path", None), _get(cfg, "paths.output_dir", run_dir))
+        if state == "unfinished" and ckpt is not None:  # a resume in its own folder: with the run's own settings
+            check_relaunch(run_dir, ckpt)
+            diff = config_difference(run_dir, cfg)
+            if diff:
+                again = " ".join([*saved_overrides(run_dir), f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+                raise ConfigError(
+                    f"ckpt_path resumes the run of {run_dir!r} as it was launched, but {diff}: resume it with its "
+                    f"own settings: python train.py {again}"
+                )
         check_config(cfg, ckpt)  # a bad value is named first, then the folder's state
-        from densitylab.run import _check_output_dir
-
-        _check_output_dir(Path(run_dir), resuming=ckpt is not None)  # a finished run: refused before Hydra writes
+        check_relaunch(run_dir, ckpt)
+        if state == "unfinished":  # a resume in its own folder (check_relaunch refused everything else)
+            return None, [f"hydra.output_subdir={attempt_subdir(run_dir)}"]
     except DensitylabError as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
+        return (str(e).splitlines()[0] if str(e) else type(e).__name__), []
     except Exception:  # anything else is main's to report, as before
-        return None
+        return None, []
     finally:
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
-    return None
+    return None, []

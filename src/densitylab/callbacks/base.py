@@ -269,9 +269,11 @@ class ProbeCallback(L.Callback):
             write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.table_path)
 
     def log_scalars(self, trainer: L.Trainer, step: int, scalars: dict[str, float]) -> None:
-        """``log_metrics(scalars, step=step)`` on every logger of the trainer."""
+        """``log_metrics(scalars, step=step)`` on every logger of the trainer, then ``save()`` (``metrics.csv``
+        holds a probe's scalars before the checkpoint of the same step is written)."""
         for lg in trainer.loggers:
             lg.log_metrics(scalars, step=step)
+            lg.save()
 
     def log_figures(self, trainer: L.Trainer, step: int, records: pd.DataFrame) -> None:
         """Log :meth:`figures` as W&B images at ``trainer/global_step = max(step, 0)``; no W&B logger: nothing."""

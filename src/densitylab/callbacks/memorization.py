@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from densitylab.callbacks.base import ProbeCallback, ProbeResult
+from densitylab.errors import ConfigError
 from densitylab.probes.memorization import Plateau, canary_max_bits, measure_memorization, memorization_scalars
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class MemorizationCallback(ProbeCallback):
     Data without canaries (``data.canaries.repetitions=[]``) turn the probe off with a warning.
 
     Raises:
-        RuntimeError: at fit start if the canaries differ in length or do not fit the model's block.
+        ConfigError: at fit start if the canaries differ in length or do not fit the model's block.
     """
 
     name = "memorization"
@@ -103,10 +104,10 @@ class MemorizationCallback(ProbeCallback):
             return
         lengths = table["tokens"].map(len)
         if lengths.nunique() != 1:
-            raise RuntimeError(f"canaries have different lengths {sorted(lengths.unique())}: expected one length S")
+            raise ConfigError(f"canaries have different lengths {sorted(lengths.unique())}: expected one length S")
         self.length = int(lengths.iloc[0])
         if self.length - 1 > pl_module.model.config.block_size:
-            raise RuntimeError(
+            raise ConfigError(
                 f"canary length {self.length}: expected <= model.net.block_size + 1 = "
                 f"{pl_module.model.config.block_size + 1}"
             )

@@ -1,0 +1,208 @@
+"""What a run folder holds, and which launches into it are allowed: the run folder is the record of a run.
+
+A folder named by ``hydra.run.dir`` is in one of three states (:func:`folder_state`):
+
+- ``new``: absent, empty, or holding nothing a run writes once it has started (Hydra's ``.hydra/``, ``train.log``
+  and a ``FAILED`` marker of a launch that stopped before training are not a run's results);
+- ``finished``: it holds ``summary.json``. It is never changed again: a relaunch into it, with or without
+  ``ckpt_path``, is refused (:func:`check_relaunch`) before Hydra writes, and it is never marked ``FAILED``;
+- ``unfinished``: a run started there (checkpoints, ``metrics.csv``, probe or ledger tables, a W&B run) but did not
+  finish: it crashed or was killed. A relaunch must resume it (``ckpt_path=last``: the newest checkpoint by global
+  step, :func:`newest_checkpoint`; or a checkpoint of its own ``checkpoints/``) with the configuration it was
+  launched with (:func:`config_difference`); a relaunch without ``ckpt_path`` is refused with one line naming both
+  options (resume, or a new folder), so a run is never trained over from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from densitylab.errors import ConfigError
+
+# what a run writes once it has started (Hydra writes .hydra/ and train.log before main runs)
+_RUN_MARKERS = ("metrics.csv", "checkpoints", "probes", "ledger", "wandb", "hparams.yaml")
+
+
+def is_launching_process() -> bool:
+    """False in a process a launcher started for another rank (``LOCAL_RANK``, ``NODE_RANK``, ``RANK`` or
+    ``SLURM_PROCID`` > 0): Lightning's DDP launcher re-runs ``train.py`` for ranks 1.. once rank 0 has begun
+    writing the run folder, so only the launching process judges the folder's state."""
+    for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"):
+        try:
+            if int(os.environ.get(name, "0")) > 0:
+                return False
+        except ValueError:
+            continue
+    return True
+
+
+def folder_state(run_dir: str | os.PathLike) -> str:
+    """``"new"``, ``"finished"`` or ``"unfinished"`` (module docstring)."""
+    p = Path(run_dir)
+    if not p.is_dir():
+        return "new"
+    if (p / "summary.json").exists():
+        return "finished"
+    return "unfinished" if any((p / m).exists() for m in _RUN_MARKERS) else "new"
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The ``global_step`` (optimizer steps completed) a Lightning checkpoint was saved at, or None when the file
+    cannot be read as one (read with ``torch.load(weights_only=True, mmap=True)``: the weights stay on disk)."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    return int(step) if isinstance(step, int) else None
+
+
+def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The readable checkpoints of ``run_dir/checkpoints`` as (global step, path), oldest step first (temporary
+    files of an interrupted write are not checkpoints); on equal steps ``last.ckpt`` comes after a step file."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for f in folder.glob("*.ckpt"):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        step = checkpoint_step(f)
+        if step is not None:
+            found.append((step, f.name.startswith("last"), f.stat().st_mtime_ns, f))
+    return [(s, f) for s, _, _, f in sorted(found)]
+
+
+def newest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
+    """The checkpoint of ``run_dir/checkpoints`` with the highest global step, as (step, path), or None.
+
+    Never a stale one: a ``last.ckpt`` older than a step checkpoint (a kill between the two writes) or a
+    ``last-v1.ckpt`` left by an earlier attempt loses to the checkpoint with more steps.
+    """
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_relaunch(run_dir: str | os.PathLike, ckpt: Path | None, key: str = "hydra.run.dir") -> None:
+    """Refuse a launch into ``run_dir`` that would change a finished run or train over an unfinished one.
+
+    Args:
+        run_dir: the run folder of this launch.
+        ckpt: the resolved checkpoint to resume from (:func:`densitylab.preflight.resolve_checkpoint`), or None.
+        key: the config key that named the folder (for the message).
+
+    Nothing is checked in a process started for another rank (:func:`is_launching_process`).
+
+    Raises:
+        ConfigError: one line naming the folder, its state and what to do instead.
+    """
+    if not is_launching_process():
+        return
+    state = folder_state(run_dir)
+    shown = f"{key}={str(run_dir)!r}"
+    if state == "finished":
+        newest = newest_checkpoint(run_dir)
+        steps = f", {newest[0]} steps" if newest else ""
+        weights = Path(run_dir) / "checkpoints" / "last.ckpt"
+        more = f"more than {newest[0]}" if newest else "N"
+        again = " ".join(saved_overrides(run_dir)) or "<its overrides>"
+        raise ConfigError(
+            f"{shown} holds a finished run (summary.json{steps}), which is never changed: to train on from its "
+            f"weights, start a new folder: python train.py {again} ckpt_path={weights} "
+            f"trainer.max_steps=<{more}> hydra.run.dir=<a new folder>"
+        )
+    if state != "unfinished":
+        return
+    if ckpt is None:
+        newest = newest_checkpoint(run_dir)
+        if newest is None:
+            raise ConfigError(
+                f"{shown} holds an unfinished run with no checkpoint to resume from: choose a new folder "
+                "(another hydra.run.dir), or delete that folder to start the run over"
+            )
+        raise ConfigError(
+            f"{shown} holds an unfinished run (newest checkpoint: step {newest[0]}, {newest[1].name}): resume it "
+            "with ckpt_path=last, or start over in a new folder (another hydra.run.dir)"
+        )
+    if not _is_inside(Path(ckpt), Path(run_dir) / "checkpoints"):
+        raise ConfigError(
+            f"ckpt_path={str(ckpt)!r} is not a checkpoint of {shown}, which holds an unfinished run of its own: "
+            "expected ckpt_path=last (or one of its checkpoints/), or a new folder for this checkpoint"
+        )
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: d}
+
+
+def config_difference(run_dir: str | os.PathLike, cfg: Any) -> str | None:
+    """How the composed (unresolved) ``cfg`` differs from the configuration the run of ``run_dir`` was launched
+    with (``.hydra/config.yaml``), ``ckpt_path`` and ``hydra`` aside: one line naming the first differing key, or
+    None when they agree or the folder has no saved configuration."""
+    from omegaconf import OmegaConf
+
+    saved_path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        return None
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False)
+    except Exception:
+        return None
+    mine = OmegaConf.to_container(cfg, resolve=False)
+    for d in (saved, mine):
+        d.pop("hydra", None)
+        d.pop("ckpt_path", None)
+    a, b = _flatten(saved), _flatten(mine)
+    for k in sorted(set(a) | set(b)):
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            return f"{k}={b.get(k, '<absent>')!r} (the run was launched with {a.get(k, '<absent>')!r})"
+    return None
+
+
+def saved_overrides(run_dir: str | os.PathLike) -> list[str]:
+    """The command-line overrides the run of ``run_dir`` was launched with (``.hydra/overrides.yaml``), [] if
+    none were saved."""
+    from omegaconf import OmegaConf
+
+    p = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(p))] if p.is_file() else []
+    except Exception:
+        return []
+
+
+def attempt_subdir(run_dir: str | os.PathLike) -> str:
+    """``hydra.output_subdir`` for a resume in ``run_dir``: ``.hydra/attempt-K`` (K = 2, 3, ...), so Hydra records
+    the resumed launch beside, not over, the ``.hydra/`` files of the launch that started the run."""
+    root = Path(run_dir) / ".hydra"
+    k = 2
+    while (root / f"attempt-{k}").exists():
+        k += 1
+    return f".hydra/attempt-{k}"
+
+
+def clear_failed(run_dir: str | os.PathLike) -> None:
+    """Remove a ``FAILED`` marker left by an earlier attempt once the run has finished (``summary.json``)."""
+    p = Path(run_dir)
+    if (p / "summary.json").is_file():
+        (p / "FAILED").unlink(missing_ok=True)
