@@ -105,6 +105,23 @@ def run_train_py(
     )
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One data cache (``DENSITYLAB_CACHE_DIR``) for the train.py subprocesses of the session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_dir) -> Path:
+    """The run folder of one uninterrupted ``train.py experiment=smoke`` (W&B offline): the reference of the
+    end-to-end and resume tests."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    proc = run_train_py("experiment=smoke", f"hydra.run.dir={run_dir}", cache_dir=cache_dir)
+    require_success(proc, "the smoke run (train.py experiment=smoke)")
+    assert f"run folder: {run_dir}" in proc.stdout
+    return run_dir
+
+
 def require_success(proc: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
     """Fail with one line (exit status) plus the stderr tail unless ``proc`` exited 0. For fixtures:
     every test that depends on a failed run then reports this cause."""

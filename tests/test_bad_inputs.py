@@ -127,7 +127,7 @@ CASES = [  # (overrides, words the one line must contain)
     (["ckpt_path={good}", "model/optimizer=sgd"], ["optimizer AdamW", "torch.optim.SGD"]),
     (["ckpt_path={lightning}"], ["lightning.ckpt", "not a densitylab one"]),
     (["ckpt_path={plain}"], ["plain.ckpt", "not a Lightning checkpoint"]),
-    (["ckpt_path=last"], ["ckpt_path='last' does not exist"]),
+    (["ckpt_path=last"], ["ckpt_path='last'", "holds no checkpoint"]),
     (["model.net.block_size=0"], ["model.net.block_size=0", "positive integer"]),
     (["model.net.n_head=-2"], ["model.net.n_head=-2", "positive integer"]),
     (["model.net.n_embd=1.5"], ["model.net.n_embd=1.5"]),
@@ -198,7 +198,7 @@ def test_multirun_config_is_left_to_the_sweeper(tmp_path):
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     args = ["experiment=smoke", "hparams_search=optuna", "model.net.n_head=3", f"hydra.sweep.dir={tmp_path}/s"]
     assert check_overrides(conf, "config", args) is None
-    assert preflight.check_launch(conf, "config", args) is None  # the sweeper's n_embd choices decide
+    assert preflight.check_launch(conf, "config", args) == (None, [])  # the sweeper's n_embd choices decide
 
 
 def test_lit_built_without_convert_accepts_its_own_betas(compose_config):
@@ -248,7 +248,7 @@ def _assert_refused(proc, *words: str) -> None:
         ("hydra.run.dir={afile}/sub", ["afile/sub", "under a regular file"]),
         ("model.optimizer.betas=[2,3]", ["model.optimizer.betas=[2, 3]"]),
         ("ckpt_path={pickle}", ["not a safe checkpoint"]),
-        ("seed=5", ["already holds a finished run"]),  # a valid relaunch: no .hydra/ rewrite, no FAILED
+        ("seed=5", ["holds a finished run"]),  # a valid relaunch: no .hydra/ rewrite, no FAILED
     ],
     ids=["output-under-file", "betas-into-finished-run", "pickle-into-finished-run", "relaunch-finished-run"],
 )

@@ -8,6 +8,7 @@ on 2 CPU cores).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,12 +17,13 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
-from conftest import REPO, require_success, run_command
+from conftest import REPO, require_success, run_command, run_train_py
 
 from densitylab.callbacks.perf import DivergenceError, FiniteLossGuard
-from densitylab.checkpoint import FAULT_ENV, AtomicCheckpointIO, fault_write_number, is_temp_file
+from densitylab.checkpoint import FAULT_ENV, KILL_ENV, AtomicCheckpointIO, fault_write_number, is_temp_file
 from densitylab.errors import ConfigError
 
 
@@ -169,11 +171,6 @@ def test_the_nan_stop_names_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- end to end (subprocesses)
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 def _train(*overrides: str, cwd: Path, cache_dir: Path, env: dict | None = None, **kwargs):
     """``train.py experiment=smoke logger=csv *overrides`` in ``cwd``; ``env`` adds to the environment (the
     fault-injection variable is passed on only when ``env`` sets it)."""
@@ -237,3 +234,75 @@ def test_kill_inside_a_checkpoint_write_leaves_loadable_checkpoints_and_resumes(
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step000006.ckpt"]  # stale temp file removed
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 6
     assert (run / "summary.json").is_file() and _files(tmpdir) == []
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _long(df: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv as (step, metric, value) rows; wall-clock metrics (perf/) left out of value comparisons."""
+    return df.melt(id_vars="step", var_name="metric").dropna()
+
+
+@pytest.mark.slow
+def test_kill_mid_run_then_resume_in_the_same_folder_gives_the_uninterrupted_record(smoke_run, tmp_path, cache_dir):
+    """kill -9 after step 55 (checkpoint at 40); a relaunch without ckpt_path is refused and changes nothing; the
+    resume with ckpt_path=last in the same folder ends with the uninterrupted smoke run's record: metrics.csv
+    holds every (step, metric) once with the same values, the probe and ledger tables are the same (no duplicate
+    record), W&B logs each (step, metric) once across the folder's two attempts, and nothing is marked failed."""
+    run = tmp_path / "run"
+    args = ("experiment=smoke", f"hydra.run.dir={run}")
+    proc = run_train_py(*args, cache_dir=cache_dir, env={KILL_ENV: "55"})
+    assert proc.returncode in (-signal.SIGKILL, 137), f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert not (run / "summary.json").exists()
+
+    before = _tree(run)
+    for extra in ((), ("seed=3", "ckpt_path=last")):  # train over it; resume it with another config
+        refused = run_train_py(*args, *extra, cache_dir=cache_dir)
+        errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
+        assert refused.returncode == 2 and len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert _tree(run) == before, "a refused relaunch must not write into the run folder"
+    assert "ckpt_path=last" in errors[0] and "seed=3" in errors[0]
+
+    (run / "FAILED").write_text("an earlier attempt's marker\n")  # as a crashed (not killed) attempt leaves it
+    require_success(run_train_py(*args, "ckpt_path=last", cache_dir=cache_dir), "the resume with ckpt_path=last")
+    assert not (run / "FAILED").exists()
+    assert (run / ".hydra" / "config.yaml").read_bytes() == before[".hydra/config.yaml"]
+    assert (run / ".hydra" / "attempt-2" / "overrides.yaml").is_file()  # the resume, recorded beside it
+    summary = json.loads((run / "summary.json").read_text())
+    ref_summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["global_step"] == 80 and summary["train/loss"] is not None
+    for key in ("train/loss", "val/loss", "train/tokens_seen", "density/L1/slope", "modularity/score"):
+        assert summary.get(key) == ref_summary.get(key), key
+
+    got, ref = _long(pd.read_csv(run / "metrics.csv")), _long(pd.read_csv(smoke_run / "metrics.csv"))
+    assert not got.duplicated(["step", "metric"]).any()
+    assert set(zip(got.step, got.metric)) == set(zip(ref.step, ref.metric))
+    both = got.merge(ref, on=["step", "metric"], suffixes=("", "_ref"))
+    both = both[~both.metric.str.startswith("perf/")]
+    assert (both.value == both.value_ref).all(), both[both.value != both.value_ref].head()
+    for table in ("density", "modularity", "memorization"):
+        a, b = (
+            pd.read_parquet(run / "probes" / f"{table}.parquet"),
+            pd.read_parquet(smoke_run / "probes" / f"{table}.parquet"),
+        )
+        cols = [c for c in b.columns if "seconds" not in c]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+    for table in ("tokens", "entities", "cooccurrence"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(run / "ledger" / f"{table}.parquet"),
+            pd.read_parquet(smoke_run / "ledger" / f"{table}.parquet"),
+        )
+
+    from densitylab.loggers import logged_keys, offline_runs, wandb_history
+
+    attempts = offline_runs(run)
+    assert len(attempts) == 2
+    seen: list[tuple[int, str]] = []
+    for a in attempts:
+        seen += sorted(logged_keys(wandb_history(a)))
+    assert len(seen) == len(set(seen)), "a (step, metric) logged by both attempts"
+    ref_keys = logged_keys(wandb_history(offline_runs(smoke_run)[0]))
+    for metric in ("train/loss", "val/loss", "density/L0/gap", "modularity/score"):
+        assert {s for s, m in seen if m == metric} == {s for s, m in ref_keys if m == metric}, metric

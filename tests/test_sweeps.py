@@ -172,10 +172,11 @@ def test_multirun_two_seeds_two_wandb_runs_then_compare_page(tmp_path, cache_dir
         assert (
             "smoke" in tags and any(t.startswith("params:") for t in tags) and any(t.startswith("data:") for t in tags)
         )
-        assert run_rec[0]["run_group"] == "smoke"
+        # one group per run folder (all attempts of a resumed run); experiment_name in the config groups seeds
+        assert run_rec[0]["run_group"] == r.relative_to(tmp_path / "outputs").as_posix()
         assert any(x.get("type") == "metric" for x in records)  # define_metric records (summary rules)
         config_keys = {k for x in records if x.get("type") == "config" for k in x["config"].get("update", {})}
-        assert {"model", "choices/model", "choices/data"} <= config_keys
+        assert {"model", "choices/model", "choices/data", "experiment_name", "attempt"} <= config_keys
         summary_keys = {k for x in records if x.get("type") == "summary" for k in x["summary"].get("update", {})}
         assert "val/loss_final" in summary_keys and "memorization/bits_total" in summary_keys
     assert len(set(ids)) == 2 and sorted(seeds) == ["seed:0", "seed:1"]  # two distinct W&B runs
