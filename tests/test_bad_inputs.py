@@ -140,6 +140,7 @@ CASES = [  # (overrides, words the one line must contain)
     (["model/optimizer=sgd", "model.optimizer.momentum=-1"], ["model.optimizer.momentum=-1"]),
     (["data.canaries.length=100"], ["data.canaries.length=100", "model.net.block_size + 1 = 65"]),
     (["data.canaries.per_group=0"], ["data.canaries.per_group=0", ">= 1"]),
+    (["data=uniform", "data.length=100"], ["data.length=100", "model.net.block_size + 1 = 65"]),
     (["trainer.max_steps=0"], ["trainer.max_steps=0", "integer >= 1"]),
     (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer >= 1"]),
     (["trainer.max_steps=1.5"], ["trainer.max_steps=1.5", "integer >= 1"]),
