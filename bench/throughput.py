@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from densitylab.callbacks import FiniteLossGuard, LedgerCallback, ThroughputLogger  # noqa: E402
 from densitylab.data import CapitalizedEntities, DataModule, TextSource, TrainedBPE  # noqa: E402
 from densitylab.lit import LitGPT, cosine_with_warmup, warmup_cosine  # noqa: E402
+from densitylab.loggers import CSVLogger  # noqa: E402
 from densitylab.model import GPT, GPTConfig  # noqa: E402
 
 MODEL = dict(block_size=128, n_layer=4, n_head=4, n_embd=128)
@@ -172,7 +173,7 @@ def lightning_loop(args, dm, device, ledger: bool) -> float:
             max_steps=args.warmup + args.steps,
             gradient_clip_val=1.0,
             log_every_n_steps=10,
-            logger=L.pytorch.loggers.CSVLogger(tmp, name="", version=""),
+            logger=CSVLogger(tmp, name="", version=""),  # densitylab's, as train.py runs it
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=not args.no_progress_bar,

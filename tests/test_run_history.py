@@ -184,7 +184,7 @@ def test_newest_checkpoint_is_chosen_by_global_step_not_by_name(tmp_path):
 def test_check_relaunch_refuses_finished_and_unresumed_unfinished_folders(tmp_path):
     done = tmp_path / "done"
     _ckpt(done / "checkpoints" / "last.ckpt", 80)
-    (done / "summary.json").write_text("{}")
+    (done / "summary.json").write_text(json.dumps({"global_step": 80}))
     for ckpt in (None, done / "checkpoints" / "last.ckpt"):
         with pytest.raises(
             ConfigError, match=r"holds a finished run \(summary.json, 80 steps\), which is never changed"
@@ -229,3 +229,86 @@ def test_a_finished_run_is_never_marked_failed_and_a_finished_resume_clears_the_
     assert not (tmp_path / "FAILED").exists()
     mark_failed(tmp_path, "a refused relaunch")
     assert not (tmp_path / "FAILED").exists()
+
+
+def test_an_unsorted_header_is_rewritten_sorted_so_appended_rows_line_up(tmp_path):
+    (tmp_path / "metrics.csv").write_text("train/loss,step\n2.0,5\n")  # written by something else
+    (tmp_path / ".metrics.csv.tmp123").write_text("step\n")  # a header rewrite a kill interrupted
+    lg = _logger(tmp_path)
+    lg.log_metrics({"train/loss": 1.0}, step=10)
+    lg.save()
+    assert _csv(tmp_path).to_dict("records") == [{"step": 5, "train/loss": 2.0}, {"step": 10, "train/loss": 1.0}]
+    assert not (tmp_path / ".metrics.csv.tmp123").exists()
+
+
+def test_online_attempts_count_and_an_unreadable_log_stops_the_backfill(tmp_path, monkeypatch, caplog):
+    for name in ("offline-run-20260101_000000-aaaa", "run-20260102_000000-bbbb", "latest-run"):
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+    assert [p.name for p in dl_loggers.offline_runs(tmp_path)] == [
+        "offline-run-20260101_000000-aaaa",
+        "run-20260102_000000-bbbb",
+    ]
+    (tmp_path / "metrics.csv").write_text("step,train/loss\n5,3.0\n")
+
+    def unreadable(path):
+        raise OSError("wandb leet inspect: exit 1")
+
+    monkeypatch.setattr(dl_loggers, "wandb_history", unreadable)
+    lg = WandbLogger(project="p", save_dir=str(tmp_path), offline=True)
+    with caplog.at_level("WARNING", logger="densitylab"):
+        lg.resume_in(tmp_path, step=5)
+    assert lg.attempt_config["attempt"] == 3 and lg.backfill() == 0
+    assert "could not be read" in caplog.text
+
+
+def test_a_folder_with_a_live_run_refuses_every_launch_and_is_never_marked_failed(tmp_path):
+    from densitylab.runfolder import RunLock, lock_holder
+
+    with RunLock(tmp_path) as lock:
+        assert lock.path.is_file() and lock_holder(tmp_path).startswith("pid ")
+        with pytest.raises(ConfigError, match="is in use: a run is training there now"):
+            check_relaunch(tmp_path, None)
+        with pytest.raises(ConfigError, match="is in use"):
+            RunLock(tmp_path).__enter__()  # a second process (flock is per open file)
+        mark_failed(tmp_path, "the second launch")
+        assert not (tmp_path / "FAILED").exists()
+    assert lock_holder(tmp_path) is None and not (tmp_path / ".lock").exists()
+    check_relaunch(tmp_path, None)
+
+
+def test_the_finished_run_line_uses_the_summary_step_and_quotes_the_overrides(tmp_path):
+    _ckpt(tmp_path / "checkpoints" / "last.ckpt", 6)
+    (tmp_path / "summary.json").write_text(json.dumps({"global_step": 6}))
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        OmegaConf.to_yaml(["experiment=smoke", "tags=[a,b]", "trainer.max_steps=6", "logger.wandb.group=${seed}"])
+    )
+    with pytest.raises(ConfigError) as e:
+        check_relaunch(tmp_path, None)
+    line = str(e.value)
+    assert "6 steps" in line and "trainer.max_steps=<more than 6>" in line and "trainer.max_steps=6 " not in line
+    assert "'tags=[a,b]'" in line and "'logger.wandb.group=${seed}'" in line
+
+
+# ----------------------------------------------------------------------------- before Hydra writes anything
+def test_check_launch_refuses_a_sweep_folder_that_holds_runs_and_skips_info_flags(tmp_path, monkeypatch):
+    from conftest import CONF_DIR
+
+    from densitylab.preflight import check_launch
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "summary.json").write_text("{}")
+    problem, extra = check_launch(
+        CONF_DIR, "config", ["-m", "experiment=smoke", f"hydra.sweep.dir={sweep}", "seed=0,1"]
+    )
+    assert "hydra.sweep.dir" in problem and "already holds runs (0)" in problem and extra == []
+    assert check_launch(CONF_DIR, "config", ["-m", "experiment=smoke", f"hydra.sweep.dir={tmp_path}/new"]) == (None, [])
+    done = sweep / "0"
+    for flags in (["--cfg", "job"], ["--help"]):
+        assert check_launch(CONF_DIR, "config", [*flags, f"hydra.run.dir={done}"]) == (None, [])
+    problem, _ = check_launch(CONF_DIR, "config", ["--config-name", "config", f"hydra.run.dir={done}"])
+    assert "holds a finished run" in problem
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank another launcher started: no .hydra/ of its own
+    assert check_launch(CONF_DIR, "config", [f"hydra.run.dir={done}"]) == (None, ["hydra.output_subdir=null"])

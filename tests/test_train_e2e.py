@@ -159,6 +159,24 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(smoke_run: Path, tmp_
         pd.testing.assert_frame_equal(resumed_t, full_t)
 
 
+def test_every_value_is_keyed_by_the_optimizer_steps_completed(smoke_run: Path):
+    """The step convention (docs/design.md 3.8): train/tokens_seen at step N is N x 16 x 64 tokens (as the ledger
+    counts), val/loss sits at the validation steps (every 40) once, and the probes' scalars sit at the steps of
+    their table records."""
+    m = pd.read_csv(smoke_run / "metrics.csv")
+    tok = m.dropna(subset=["train/tokens_seen"])
+    assert len(tok) >= 10 and (tok["train/tokens_seen"] == tok["step"] * 16 * 64).all()
+    led = m.dropna(subset=["ledger/tokens_seen"])
+    assert (led["ledger/tokens_seen"] == led["step"] * 16 * 64).all()
+    assert sorted(m.dropna(subset=["train/loss"])["step"]) == list(range(5, 81, 5))  # log_every_n_steps = 5
+    assert sorted(m.dropna(subset=["val/loss"])["step"]) == [40, 80]
+    density = pd.read_parquet(smoke_run / "probes" / "density.parquet")
+    assert set(m.dropna(subset=["density/L0/active_frac/seen"])["step"]) == set(density["step"])
+    assert {0, 80} <= set(density["step"])
+    for long in (m.melt(id_vars="step").dropna(),):
+        assert not long.duplicated(["step", "variable"]).any()
+
+
 def test_finished_run_folder_is_never_overwritten(smoke_run: Path, cache_dir):
     before = (smoke_run / "summary.json").read_bytes()
     ckpt_before = (smoke_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
@@ -244,6 +262,13 @@ def one_epoch_run(tmp_path_factory, cache_dir) -> Path:
 
 def test_one_epoch_ledger_equals_ground_truth_exactly(one_epoch_run: Path):
     _ledger_vs_truth(one_epoch_run)
+    import torch  # the epoch ends at step 50, between checkpoints (every 40): last.ckpt still holds the end
+
+    steps = json.loads((one_epoch_run / "summary.json").read_text())["global_step"]
+    assert (
+        steps % 40
+        and torch.load(one_epoch_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+    )
     seq_tokens = pd.read_parquet(one_epoch_run / "ledger" / "tokens.parquet")["count"].sum()
     data = json.loads((one_epoch_run / "data.json").read_text())
     windows = data["splits"]["train"]["windows"]

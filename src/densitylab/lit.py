@@ -318,6 +318,7 @@ class LitGPT(L.LightningModule):
         self._log_step(self.global_step, on_step=False)
 
     def on_validation_epoch_end(self) -> None:
+        """Record the step of a validation during fit (``last_val_step``; not the sanity check)."""
         if not self.trainer.sanity_checking:
             self.last_val_step = int(self.global_step)
 

@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,8 @@ class _ResumableWriter(_LightningWriter):
 
     def _load(self) -> None:
         path = Path(self.metrics_file_path)
+        for stale in path.parent.glob(f".{path.name}.tmp*"):  # a rewrite a kill interrupted (the file is intact)
+            stale.unlink(missing_ok=True)
         if not path.is_file():
             return
         raw = path.read_bytes()
@@ -100,9 +103,11 @@ class _ResumableWriter(_LightningWriter):
         if not header:
             path.unlink()  # torn inside its header: nothing was recorded
             return
-        if not raw.endswith(b"\n") or len(rows) != raw.count(b"\n") - 1:
+        torn = not raw.endswith(b"\n") or len(rows) != raw.count(b"\n") - 1
+        if torn:
             log.warning("%s: dropped a torn last line (the process was killed while writing it)", path)
-            _write_rows_atomic(path, header, rows)
+        if torn or header != sorted(header):  # Lightning appends rows in sorted-key order
+            _write_rows_atomic(path, sorted(header), rows)
         self.metrics_keys = sorted(header)
         self._index(rows)
 
@@ -168,9 +173,13 @@ class CSVLogger(_LightningCSVLogger):
 
 # ----------------------------------------------------------------------------- W&B
 def offline_runs(run_dir: str | os.PathLike) -> list[Path]:
-    """The W&B offline run folders of a run folder (``RUN_DIR/wandb/offline-run-*``), oldest first."""
+    """The W&B run folders of a run folder, one per attempt, oldest first: ``RUN_DIR/wandb/offline-run-*`` and,
+    for attempts that ran with ``WANDB_MODE=online``, ``RUN_DIR/wandb/run-*`` (both hold the ``.wandb`` log)."""
     root = Path(run_dir) / "wandb"
-    return sorted(p for p in root.glob("offline-run-*") if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and re.match(r"(offline-)?run-\d{8}_\d{6}-", p.name)]
+    return sorted(found, key=lambda p: (p.name.removeprefix("offline-"), p.name))
 
 
 def _wandb_cli() -> list[str]:
@@ -186,18 +195,25 @@ def wandb_history(offline_run: str | os.PathLike) -> list[dict]:
 
     Returns:
         One dict per ``wandb.log`` call (``trainer/global_step``, metric names; images as ``key._type`` ...).
-        [] when the log cannot be read (e.g. the attempt was killed before W&B wrote anything).
+        [] for a folder without a ``.wandb`` log (the attempt was killed before W&B wrote one).
+    Raises:
+        OSError: when the log exists but ``wandb leet inspect`` cannot read it (not installed, failed, timed out).
     """
+    if not any(Path(offline_run).glob("*.wandb")):
+        return []
     try:
-        out = subprocess.run(
+        proc = subprocess.run(
             [*_wandb_cli(), "leet", "inspect", "--json", str(offline_run)],
             capture_output=True,
             text=True,
             timeout=120,
             env={**os.environ, "WANDB_SILENT": "true"},
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise OSError(f"wandb leet inspect {offline_run}: {e}") from None
+    if proc.returncode != 0:
+        raise OSError(f"wandb leet inspect {offline_run}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    out = proc.stdout
     rows = []
     for line in out.splitlines():
         try:
@@ -250,11 +266,18 @@ class WandbLogger(_LightningWandbLogger):
         ``step`` that no earlier attempt's W&B log does (W&B loses what a killed process had not written yet).
         Call before the W&B run starts."""
         earlier = offline_runs(run_dir)
+        unreadable = []
         for run in earlier:
-            self.skip |= logged_keys(wandb_history(run))
+            try:
+                self.skip |= logged_keys(wandb_history(run))
+            except OSError as e:
+                unreadable.append(str(e))
         self.attempt_config = {"attempt": len(earlier) + 1, "resumed_from_step": int(step)}
-        _, rows = read_metrics_rows(Path(run_dir) / METRICS_FILE)
         self._backfill = []
+        if unreadable:  # what they logged is unknown: backfilling could log a step twice
+            log.warning("W&B: an earlier attempt's log could not be read (%s): nothing is logged again", unreadable[0])
+            return
+        _, rows = read_metrics_rows(Path(run_dir) / METRICS_FILE)
         for r in rows:
             at = _step_of(r)
             if at is None or at > step:

@@ -381,23 +381,56 @@ def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None
 
 
 # ----------------------------------------------------------------------------- before @hydra.main
-def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """Compose ``config_name`` with ``overrides`` as ``@hydra.main`` will and run the output-folder checks
-    (:func:`check_output_dir` on ``hydra.run.dir``, :func:`densitylab.runfolder.check_relaunch`) and
+# Hydra flags that print something and launch no run
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p",
+               "--shell-completion", "-sc", "--version", "--experimental-rerun"}  # fmt: skip
+
+
+def _split_flags(argv: list[str]) -> tuple[bool, str | None, list[str]] | None:
+    """(multirun, ``--config-name`` or None, overrides) of a ``train.py`` command line; None when it launches no
+    run (``--help``, ``--cfg`` ...) or names another config folder (``-cp``/``-cd``: left to Hydra)."""
+    multirun, name, overrides = False, None, []
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        flag, _, value = a.partition("=")
+        if flag in _INFO_FLAGS or flag in ("-cp", "--config-path", "-cd", "--config-dir"):
+            return None
+        if flag in ("-m", "--multirun"):
+            multirun = True
+        elif flag in ("-cn", "--config-name"):
+            name = value or (args.pop(0) if args else None)
+        elif a.startswith("-"):
+            return None  # an unknown flag: Hydra reports it
+        else:
+            overrides.append(a)
+    return multirun, name, overrides
+
+
+def check_launch(config_dir: str | os.PathLike, config_name: str, argv: list[str]) -> tuple[str | None, list[str]]:
+    """Compose ``config_name`` with the command line ``argv`` as ``@hydra.main`` will and run the output-folder
+    checks (:func:`check_output_dir` on ``hydra.run.dir``, :func:`densitylab.runfolder.check_relaunch`) and
     :func:`check_config`, so that a refused launch writes nothing (Hydra creates the run folder and ``.hydra/``
     before ``main`` runs). A resume in an unfinished run folder must compose the configuration that run was
     launched with (:func:`densitylab.runfolder.config_difference`; ``ckpt_path`` aside), and Hydra records it in
-    ``.hydra/attempt-K`` instead of over the run's own ``.hydra/`` files.
+    ``.hydra/attempt-K`` instead of over the run's own ``.hydra/`` files. A multirun (``-m``, or a config such as
+    ``hparams_search=optuna`` that sets Hydra's mode) is refused when ``hydra.sweep.dir`` already holds a run:
+    Hydra would rewrite its jobs' ``.hydra/`` before any job starts.
 
     Returns:
         (the one-line error message or None, overrides to add to the launch: ``hydra.output_subdir=...`` for a
-        resume in the same folder). (None, []) when the checks do not apply (Hydra flags such as ``-m``, sweep
-        syntax, a composition error: :func:`densitylab.config.check_overrides` and Hydra report those).
+        resume in the same folder, ``hydra.output_subdir=null`` in a process started for another rank).
+        (None, []) when the checks do not apply (``--help``/``--cfg``, ``-cp``/``-cd``, a composition error:
+        :func:`densitylab.config.check_overrides` and Hydra report those).
     """
     from densitylab.runfolder import is_launching_process
 
-    if any(a.startswith("-") for a in overrides) or not is_launching_process():  # DDP ranks 1..: rank 0 checked
+    if not is_launching_process():  # ranks 1..: rank 0 checked; never write .hydra/ over the launch's own
+        return None, ([] if any(a.startswith("hydra.output_subdir=") for a in argv) else ["hydra.output_subdir=null"])
+    split = _split_flags(argv)
+    if split is None:
         return None, []
+    multirun, name, overrides = split
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -407,21 +440,28 @@ def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: lis
     from densitylab.runfolder import attempt_subdir, check_relaunch, config_difference, folder_state, saved_overrides
 
     try:
-        if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(overrides)):
-            return None, []
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        sweep = any(o.is_sweep_override() for o in parsed)
+        if sweep and not multirun:
+            return None, []  # Hydra reports sweep syntax without -m
+        plain = [o.input_line for o in parsed if not o.is_sweep_override()]
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name=name or config_name, overrides=plain, return_hydra_config=True)
     except Exception:
         GlobalHydra.instance().clear()
         return None, []
     try:
+        from hydra.types import RunMode
+
+        if multirun or _get(cfg, "hydra.mode", None) in (RunMode.MULTIRUN, "MULTIRUN"):  # e.g. hparams_search=optuna
+            with open_dict(cfg):
+                cfg.hydra.job.num = 0
+            HydraConfig.instance().set_config(cfg)
+            _check_sweep_dir(_get(cfg, "hydra.sweep.dir", None))
+            return None, []  # each job's values are the sweeper's; every job checks its own in run.train
         run_dir = _get(cfg, "hydra.run.dir", None)
         if not isinstance(run_dir, str):
             return None, []
-        from hydra.types import RunMode
-
-        if _get(cfg, "hydra.mode", None) in (RunMode.MULTIRUN, "MULTIRUN"):  # e.g. hparams_search=optuna
-            return None, []  # each job's values are the sweeper's; every job checks its own in run.train
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = run_dir
             cfg.hydra.job.num = 0
@@ -433,7 +473,9 @@ def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: lis
             check_relaunch(run_dir, ckpt)
             diff = config_difference(run_dir, cfg)
             if diff:
-                again = " ".join([*saved_overrides(run_dir), f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+                from densitylab.runfolder import command_line
+
+                again = command_line([*saved_overrides(run_dir), f"hydra.run.dir={run_dir}", "ckpt_path=last"])
                 raise ConfigError(
                     f"ckpt_path resumes the run of {run_dir!r} as it was launched, but {diff}: resume it with its "
                     f"own settings: python train.py {again}"
@@ -450,3 +492,24 @@ def check_launch(config_dir: str | os.PathLike, config_name: str, overrides: lis
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
     return None, []
+
+
+def _check_sweep_dir(sweep_dir: Any) -> None:
+    """A multirun's ``hydra.sweep.dir`` must not hold a run yet (a finished or unfinished job folder).
+
+    Raises:
+        ConfigError: naming the folder and the jobs it holds.
+    """
+    from densitylab.runfolder import folder_state
+
+    if not isinstance(sweep_dir, str) or not Path(sweep_dir).is_dir():
+        return
+    check_output_dir(sweep_dir, "hydra.sweep.dir")
+    jobs = sorted(p.name for p in Path(sweep_dir).iterdir() if p.is_dir() and folder_state(p) != "new")
+    if jobs:
+        shown = ", ".join(jobs[:5]) + (" ..." if len(jobs) > 5 else "")
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir!r} already holds runs ({shown}): expected a new sweep folder (a sweep is "
+            f"not resumed as a whole; resume one unfinished job with hydra.run.dir={sweep_dir}/<job> ckpt_path=last "
+            "and that job's overrides)"
+        )

@@ -6,6 +6,7 @@ folder is Hydra's output folder; see the README ("What the run folder holds").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -139,10 +140,17 @@ def train(cfg: DictConfig) -> dict:
     Raises:
         DensitylabError: for bad configuration or data (train.py turns it into one line + exit 2).
     """
-    from densitylab.preflight import check_checkpoint_vocab
+    from densitylab.runfolder import RunLock
 
     t_start = time.time()
     output_dir, ckpt = _start_run(cfg)
+    with RunLock(output_dir) if _is_rank_zero() else contextlib.nullcontext():  # refuses a 2nd launch meanwhile
+        return _train(cfg, output_dir, ckpt, t_start)
+
+
+def _train(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float) -> dict:
+    """:func:`train` after the run-folder checks: build, fit, validate, write."""
+    from densitylab.preflight import check_checkpoint_vocab
 
     # ---- build
     lit = instantiate(cfg.model, "model", _convert_="all")  # cheap: the GPT is built in lit.configure_model()
@@ -180,6 +188,7 @@ def train(cfg: DictConfig) -> dict:
         else:
             val = trainer.validate(lit, datamodule=dm, verbose=False)
         # ---- write
+        _save_final_checkpoint(trainer)
         summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
         if trainer.is_global_zero:
             _write_outputs(output_dir, summary, loggers)
@@ -224,17 +233,35 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     return output_dir, ckpt
 
 
+def _save_final_checkpoint(trainer: L.Trainer) -> None:
+    """Make ``last.ckpt`` hold the final weights when the last step was not checkpointed (``trainer.max_steps``
+    not a multiple of ``every_n_train_steps``), so a finished run's ``last.ckpt`` is the model of its summary."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from densitylab.runfolder import checkpoint_step
+
+    mc = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.save_last and c.dirpath), None)
+    if mc is None:
+        return
+    last = Path(mc.dirpath) / f"{mc.CHECKPOINT_NAME_LAST}{mc.FILE_EXTENSION}"
+    if trainer.is_global_zero and last.is_file() and checkpoint_step(last) == trainer.global_step:
+        done = True
+    else:
+        done = False
+    done = trainer.strategy.broadcast(done)  # every process calls save_checkpoint, or none does
+    if not done:
+        trainer.save_checkpoint(str(last))
+
+
 def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
-    """Rank 0, after the final validation: ``summary.json``, the W&B run summary, and the report plots of every
-    probe table the run wrote (``plots/``)."""
+    """Rank 0, after the final validation: the W&B run summary, the report plots of every probe table the run
+    wrote (``plots/``), then ``summary.json`` (last: its presence marks a complete run folder)."""
     from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger
     from densitylab.runfolder import clear_failed
 
     wandb_logger = find_wandb_logger(loggers)
     if wandb_logger is not None:
         wandb_logger.experiment.summary.update(final_summary(summary))
-    write_json_atomic(output_dir / "summary.json", summary)
-    clear_failed(output_dir)  # an earlier attempt's FAILED marker: this attempt finished the run
     if (output_dir / "probes" / "density.parquet").is_file():
         from densitylab.report.density import density_report, format_table
 
@@ -248,6 +275,8 @@ def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
         from densitylab.report.memorization import plot_memorization
 
         plot_memorization(output_dir)
+    write_json_atomic(output_dir / "summary.json", summary)  # last: a folder with summary.json is complete
+    clear_failed(output_dir)  # an earlier attempt's FAILED marker: this attempt finished the run
 
 
 class _WandbRunSetup(L.Callback):
@@ -333,7 +362,9 @@ def _finish_wandb() -> None:
 
 def mark_failed(output_dir: str | Path, message: str) -> None:
     """Write ``FAILED`` (the error line) into a run folder so it never looks like a success; a finished run
-    (``summary.json``: a refused relaunch into it) is never marked."""
+    (``summary.json``: a refused relaunch into it) and a folder another process is training in are never marked."""
+    from densitylab.runfolder import lock_holder
+
     p = Path(output_dir)
-    if p.is_dir() and not (p / "summary.json").exists():
+    if p.is_dir() and not (p / "summary.json").exists() and not lock_holder(p):  # not another process's run
         (p / "FAILED").write_text(message + "\n")

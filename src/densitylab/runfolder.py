@@ -2,10 +2,13 @@
 
 A folder named by ``hydra.run.dir`` is in one of three states (:func:`folder_state`):
 
-- ``new``: absent, empty, or holding nothing a run writes once it has started (Hydra's ``.hydra/``, ``train.log``
-  and a ``FAILED`` marker of a launch that stopped before training are not a run's results);
+- ``new``: absent, empty, or holding nothing a run writes once it has started (Hydra's ``.hydra/``, ``train.log``,
+  the data preparation's ``data.json``, ``tokenizer.json``, ``ground_truth/`` and a ``FAILED`` marker of a launch
+  that stopped before training are not a run's results);
 - ``finished``: it holds ``summary.json``. It is never changed again: a relaunch into it, with or without
   ``ckpt_path``, is refused (:func:`check_relaunch`) before Hydra writes, and it is never marked ``FAILED``;
+- a folder whose ``.lock`` is held (:class:`RunLock`) has a run training in it now: every launch into it is
+  refused;
 - ``unfinished``: a run started there (checkpoints, ``metrics.csv``, probe or ledger tables, a W&B run) but did not
   finish: it crashed or was killed. A relaunch must resume it (``ckpt_path=last``: the newest checkpoint by global
   step, :func:`newest_checkpoint`; or a checkpoint of its own ``checkpoints/``) with the configuration it was
@@ -15,7 +18,9 @@ A folder named by ``hydra.run.dir`` is in one of three states (:func:`folder_sta
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -115,16 +120,23 @@ def check_relaunch(run_dir: str | os.PathLike, ckpt: Path | None, key: str = "hy
         return
     state = folder_state(run_dir)
     shown = f"{key}={str(run_dir)!r}"
-    if state == "finished":
-        newest = newest_checkpoint(run_dir)
-        steps = f", {newest[0]} steps" if newest else ""
-        weights = Path(run_dir) / "checkpoints" / "last.ckpt"
-        more = f"more than {newest[0]}" if newest else "N"
-        again = " ".join(saved_overrides(run_dir)) or "<its overrides>"
+    holder = lock_holder(run_dir)
+    if holder:
         raise ConfigError(
-            f"{shown} holds a finished run (summary.json{steps}), which is never changed: to train on from its "
-            f"weights, start a new folder: python train.py {again} ckpt_path={weights} "
-            f"trainer.max_steps=<{more}> hydra.run.dir=<a new folder>"
+            f"{shown} is in use: a run is training there now ({holder}): expected a folder no process is "
+            "writing (wait for it, or choose another hydra.run.dir)"
+        )
+    if state == "finished":
+        steps = _finished_steps(run_dir)
+        newest = newest_checkpoint(run_dir)
+        weights = shlex.quote(str(newest[1])) if newest else "<a checkpoint>"
+        more = f"more than {steps}" if steps is not None else "more"
+        kept = [o for o in saved_overrides(run_dir) if o.split("=", 1)[0].lstrip("+~") not in _REPLACED]
+        again = command_line(kept) or "<its overrides>"
+        raise ConfigError(
+            f"{shown} holds a finished run (summary.json{'' if steps is None else f', {steps} steps'}), which is "
+            f"never changed: to train on from its weights, start a new folder: python train.py {again} "
+            f"ckpt_path={weights} trainer.max_steps=<{more}> hydra.run.dir=<a new folder>"
         )
     if state != "unfinished":
         return
@@ -139,11 +151,91 @@ def check_relaunch(run_dir: str | os.PathLike, ckpt: Path | None, key: str = "hy
             f"{shown} holds an unfinished run (newest checkpoint: step {newest[0]}, {newest[1].name}): resume it "
             "with ckpt_path=last, or start over in a new folder (another hydra.run.dir)"
         )
-    if not _is_inside(Path(ckpt), Path(run_dir) / "checkpoints"):
+    if not _is_inside(Path(ckpt), Path(run_dir) / "checkpoints") and newest_checkpoint(run_dir) is not None:
         raise ConfigError(
             f"ckpt_path={str(ckpt)!r} is not a checkpoint of {shown}, which holds an unfinished run of its own: "
             "expected ckpt_path=last (or one of its checkpoints/), or a new folder for this checkpoint"
         )
+
+
+def _finished_steps(run_dir: str | os.PathLike) -> int | None:
+    try:
+        step = json.loads((Path(run_dir) / "summary.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(step) if isinstance(step, int) else None
+
+
+def command_line(overrides: list[str]) -> str:
+    """``overrides`` as they are typed in a shell (each quoted where needed: ``'tags=[a,b]'``,
+    ``'logger.wandb.group=${experiment_name}'``)."""
+    return " ".join(shlex.quote(o) for o in overrides)
+
+
+# ----------------------------------------------------------------------------- a run in progress
+LOCK_FILE = ".lock"
+_REPLACED = {"trainer.max_steps", "ckpt_path", "hydra.run.dir"}  # set anew by the suggested command
+
+
+def lock_holder(run_dir: str | os.PathLike) -> str | None:
+    """A description of the process that holds ``run_dir``'s lock (a run training there now), or None."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return (f.read().strip() or "another process")[:200]
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+class RunLock:
+    """Held by the process that trains in a run folder (``RUN_DIR/.lock``, an exclusive ``flock`` with its pid and
+    host), so that :func:`check_relaunch` refuses a second launch into a run that is still training. The kernel
+    drops the lock when the process dies, however it dies (kill -9 included). POSIX only; elsewhere a no-op.
+
+    Use as a context manager around training; only the launching process (global rank 0) takes it.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._f = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise ConfigError(
+                f"hydra.run.dir={str(self.path.parent)!r} is in use: a run is training there now: expected a "
+                "folder no process is writing"
+            ) from None
+        import socket
+
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self.path.unlink(missing_ok=True)
+            self._f.close()  # releases the flock
+            self._f = None
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

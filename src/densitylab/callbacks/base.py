@@ -194,6 +194,17 @@ class ProbeCallback(L.Callback):
         """This probe's ``summary.json`` numbers (``perf/{name}_probe_seconds`` is added). Default: none."""
         return {}
 
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        """``calls`` and ``seconds`` so far, for the checkpoint: a resumed run's ``summary.json`` counts every
+        attempt's probe calls. Subclasses that add state extend this dict."""
+        return {"calls": self.calls, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict` (resume); a checkpoint without these keys leaves the counters at 0."""
+        self.calls = int(state_dict.get("calls", self.calls))
+        self.seconds = float(state_dict.get("seconds", self.seconds))
+
     # ------------------------------------------------------------------ Lightning hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Check the dependencies, :meth:`prepare`, then (rank 0) read the earlier records of the run folder."""
@@ -276,7 +287,8 @@ class ProbeCallback(L.Callback):
             lg.save()
 
     def log_figures(self, trainer: L.Trainer, step: int, records: pd.DataFrame) -> None:
-        """Log :meth:`figures` as W&B images at ``trainer/global_step = max(step, 0)``; no W&B logger: nothing."""
+        """Log :meth:`figures` as W&B images at ``trainer/global_step = max(step, 0)`` (a control at step -1 under
+        ``<key>_control``), leaving out what an earlier attempt of the run folder logged; no W&B logger: nothing."""
         wandb_logger = find_wandb_logger(trainer.loggers)
         if wandb_logger is None:
             return
@@ -288,8 +300,12 @@ class ProbeCallback(L.Callback):
         from densitylab.report.common import pyplot
 
         try:
-            data = {k: wandb.Image(fig) for k, fig in figs.items()}
-            wandb_logger.experiment.log({**data, "trainer/global_step": max(step, 0)})
+            if step < 0:  # a control measured before training (modularity's twin): its own keys at step 0
+                figs = {f"{k}_control": fig for k, fig in figs.items()}
+            skip = getattr(wandb_logger, "already_logged", lambda s, k: False)  # an earlier attempt logged it
+            data = {k: wandb.Image(fig) for k, fig in figs.items() if not skip(max(step, 0), k)}
+            if data:
+                wandb_logger.experiment.log({**data, "trainer/global_step": max(step, 0)})
         finally:
             for fig in figs.values():
                 pyplot().close(fig)

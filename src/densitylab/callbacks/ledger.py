@@ -125,7 +125,10 @@ class LedgerCallback(L.Callback):
             rows = [[self._entity_names[i], int(mentions[i]), "most"] for i in order[: self.top_k]]
             rows += [[self._entity_names[i], int(mentions[i]), "least"] for i in order[::-1][: self.top_k]]
             data["ledger/entities_most_least"] = wandb.Table(columns=["entity", "mentions", "end"], data=rows)
-        wandb_logger.experiment.log(data)
+        skip = getattr(wandb_logger, "already_logged", lambda s, k: False)  # an earlier attempt of the folder
+        data = {k: v for k, v in data.items() if k == "trainer/global_step" or not skip(step, k)}
+        if len(data) > 1:
+            wandb_logger.experiment.log(data)
 
     # ------------------------------------------------------------------ outputs
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:

@@ -118,11 +118,17 @@ class MemorizationCallback(ProbeCallback):
         self.n_params = getattr(pl_module, "n_params", None) or pl_module.model.num_params(non_embedding=False)
 
     def state_dict(self) -> dict:
-        """The plateau rule's state (best value, waits, LR scale, history) for the checkpoint."""
-        return {"plateau": self.plateau.state_dict() if self.plateau else None, "stopped_by": self.stopped_by}
+        """The plateau rule's state (best value, waits, LR scale, history) and the probe counters for the
+        checkpoint."""
+        return {
+            **super().state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau else None,
+            "stopped_by": self.stopped_by,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore :meth:`state_dict` (resume)."""
+        super().load_state_dict(state_dict)
         if self.plateau is not None and state_dict.get("plateau"):
             self.plateau.load_state_dict(state_dict["plateau"])
         self.stopped_by = state_dict.get("stopped_by", self.stopped_by)
