@@ -4,26 +4,47 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import asdict, replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from densitylab.data import DataModule
 from densitylab.data.corpus import Corpus
-from densitylab.data.entities import capitalized_mentions, extract_gazetteer
-from densitylab.ledger import NEVER, ExposureLedger, ledger_tables, write_ledger
+from densitylab.data.entities import SyntheticEntities, capitalized_mentions, extract_gazetteer
+from densitylab.data.packing import PackedSplit
+from densitylab.data.sources import SyntheticSource
+from densitylab.data.synthetic import sample_population
+from densitylab.data.synthetic.generate import plan_documents
+from densitylab.data.tokenizer import TrainedBPE
+from densitylab.ledger import NEVER, ExposureLedger, ledger_tables, packed_incidence, write_ledger
 from densitylab.report.ledger import plot_rank_frequency
 
 # 4 windows; mentions: window 0 -> e0, e1, e1 ; window 1 -> e2 ; window 2 -> e0, e2 ; window 3 -> none
 MENTION_WINDOW = torch.tensor([0, 0, 0, 1, 2, 2])
 MENTION_ENTITY = torch.tensor([0, 1, 1, 2, 0, 2])
+# documents with a subject: doc A about e1 starts in window 0 (its mentions: e0, e1, e1), doc B about e1
+# starts in window 0 too (it spans windows 0-1; mention e2 in window 1), doc C about e2 starts in window 2
+# (mentions e0, e2); window 3 starts a document without a subject
+MENTION_SUBJECT = torch.tensor([1, 1, 1, 1, 2, 2])
+DOC_WINDOW = torch.tensor([0, 0, 2])
+DOC_SUBJECT = torch.tensor([1, 1, 2])
 
 
 def make_ledger() -> ExposureLedger:
     return ExposureLedger(
-        vocab_size=10, n_windows=4, mention_window=MENTION_WINDOW, mention_entity=MENTION_ENTITY, n_entities=3
+        vocab_size=10,
+        n_windows=4,
+        mention_window=MENTION_WINDOW,
+        mention_entity=MENTION_ENTITY,
+        n_entities=3,
+        mention_subject=MENTION_SUBJECT,
+        doc_window=DOC_WINDOW,
+        doc_subject=DOC_SUBJECT,
     )
 
 
@@ -46,6 +67,11 @@ def test_update_counts_tokens_windows_mentions_pairs_and_first_step():
     co = dict(zip(zip(led.pair_a.tolist(), led.pair_b.tolist()), led.cooccurrence().tolist()))
     assert co == {(0, 1): 2, (0, 2): 1}
     assert led.entity_first_step().tolist() == [1, 1, 1]
+    # w0 trained twice: docs A and B (about e1) count 2 each; w2 once: doc C (about e2); w1 never
+    assert led.entity_subject_docs().tolist() == [0, 2 * 2, 1]
+    assert led.entity_distinct_docs().tolist() == [0, 2, 1]
+    # mentions in other people's documents: e0 in A (w0, x2) and in C (w2, x1); e2 in B (w1, untrained)
+    assert led.entity_comentions().tolist() == [2 + 1, 0, 0]
     s = led.summary(block_size=3)
     assert s == {
         "tokens_seen": 12,
@@ -95,6 +121,34 @@ def test_state_dict_round_trip_and_mismatch():
     wrong = ExposureLedger(11, 4, MENTION_WINDOW, MENTION_ENTITY, 3)
     with pytest.raises(ValueError, match="vocab_size"):
         wrong.load_state_dict(led.state_dict())
+    no_docs = ExposureLedger(10, 4, MENTION_WINDOW, MENTION_ENTITY, 3)
+    with pytest.raises(ValueError, match="n_docs"):
+        no_docs.load_state_dict(led.state_dict())
+    old_checkpoint = {k: v for k, v in led.state_dict().items() if k != "n_docs"}  # written before n_docs existed
+    again = make_ledger()
+    again.load_state_dict(old_checkpoint)
+    assert torch.equal(again.entity_subject_docs(), led.entity_subject_docs())
+
+
+def test_resumed_ledger_ends_with_the_counts_of_an_uninterrupted_one():
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 10, (2, 3), generator=g), torch.randint(-1, 4, (2,), generator=g)) for _ in range(9)]
+    whole = make_ledger()
+    for step, (x, sid) in enumerate(batches, start=1):
+        whole.update(x, sid, step)
+    whole.sync()
+    first = make_ledger()
+    for step, (x, sid) in enumerate(batches[:4], start=1):
+        first.update(x, sid, step)
+    first.sync()
+    resumed = make_ledger()
+    resumed.load_state_dict(first.state_dict())
+    for step, (x, sid) in enumerate(batches[4:], start=5):
+        resumed.update(x, sid, step)
+    resumed.sync()
+    for name in ("entity_mentions", "entity_subject_docs", "entity_distinct_docs", "entity_comentions"):
+        assert torch.equal(getattr(resumed, name)(), getattr(whole, name)()), name
+    assert whole.entity_subject_docs().sum() > 0
 
 
 def test_bad_mentions_raise():
@@ -102,6 +156,20 @@ def test_bad_mentions_raise():
         ExposureLedger(10, 4, torch.tensor([0, 1]), torch.tensor([0]), 3)
     with pytest.raises(ValueError, match="outside"):
         ExposureLedger(10, 4, torch.tensor([4]), torch.tensor([0]), 3)
+    with pytest.raises(ValueError, match="mention_subject.*equal lengths"):
+        ExposureLedger(10, 4, torch.tensor([0]), torch.tensor([0]), 3, mention_subject=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"mention_subject holds ids outside \[-1, 3\)"):
+        ExposureLedger(10, 4, torch.tensor([0]), torch.tensor([0]), 3, mention_subject=torch.tensor([-2]))
+    with pytest.raises(ValueError, match="doc_window.*equal lengths"):
+        ExposureLedger(10, 4, torch.tensor([0]), torch.tensor([0]), 3, doc_window=torch.tensor([0]))
+    with pytest.raises(ValueError, match="doc_window holds ids outside"):
+        ExposureLedger(
+            10, 4, MENTION_WINDOW, MENTION_ENTITY, 3, doc_window=torch.tensor([4]), doc_subject=torch.tensor([0])
+        )
+    with pytest.raises(ValueError, match="doc_subject holds ids outside"):
+        ExposureLedger(
+            10, 4, MENTION_WINDOW, MENTION_ENTITY, 3, doc_window=torch.tensor([0]), doc_subject=torch.tensor([3])
+        )
 
 
 def test_tables_and_plot(tmp_path):
@@ -113,6 +181,13 @@ def test_tables_and_plot(tmp_path):
     ent = tables["entities"].set_index("entity")
     assert ent.loc["Zed", "mentions"] == 1 and ent.loc["Amy", "mentions"] == 2 and ent.loc["Bob", "mentions"] == 0
     assert ent.loc["Zed", "first_step"] == 3 and pd.isna(ent.loc["Bob", "first_step"])
+    assert list(tables["entities"].columns) == [
+        "entity_id", "entity", "mentions", "first_step", "subject_docs", "distinct_docs", "comentions",
+    ]  # fmt: skip
+    for col in ("mentions", "subject_docs", "distinct_docs", "comentions"):
+        assert tables["entities"][col].dtype == "int64", col
+    assert ent["subject_docs"].tolist() == [0, 2, 0] and ent["distinct_docs"].tolist() == [0, 2, 0]
+    assert ent["comentions"].tolist() == [1, 0, 0]  # Zed (e0) named once in a document about Amy (e1)
     co = tables["cooccurrence"]
     assert co[["entity_a", "entity_b", "count"]].values.tolist() == [["Amy", "Zed", 1]]  # alphabetical order
     write_ledger(tables, tmp_path / "ledger")
@@ -138,7 +213,13 @@ def _ddp_worker(rank: int, world: int, port: int, batches, out):
             led.update(x, sid, step)
         led.sync()
         led.sync()  # a second sync must not double count
-        out[rank] = {k: v.clone() for k, v in led.state_dict().items() if isinstance(v, torch.Tensor)}
+        counts = {k: v.clone() for k, v in led.state_dict().items() if isinstance(v, torch.Tensor)}
+        counts.update(
+            subject_docs=led.entity_subject_docs(),
+            distinct_docs=led.entity_distinct_docs(),
+            comentions=led.entity_comentions(),
+        )
+        out[rank] = counts  # a Manager dict stores a copy: assign once, complete
     finally:
         dist.destroy_process_group()
 
@@ -156,6 +237,9 @@ def test_two_processes_sum_to_the_single_process_counts():
         assert torch.equal(out[rank]["token_counts"], single.token_counts)
         assert torch.equal(out[rank]["sequence_counts"], single.sequence_counts)
         assert torch.equal(out[rank]["window_first_step"], single.window_first_step)
+        assert torch.equal(out[rank]["subject_docs"], single.entity_subject_docs())
+        assert torch.equal(out[rank]["distinct_docs"], single.entity_distinct_docs())
+        assert torch.equal(out[rank]["comentions"], single.entity_comentions())
 
 
 def test_capitalized_mentions_skip_sentence_and_line_starts():
@@ -174,3 +258,134 @@ def test_gazetteer_matches_whole_words_longest_first(tmp_path):
     assert entities["entity"].tolist() == ["Caius Marcius", "Marcius"]
     assert spans["train"][["start", "end", "entity"]].values.tolist() == [[0, 13, 0], [18, 25, 1]]
     assert spans["heldout"]["value"].tolist() == ["Marcius"]
+
+
+# ----------------------------------------------------------------------------- against the generator's truth
+SOURCE = SyntheticSource(n_people=40, max_docs=10, seed=3)
+CANARIES = {"repetitions": [1, 3], "per_group": 2, "length": 16, "alphabet_size": 50}  # shift packed doc indices
+
+
+@pytest.fixture(scope="module")
+def synth_dm(tmp_path_factory) -> DataModule:
+    root = tmp_path_factory.mktemp("ledger_dm")
+    dm = DataModule(
+        source=SOURCE,
+        tokenizer=TrainedBPE(vocab_size=400, min_frequency=2),
+        entities=SyntheticEntities(),
+        block_size=32,
+        batch_size=8,
+        canaries=CANARIES,
+        seed=0,
+        progress=False,
+        cache_dir=str(root / "cache"),
+        output_dir=str(root / "run"),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def _generator_subjects(source: SyntheticSource) -> np.ndarray:
+    """Subject of every training document, drawn as ``generate_synthetic`` draws them (independent of spans)."""
+    a = asdict(source)
+    rng = np.random.default_rng(a["seed"])
+    n_unfamiliar = int(round(a["unfamiliar_frac"] * a["n_people"]))
+    people = sample_population(rng, a["n_people"], n_unfamiliar, a["zipf_exponent"], a["max_docs"], a["min_docs"])
+    return plan_documents(rng, people, a["heldout_docs_per_person"])["train"]
+
+
+def _first_windows(dm: DataModule, texts: list[str]) -> np.ndarray:
+    """Window of the first token of every training text, found by matching each text's tokens in the packed
+    stream (canaries are documents of random tokens spliced in between)."""
+    packed = dm.splits["train"]
+    stream, offsets = packed.tokens.numpy(), packed.doc_offsets
+    out, p = np.zeros(len(texts), dtype=np.int64), 0
+    for d, text in enumerate(texts):
+        ids = dm.tokenizer.encode(text, add_special_tokens=False).ids
+        while stream[offsets[p] : offsets[p + 1] - 1].tolist() != ids:
+            p += 1
+        out[d], p = offsets[p] // packed.block_size, p + 1
+    return out
+
+
+def _train(led: ExposureLedger, packed: PackedSplit, order: np.ndarray, batch: int, eos: int, step: int = 1) -> int:
+    """Train the windows ``order`` (sample ids) in batches of ``batch``, the last padded with padding windows."""
+    sid = torch.full((-(-len(order) // batch) * batch,), -1, dtype=torch.int64)
+    sid[: len(order)] = torch.as_tensor(order, dtype=torch.int64)
+    x = packed.windows()[sid.clamp(min=0), :-1].clone()
+    x[sid < 0] = eos
+    for i in range(0, len(sid), batch):
+        led.update(x[i : i + batch], sid[i : i + batch], step)
+        step += 1
+    led.sync()
+    return step
+
+
+def test_one_epoch_ledger_equals_the_generator_truth_exactly(synth_dm: DataModule):
+    packed, names = synth_dm.splits["train"], synth_dm.entity_table.sort_values("entity_id")["entity"].tolist()
+    led = ExposureLedger.from_packed(packed, synth_dm.vocab_size, len(names))
+    assert led.n_docs == synth_dm.meta["splits"]["train"]["documents"]  # every biography has a subject
+    rng = np.random.default_rng(0)
+    step = _train(led, packed, rng.permutation(packed.n_windows), 8, synth_dm.eos_id)
+    ent = ledger_tables(led, None, names)["entities"].set_index("entity")
+    truth = pd.read_parquet(synth_dm.output_dir / "ground_truth" / "exposure_train.parquet").set_index("entity")
+    docs = pd.read_parquet(synth_dm.output_dir / "ground_truth" / "mentions_train.parquet").set_index("entity")
+    assert (truth["subject_docs"] == docs["docs"]).all() and (truth["mentions"] == docs["mentions"]).all()
+    truth = truth.loc[ent.index]
+    for col in ("subject_docs", "mentions", "comentions"):
+        assert ent[col].tolist() == truth[col].tolist(), col
+    assert ent["distinct_docs"].tolist() == truth["subject_docs"].tolist()
+    assert truth["comentions"].sum() > 0 and (truth["comentions"] < truth["mentions"]).any()
+    _train(led, packed, rng.permutation(packed.n_windows), 8, synth_dm.eos_id, step)  # a second epoch
+    ent = ledger_tables(led, None, names)["entities"].set_index("entity")
+    assert ent["subject_docs"].tolist() == (2 * truth["subject_docs"]).tolist()
+    assert ent["distinct_docs"].tolist() == truth["subject_docs"].tolist()
+    assert ent["comentions"].tolist() == (2 * truth["comentions"]).tolist()
+    assert ent["mentions"].tolist() == (2 * truth["mentions"]).tolist()
+
+
+def test_a_document_counts_when_the_window_of_its_first_token_is_trained(synth_dm: DataModule):
+    packed, n = synth_dm.splits["train"], len(synth_dm.entity_table)
+    texts = SOURCE.load().texts["train"]
+    subjects, first_window = _generator_subjects(SOURCE), _first_windows(synth_dm, texts)
+    assert len(subjects) == len(texts)
+    inc = packed_incidence(packed)
+    assert sorted(zip(inc.doc_window.tolist(), inc.doc_subject.tolist())) == sorted(
+        zip(first_window.tolist(), subjects.tolist())
+    )
+    offsets = packed.doc_offsets // packed.block_size
+    assert not np.array_equal(first_window, offsets[: len(texts)])  # the canaries do shift documents
+    rng = np.random.default_rng(1)
+    trained = rng.choice(packed.n_windows, size=packed.n_windows // 3, replace=False)
+    twice = trained[: len(trained) // 4]
+    led = ExposureLedger.from_packed(packed, synth_dm.vocab_size, n)
+    step = _train(led, packed, trained, 8, synth_dm.eos_id)
+    _train(led, packed, twice, 8, synth_dm.eos_id, step)
+    times = np.zeros(packed.n_windows, dtype=np.int64)
+    times[trained] += 1
+    times[twice] += 1
+    t = times[first_window]  # brute force, per document and per mention
+    assert led.entity_subject_docs().tolist() == np.bincount(subjects, weights=t, minlength=n).astype(int).tolist()
+    assert led.entity_distinct_docs().tolist() == np.bincount(subjects, weights=t > 0, minlength=n).astype(int).tolist()
+    sp = packed.spans[packed.spans["kind"] == "name"]
+    ent, sid, doc = (sp[c].to_numpy() for c in ("entity", "sample_id", "doc"))
+    other = ent != subjects[doc]
+    expected = np.bincount(ent[other], weights=times[sid[other]], minlength=n).astype(int)
+    assert led.entity_comentions().tolist() == expected.tolist()
+    assert led.entity_mentions().tolist() == np.bincount(ent, weights=times[sid], minlength=n).astype(int).tolist()
+    assert 0 < led.entity_distinct_docs().sum() < led.entity_subject_docs().sum() < len(texts)
+
+
+def test_without_document_subjects_the_document_counts_are_zero(synth_dm: DataModule):
+    packed = synth_dm.splits["train"]
+    names_only = replace(packed, spans=packed.spans[packed.spans["kind"] == "name"].reset_index(drop=True))
+    inc = packed_incidence(names_only)  # as the text extractors give: name spans, no attribute spans
+    assert len(inc.doc_window) == 0 and (inc.mention_subject == -1).all()
+    names = synth_dm.entity_table.sort_values("entity_id")["entity"].tolist()
+    led = ExposureLedger.from_packed(names_only, synth_dm.vocab_size, len(names))
+    _train(led, names_only, np.arange(packed.n_windows), 8, synth_dm.eos_id)
+    ent = ledger_tables(led, None, names)["entities"]
+    assert led.n_docs == 0 and ent["mentions"].sum() == len(names_only.spans)
+    assert (ent[["subject_docs", "distinct_docs", "comentions"]] == 0).all().all()
+    empty = replace(packed, spans=packed.spans.iloc[:0])
+    assert ExposureLedger.from_packed(empty, synth_dm.vocab_size, 0).n_docs == 0

@@ -234,9 +234,15 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, cache_dir):
 
 
 def _ledger_vs_truth(run_dir: Path) -> None:
-    entities = pd.read_parquet(run_dir / "ledger" / "entities.parquet").set_index("entity")["mentions"]
+    ledger = pd.read_parquet(run_dir / "ledger" / "entities.parquet").set_index("entity").sort_index()
+    entities = ledger["mentions"]
     truth = pd.read_parquet(run_dir / "ground_truth" / "mentions_train.parquet").set_index("entity")["mentions"]
     assert entities.sort_index().to_dict() == truth.sort_index().to_dict()
+    exposure = pd.read_parquet(run_dir / "ground_truth" / "exposure_train.parquet").set_index("entity").sort_index()
+    for col in ("subject_docs", "mentions", "comentions"):  # one epoch: every document and window once
+        assert ledger[col].to_dict() == exposure[col].to_dict(), col
+    assert ledger["distinct_docs"].to_dict() == exposure["subject_docs"].to_dict()
+    assert exposure["comentions"].sum() > 100
     co = pd.read_parquet(run_dir / "ledger" / "cooccurrence.parquet").set_index(["entity_a", "entity_b"])["count"]
     co_truth = pd.read_parquet(run_dir / "ground_truth" / "comentions_windows_train.parquet").set_index(
         ["entity_a", "entity_b"]

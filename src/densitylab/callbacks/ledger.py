@@ -7,7 +7,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from densitylab.callbacks.wandb_util import find_wandb_logger
@@ -28,9 +27,12 @@ class LedgerCallback(L.Callback):
     - at probe cadence (log-spaced steps, then every ``every_n_steps``): W&B histograms of
       log2(1 + count) for tokens and entities and a table of the most and least seen entities;
     - at every checkpoint and at the end: ``ledger/{tokens,entities,cooccurrence}.parquet`` in the
-      run folder (atomic writes) and, at the end, ``plots/ledger_zipf.png``
+      run folder (atomic writes; ``entities`` holds per entity mentions, first_step, subject_docs,
+      distinct_docs and comentions, see :func:`~densitylab.ledger.ledger_tables`) and, at the end,
+      ``plots/ledger_zipf.png``
       (:func:`densitylab.report.ledger.plot_rank_frequency`);
-    - its state (the totals) is saved in the checkpoint, so a resumed run continues the same counts.
+    - its state (the totals) is saved in the checkpoint, so a resumed run continues the same counts
+      (every entity and document count is derived from the window counts, so it resumes with them).
 
     Args:
         output_dir: run folder (tables go to ``output_dir/ledger``, the plot to ``output_dir/plots``).
@@ -60,15 +62,11 @@ class LedgerCallback(L.Callback):
                 "callbacks.ledger (and density, modularity) need packed text data (data=synthetic|text|hub): "
                 "with data=uniform use callbacks=capacity, or set callbacks.ledger=null"
             )
-        packed = dm.splits["train"]
-        names = packed.spans[packed.spans["kind"] == "name"]
         table = dm.entity_table
         self._entity_names = [] if table is None else table.sort_values("entity_id")["entity"].astype(str).tolist()
-        self.ledger = ExposureLedger(
+        self.ledger = ExposureLedger.from_packed(
+            dm.splits["train"],
             vocab_size=pl_module.model.config.vocab_size,
-            n_windows=packed.n_windows,
-            mention_window=torch.tensor(names["sample_id"].to_numpy(), dtype=torch.int64),
-            mention_entity=torch.tensor(names["entity"].to_numpy(), dtype=torch.int64),
             n_entities=len(self._entity_names),
             device=pl_module.device,
         )

@@ -116,7 +116,7 @@ class SyntheticSource:
         """Every generator argument (the corpus is a pure function of them)."""
         d = asdict(self)
         d["comentions"] = list(d["comentions"])
-        return {"source": "synthetic", "generator_version": 1, **d}
+        return {"source": "synthetic", "generator_version": 2, **d}  # 2: ground truth exposure_{split}
 
     def load(self, progress: bool = False) -> Corpus:
         """Generate the corpus. Raises ConfigError on invalid generator arguments."""

@@ -3,15 +3,23 @@
 Per training step the ledger does two device-side scatter operations and no host-device
 synchronisation: ``token`` counts (``index_add`` of ones at the batch's input ids; a bincount) and ``sequence``
 counts (``index_add`` of ones at the batch's sample ids, padding windows excluded), plus a running
-minimum of the step at which each window was first trained. Entity mentions and entity-pair
-co-mentions are *derived* exactly from the sequence counts when read, through the fixed
-window→mention and window→pair incidence lists built once from the packed data:
+minimum of the step at which each window was first trained. Every entity count is *derived*
+exactly from the sequence counts when read, through fixed window→mention, window→document and
+window→pair incidence lists built once from the packed data (:mod:`densitylab.ledger.incidence`):
 
-    mentions[e] = Σ_{mentions m of e} sequence[window(m)]
+    mentions[e]      = Σ_{name mentions m of e} sequence[window(m)]
+    comentions[e]    = Σ_{name mentions m of e in a document whose subject is not e} sequence[window(m)]
+    subject_docs[e]  = Σ_{documents d with subject e} sequence[window(d)]
+    distinct_docs[e] = Σ_{documents d with subject e} [sequence[window(d)] > 0]
     cooccurrence[a, b] = Σ_{windows w mentioning both a and b} sequence[w]
 
-so an entity's count is the number of its mentions in trained windows (a mention belongs to the
-window holding its first token) and a pair's count is the number of trained windows naming both.
+A mention belongs to the window holding its first token, and so does a document (its first token),
+so: ``mentions`` counts the mentions of e in trained windows (repeats included); ``comentions`` the
+part of them inside other people's biographies ("worked with e"); ``subject_docs`` the trainings of
+documents about e (a document trained in two epochs counts 2); ``distinct_docs`` the documents about e
+trained at least once; a pair's count the trained windows naming both. Being functions of the
+sequence counts, all of them are summed over DDP processes and restored from a checkpoint exactly
+when the sequence counts are, and cost nothing per step.
 
 Under DDP each process counts its own batches into *pending* tensors; :meth:`ExposureLedger.sync`
 adds them up across processes with ``all_reduce(SUM)`` (never the default mean) into the totals,
@@ -20,8 +28,15 @@ which are then identical on every process. Call it before reading, logging or ch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
+
+from densitylab.ledger.incidence import packed_incidence
+
+if TYPE_CHECKING:
+    from densitylab.data.packing import PackedSplit
 
 NEVER = torch.iinfo(torch.int64).max
 
@@ -31,7 +46,7 @@ def _distributed() -> bool:
 
 
 class ExposureLedger:
-    """Exact token / sequence / entity / co-mention exposure counts.
+    """Exact token / sequence / entity / document / co-mention exposure counts.
 
     Args:
         vocab_size: V, number of token ids (``token_ids`` must be < V).
@@ -40,15 +55,27 @@ class ExposureLedger:
         mention_entity: (M,) int64 entity id of each mention.
         n_entities: E, number of entities (ids 0..E-1); 0 when there are none.
         device: where the counters live (the training device).
+        mention_subject: (M,) int64 subject (entity id) of the document holding each mention, -1 when
+            that document has no subject; None = all -1 (then every ``comentions`` is 0).
+        doc_window: (D,) int64 sample id of the window holding the first token of each document that
+            has a subject; None = no such document (then ``subject_docs``/``distinct_docs`` are 0).
+        doc_subject: (D,) int64 subject (entity id) of each of those documents.
+
+    On data without document subjects (text sources: capitalized / gazetteer / spaCy spans, no
+    biographies) ``subject_docs``, ``distinct_docs`` and ``comentions`` are 0 for every entity (never
+    NaN); ``n_docs == 0`` tells that case apart from a person who simply has no document.
 
     Attributes (totals after :meth:`sync`; int64):
         token_counts: (V,) input positions holding each token id, padding included.
         sequence_counts: (n_windows,) times each window was trained.
         window_first_step: (n_windows,) first step that trained each window (``NEVER`` if none).
         pair_a, pair_b: (P,) the entity pairs (a < b) that share at least one window.
+        n_docs: D, number of documents with a subject (python int).
 
     Raises:
-        ValueError: if mention arrays differ in length or hold ids out of range.
+        ValueError: if mention or document arrays differ in length or hold ids out of range.
+
+    Build it from a packed split with :meth:`from_packed`.
     """
 
     def __init__(
@@ -59,18 +86,39 @@ class ExposureLedger:
         mention_entity: torch.Tensor,
         n_entities: int,
         device: torch.device | str = "cpu",
+        *,
+        mention_subject: torch.Tensor | None = None,
+        doc_window: torch.Tensor | None = None,
+        doc_subject: torch.Tensor | None = None,
     ) -> None:
         mention_window = torch.as_tensor(mention_window, dtype=torch.int64).flatten()
         mention_entity = torch.as_tensor(mention_entity, dtype=torch.int64).flatten()
-        if mention_window.shape != mention_entity.shape:
+        if mention_subject is None:
+            mention_subject = torch.full_like(mention_entity, -1)
+        mention_subject = torch.as_tensor(mention_subject, dtype=torch.int64).flatten()
+        empty = torch.zeros(0, dtype=torch.int64)
+        doc_window = empty if doc_window is None else torch.as_tensor(doc_window, dtype=torch.int64).flatten()
+        doc_subject = empty if doc_subject is None else torch.as_tensor(doc_subject, dtype=torch.int64).flatten()
+        for name, arr in (("mention_entity", mention_entity), ("mention_subject", mention_subject)):
+            if arr.shape != mention_window.shape:
+                raise ValueError(
+                    f"mention_window {tuple(mention_window.shape)} and {name} {tuple(arr.shape)}: "
+                    "expected equal lengths"
+                )
+        if doc_window.shape != doc_subject.shape:
             raise ValueError(
-                f"mention_window {tuple(mention_window.shape)} and mention_entity {tuple(mention_entity.shape)}: "
+                f"doc_window {tuple(doc_window.shape)} and doc_subject {tuple(doc_subject.shape)}: "
                 "expected equal lengths"
             )
-        if len(mention_window) and (mention_window.min() < 0 or mention_window.max() >= n_windows):
-            raise ValueError(f"mention_window holds ids outside [0, {n_windows})")
-        if len(mention_entity) and (mention_entity.min() < 0 or mention_entity.max() >= n_entities):
-            raise ValueError(f"mention_entity holds ids outside [0, {n_entities})")
+        for name, arr, lo, hi in (
+            ("mention_window", mention_window, 0, n_windows),
+            ("mention_entity", mention_entity, 0, n_entities),
+            ("mention_subject", mention_subject, -1, n_entities),
+            ("doc_window", doc_window, 0, n_windows),
+            ("doc_subject", doc_subject, 0, n_entities),
+        ):
+            if len(arr) and (arr.min() < lo or arr.max() >= hi):
+                raise ValueError(f"{name} holds ids outside [{lo}, {hi})")
         self.vocab_size, self.n_windows, self.n_entities = int(vocab_size), int(n_windows), int(n_entities)
         self.device = torch.device(device)
         # pairs of distinct entities sharing a window: one incidence row per (window, pair)
@@ -82,12 +130,46 @@ class ExposureLedger:
         self.pair_a, self.pair_b = pair_keys // max(n_entities, 1), pair_keys % max(n_entities, 1)
         self._mention_window, self._mention_entity = mention_window.to(self.device), mention_entity.to(self.device)
         self._pair_window, self._pair_index = pw.to(self.device), pair_index.to(self.device)
+        comention = (mention_subject >= 0) & (mention_subject != mention_entity)  # in another person's document
+        self._comention_window = mention_window[comention].to(self.device)
+        self._comention_entity = mention_entity[comention].to(self.device)
+        self.n_docs = len(doc_window)
+        self._doc_window, self._doc_subject = doc_window.to(self.device), doc_subject.to(self.device)
         z = dict(dtype=torch.int64, device=self.device)
         self.token_counts = torch.zeros(self.vocab_size, **z)
         self.sequence_counts = torch.zeros(self.n_windows, **z)
         self.window_first_step = torch.full((self.n_windows,), NEVER, **z)
         self._pending_tokens = torch.zeros(self.vocab_size, **z)
         self._pending_sequences = torch.zeros(self.n_windows, **z)
+
+    @classmethod
+    def from_packed(
+        cls, packed: PackedSplit, vocab_size: int, n_entities: int, device: torch.device | str = "cpu"
+    ) -> ExposureLedger:
+        """The ledger of a packed training split: mentions, their documents' subjects and the subject
+        documents' first windows from :func:`~densitylab.ledger.incidence.packed_incidence`.
+
+        Args:
+            packed: the training split (its sample ids are the ledger's windows).
+            vocab_size: V, the model's vocabulary size.
+            n_entities: E, entities in the entity table (0 when there is none).
+            device: the training device.
+        Raises:
+            ValueError: see :func:`~densitylab.ledger.incidence.packed_incidence` and the constructor.
+        """
+        inc = packed_incidence(packed)
+        t = torch.from_numpy
+        return cls(
+            vocab_size,
+            packed.n_windows,
+            t(inc.mention_window),
+            t(inc.mention_entity),
+            n_entities,
+            device,
+            mention_subject=t(inc.mention_subject),
+            doc_window=t(inc.doc_window),
+            doc_subject=t(inc.doc_subject),
+        )
 
     @staticmethod
     def _window_pairs(win: torch.Tensor, ent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,6 +237,25 @@ class ExposureLedger:
         """(E,) int64 first step whose batch mentioned each entity (``NEVER`` if none yet)."""
         out = torch.full((self.n_entities,), NEVER, dtype=torch.int64, device=self.device)
         return out.scatter_reduce_(0, self._mention_entity, self.window_first_step[self._mention_window], reduce="amin")
+
+    def entity_comentions(self) -> torch.Tensor:
+        """(E,) int64 mentions of each entity in trained windows inside documents whose subject is another
+        entity (a part of :meth:`entity_mentions`; 0 on data without document subjects)."""
+        out = torch.zeros(self.n_entities, dtype=torch.int64, device=self.device)
+        return out.index_add_(0, self._comention_entity, self.sequence_counts[self._comention_window])
+
+    def entity_subject_docs(self) -> torch.Tensor:
+        """(E,) int64 trainings of documents about each entity, repeats included: Σ over its documents of
+        the times the window holding the document's first token was trained (0 without subjects)."""
+        out = torch.zeros(self.n_entities, dtype=torch.int64, device=self.device)
+        return out.index_add_(0, self._doc_subject, self.sequence_counts[self._doc_window])
+
+    def entity_distinct_docs(self) -> torch.Tensor:
+        """(E,) int64 documents about each entity whose first token's window was trained at least once
+        (<= :meth:`entity_subject_docs`; 0 without subjects)."""
+        out = torch.zeros(self.n_entities, dtype=torch.int64, device=self.device)
+        seen = (self.sequence_counts[self._doc_window] > 0).to(torch.int64)
+        return out.index_add_(0, self._doc_subject, seen)
 
     def cooccurrence(self) -> torch.Tensor:
         """(P,) int64 trained windows naming both ``pair_a[p]`` and ``pair_b[p]``."""
@@ -229,7 +330,8 @@ class ExposureLedger:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, torch.Tensor | int]:
-        """Totals on CPU (call :meth:`sync` first so nothing is pending)."""
+        """Totals on CPU (call :meth:`sync` first so nothing is pending). The entity counts are derived
+        from ``sequence_counts``, so they need no state of their own."""
         return {
             "token_counts": self.token_counts.detach().cpu().clone(),
             "sequence_counts": self.sequence_counts.detach().cpu().clone(),
@@ -237,16 +339,18 @@ class ExposureLedger:
             "vocab_size": self.vocab_size,
             "n_windows": self.n_windows,
             "n_entities": self.n_entities,
+            "n_docs": self.n_docs,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore totals saved by :meth:`state_dict`.
 
         Raises:
-            ValueError: if the saved ledger was built for different data (sizes differ).
+            ValueError: if the saved ledger was built for different data (sizes differ; ``n_docs`` is
+                checked when the checkpoint has it, older checkpoints lack it).
         """
-        for k in ("vocab_size", "n_windows", "n_entities"):
-            if int(state[k]) != getattr(self, k):
+        for k in ("vocab_size", "n_windows", "n_entities", "n_docs"):
+            if (k in state or k != "n_docs") and int(state[k]) != getattr(self, k):
                 raise ValueError(
                     f"ledger checkpoint has {k}={int(state[k])} but this run has {getattr(self, k)}: expected the "
                     "same data and tokenizer"

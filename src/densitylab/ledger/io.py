@@ -19,9 +19,13 @@ def ledger_tables(
     """The ledger as tables (call ``ledger.sync()`` first).
 
     Returns:
-        ``tokens``: token_id, token (decoded text), count; ``entities``: entity_id, entity, mentions,
-        first_step (nullable: never mentioned yet); ``cooccurrence``: entity_a, entity_b (names,
-        entity_a < entity_b alphabetically), entity_id_a, entity_id_b, count (pairs with count > 0).
+        ``tokens``: token_id, token (decoded text), count; ``entities``: one row per entity, entity_id,
+        entity, mentions (name mentions in trained windows), first_step (nullable: never mentioned yet),
+        subject_docs (trainings of documents about it, repeats included), distinct_docs (documents about
+        it trained at least once), comentions (its mentions inside other entities' documents), all int64
+        counts but first_step (see :class:`~densitylab.ledger.ExposureLedger`; the last three are 0 on
+        data without document subjects); ``cooccurrence``: entity_a, entity_b (names, entity_a <
+        entity_b alphabetically), entity_id_a, entity_id_b, count (pairs with count > 0).
     """
     counts = ledger.token_counts.cpu().numpy()
     ids = np.arange(len(counts))
@@ -36,6 +40,9 @@ def ledger_tables(
             "entity": pd.Series(list(entity_names), dtype="string"),
             "mentions": mentions,
             "first_step": pd.array(np.where(first == NEVER, 0, first), dtype="Int64"),
+            "subject_docs": ledger.entity_subject_docs().cpu().numpy(),
+            "distinct_docs": ledger.entity_distinct_docs().cpu().numpy(),
+            "comentions": ledger.entity_comentions().cpu().numpy(),
         }
     )
     entities.loc[first == NEVER, "first_step"] = pd.NA

@@ -32,7 +32,9 @@ The corpus
   value (``kind`` = attribute name, ``entity`` = the subject) is recorded with exact character
   offsets tracked while rendering (:data:`densitylab.data.corpus.SPAN_COLUMNS`).
 * **Ground truth.** ``people`` (the entity table), ``mentions_{split}`` (documents and name
-  mentions per person) and ``comentions_{split}`` (documents mentioning each unordered pair).
+  mentions per person), ``comentions_{split}`` (documents mentioning each unordered pair) and
+  ``exposure_{split}`` (per person: documents about them, name mentions, and the part of those in
+  other people's documents; what one epoch of the exposure ledger must count).
 
 Only ``numpy.random.default_rng(seed)`` is used for randomness, so the same arguments give
 byte-identical texts and identical tables.

@@ -154,8 +154,8 @@ def generate_synthetic(
         ``unfamiliar``, their span tables (character offsets, one row per inserted name or
         attribute value), the ``entities`` table (columns ``entity_id, entity, gender,
         birth_date, birth_city, university, major, employer, employer_city, rank,
-        planned_docs, familiar``) and ground-truth tables ``people``, ``mentions_{split}``
-        and ``comentions_{split}``. At defaults: about 8.2k training documents.
+        planned_docs, familiar``) and ground-truth tables ``people``, ``mentions_{split}``,
+        ``comentions_{split}`` and ``exposure_{split}``. At defaults: about 8.2k training documents.
 
     Raises:
         ValueError: on an invalid argument (see :func:`check_synthetic_args`).

@@ -47,6 +47,30 @@ def mentions_table(entities: pd.DataFrame, subjects: np.ndarray, spans: pd.DataF
     )
 
 
+def exposure_table(entities: pd.DataFrame, subjects: np.ndarray, spans: pd.DataFrame) -> pd.DataFrame:
+    """Per entity, what one pass over the split exposes, named as the ledger's columns: ``subject_docs``
+    (documents about it; ``subjects`` holds each document's subject), ``mentions`` (its ``kind="name"``
+    spans) and ``comentions`` (its name spans in documents whose subject is someone else). Columns
+    entity_id, entity, subject_docs, mentions, comentions (int64 counts)."""
+    n = len(entities)
+    subjects = np.asarray(subjects, dtype=np.int64)
+    docs = np.bincount(subjects, minlength=n)[:n] if len(subjects) else np.zeros(n, dtype=np.int64)
+    names = spans.loc[spans["kind"] == "name"]
+    ent = names["entity"].to_numpy(dtype=np.int64)
+    other = ent != subjects[names["doc"].to_numpy(dtype=np.int64)] if len(ent) else np.zeros(0, dtype=bool)
+    mentions = np.bincount(ent, minlength=n)[:n] if len(ent) else np.zeros(n, dtype=np.int64)
+    comentions = np.bincount(ent[other], minlength=n)[:n] if other.any() else np.zeros(n, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "entity_id": entities["entity_id"].to_numpy(dtype=np.int64),
+            "entity": entities["entity"].to_numpy(dtype=object),
+            "subject_docs": np.asarray(docs, dtype=np.int64),
+            "mentions": np.asarray(mentions, dtype=np.int64),
+            "comentions": np.asarray(comentions, dtype=np.int64),
+        }
+    )
+
+
 def comentions_table(names: list[str], spans: pd.DataFrame) -> pd.DataFrame:
     """Unordered pairs of people named in the same document, with the number of such documents.
     Columns entity_a, entity_b (names, a < b), entity_id_a, entity_id_b, docs; sorted by names."""
@@ -76,11 +100,14 @@ def comentions_table(names: list[str], spans: pd.DataFrame) -> pd.DataFrame:
 def ground_truth_tables(
     entities: pd.DataFrame, names: list[str], subjects: dict[str, np.ndarray], spans: dict[str, pd.DataFrame]
 ) -> dict[str, pd.DataFrame]:
-    """``people`` (the entity table), then ``mentions_{split}`` and ``comentions_{split}`` for every
-    split of ``subjects`` (each document's subject) and ``spans`` (span tables)."""
+    """``people`` (the entity table), then ``mentions_{split}``, ``comentions_{split}`` and
+    ``exposure_{split}`` for every split of ``subjects`` (each document's subject) and ``spans`` (span
+    tables)."""
     ground_truth: dict[str, pd.DataFrame] = {"people": entities.copy()}
     for split in subjects:
         ground_truth[f"mentions_{split}"] = mentions_table(entities, subjects[split], spans[split])
     for split in subjects:
         ground_truth[f"comentions_{split}"] = comentions_table(names, spans[split])
+    for split in subjects:
+        ground_truth[f"exposure_{split}"] = exposure_table(entities, subjects[split], spans[split])
     return ground_truth
