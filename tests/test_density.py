@@ -11,13 +11,24 @@ import torch
 from densitylab.data.packing import pack_documents
 from densitylab.model import GPT
 from densitylab.probes.density import (
+    FINAL_METRICS,
+    FIRING_RATE_EDGES,
     METRICS,
+    POSITION_METRICS,
+    UNIT_COLUMNS,
+    DensityMeasurement,
+    _Moments,
     active_frac,
     density_records,
     effective_rank,
+    firing_histogram,
     hoyer,
+    jin_top_energy,
     measure_density,
+    participation_ratio,
     top_energy,
+    unit_records,
+    zero_frac,
 )
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets
@@ -34,7 +45,7 @@ def test_active_frac_counts_strictly_positive_preactivations():
 def test_hoyer_one_hot_flat_zero_and_known_vector():
     assert hoyer(torch.tensor([0.0, 0.0, 5.0, 0.0])).item() == pytest.approx(1.0)
     assert hoyer(torch.tensor([2.0, -2.0, 2.0, 2.0])).item() == pytest.approx(0.0, abs=1e-6)
-    assert hoyer(torch.zeros(8)).item() == 1.0
+    assert math.isnan(hoyer(torch.zeros(8)).item())  # an all-zero vector is not "maximally sparse"
     assert hoyer(torch.tensor([1.0, 1.0, 0.0, 0.0])).item() == pytest.approx((2 - math.sqrt(2)) / (2 - 1))
     with pytest.raises(ValueError):
         hoyer(torch.ones(1))
@@ -49,6 +60,57 @@ def test_top_energy_and_effective_rank_on_known_vectors():
     assert effective_rank(torch.tensor([0.0, 7.0, 0.0, 0.0])).item() == pytest.approx(1 / 4)
     assert effective_rank(torch.tensor([1.0, -1.0, 1.0, 1.0])).item() == pytest.approx(1.0)
     assert effective_rank(torch.tensor([1.0, 1.0, 0.0, 0.0])).item() == pytest.approx(0.5)
+
+
+def test_all_zero_vectors_give_nan_hoyer_and_are_counted_by_zero_frac():
+    h = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [-0.0, 0.0, 0.0, 0.0]])
+    v = hoyer(h)
+    assert torch.isnan(v[[0, 3]]).all() and v[1].item() == pytest.approx(1.0) and v[2].item() == pytest.approx(0.0)
+    assert zero_frac(h).tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert zero_frac(torch.full((2, 5), 1e-30)).tolist() == [0.0, 0.0]  # tiny but non-zero: not a zero vector
+
+
+def test_jin_metrics_follow_their_formula_on_known_vectors():
+    for d in (10, 30, 40, 128):
+        k = max(1, int(0.05 * d))  # Jin et al.: floor, at least 1
+        one_hot = torch.zeros(d)
+        one_hot[d // 3] = -2.5
+        assert jin_top_energy(one_hot).item() == pytest.approx(1.0)
+        assert effective_rank(one_hot).item() == pytest.approx(1 / d)
+        assert jin_top_energy(torch.full((d,), 0.7)).item() == pytest.approx(k / d)
+        assert effective_rank(torch.full((d,), 0.7)).item() == pytest.approx(1.0, rel=1e-5)
+    # floor vs the per-layer ceil: d = 30 keeps 1 coordinate (Jin) against 2 (top5_energy)
+    assert jin_top_energy(torch.ones(30)).item() == pytest.approx(1 / 30)
+    assert top_energy(torch.ones(30)).item() == pytest.approx(2 / 30)
+    r = torch.arange(1.0, 41.0)  # k = 2: (40² + 39²) / Σ i²
+    assert jin_top_energy(r).item() == pytest.approx((40**2 + 39**2) / sum(i * i for i in range(1, 41)), rel=1e-6)
+    p = r.square() / r.square().sum()
+    assert effective_rank(r).item() == pytest.approx(math.exp(-(p * p.log()).sum().item()) / 40, rel=1e-5)
+
+
+def test_participation_ratio_of_a_covariance_with_known_eigenvalues():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    lam = torch.tensor([4.0, 2.0, 1.0, 1.0, 0.5, 0.0], dtype=torch.float64)
+    cov = q @ torch.diag(lam) @ q.T  # rotated: the ratio only sees the eigenvalues
+    assert participation_ratio(cov) == pytest.approx(lam.sum().item() ** 2 / lam.square().sum().item())
+    assert participation_ratio(np.eye(5) * 3.0) == pytest.approx(5.0)  # isotropic: d
+    assert participation_ratio(np.outer([1.0, 2.0, 2.0], [1.0, 2.0, 2.0])) == pytest.approx(1.0)  # rank one
+    assert math.isnan(participation_ratio(np.zeros((3, 3))))
+    # the streaming covariance equals numpy's over all rows, whatever the batches
+    x = torch.randn(50, 4, generator=g) * torch.tensor([1.0, 2.0, 3.0, 0.1]) + 100.0
+    mo = _Moments()
+    for chunk in (x[:7], x[7:8], x[8:30], x[30:]):
+        mo.update(chunk)
+    assert torch.allclose(mo.cov(), torch.from_numpy(np.cov(x.double().numpy(), rowvar=False)), atol=1e-4)
+
+
+def test_firing_histogram_bins():
+    edges = FIRING_RATE_EDGES
+    assert edges[0] == 0.0 and edges[-1] == 1.0 and list(edges) == sorted(edges)
+    rate = np.array([0.0, 0.0, 1e-6, 0.001, 0.0011, 0.5, 0.51, 0.9, 1.0])
+    # bins: [0,0], (0,.001], (.001,.01], (.01,.05], (.05,.1], (.1,.2], (.2,.5], (.5,.9], (.9,1]
+    assert firing_histogram(rate).tolist() == [2, 2, 1, 0, 0, 0, 1, 2, 1]
 
 
 def test_bucketize():
@@ -116,18 +178,116 @@ def model():
 
 def test_measure_density_matches_run_with_cache_and_streams(model):
     ids = torch.randint(0, 64, (10, 16), generator=torch.Generator().manual_seed(1))
-    out = measure_density(model, ids, batch_size=3)  # 4 mini-batches, the last one partial
-    assert set(out) == {f"L{i}/{m}" for i in range(2) for m in METRICS}
+    m = measure_density(model, ids, batch_size=3)  # 4 mini-batches, the last one partial
+    out = m.positions
+    assert set(out) == {f"L{i}/{k}" for i in range(2) for k in POSITION_METRICS} | {f"L1/{k}" for k in FINAL_METRICS}
     _, cache = model.run_with_cache(ids)
     for i in range(2):
-        assert np.allclose(out[f"L{i}/active_frac"], active_frac(cache[f"blocks.{i}.mlp.hook_pre"]).numpy())
+        pre = cache[f"blocks.{i}.mlp.hook_pre"]
+        assert np.allclose(out[f"L{i}/active_frac"], active_frac(pre).numpy())
         assert np.allclose(out[f"L{i}/hoyer"], hoyer(cache[f"blocks.{i}.mlp.hook_post"]).numpy(), atol=1e-6)
-        assert np.allclose(
-            out[f"L{i}/eff_rank"], effective_rank(cache[f"blocks.{i}.hook_resid_post"]).numpy(), atol=1e-6
-        )
+        resid = cache[f"blocks.{i}.hook_resid_post"]
+        assert np.allclose(out[f"L{i}/eff_rank"], effective_rank(resid).numpy(), atol=1e-6)
         assert out[f"L{i}/top5_energy"].shape == (10, 16)
+        assert (m.fire_counts[i] == (pre > 0).sum((0, 1)).numpy()).all()
+        x = resid.reshape(-1, resid.shape[-1]).double().numpy()
+        lam = np.linalg.eigvalsh(np.cov(x, rowvar=False))
+        assert m.set_metrics[f"L{i}/participation_ratio"] == pytest.approx(lam.sum() ** 2 / (lam**2).sum(), rel=1e-4)
+    assert m.n_positions == 160 and m.n_windows == 10 and m.fire_counts.shape == (2, 128)
+    # Jin et al.: the final hidden state after ln_f, at the last position of each window only
+    h = model.transformer.ln_f(cache["blocks.1.hook_resid_post"][:, -1]).detach()
+    jin = out["L1/jin_top5_energy"]
+    assert np.isnan(jin[:, :-1]).all()
+    assert np.allclose(jin[:, -1], jin_top_energy(h).numpy(), atol=1e-6)
+    assert np.allclose(out["L1/jin_eff_rank"][:, -1], effective_rank(h).numpy(), atol=1e-6)
     assert all(len(p._forward_hooks) == 0 for p in model.hook_points().values())
-    assert np.allclose(measure_density(model, ids, batch_size=10)["L1/hoyer"], out["L1/hoyer"], atol=1e-6)
+    again = measure_density(model, ids, batch_size=10)
+    assert np.allclose(again.positions["L1/hoyer"], out["L1/hoyer"], atol=1e-6)
+    assert (again.fire_counts == m.fire_counts).all()
+    assert again.set_metrics["L0/participation_ratio"] == pytest.approx(m.set_metrics["L0/participation_ratio"])
+    picked = torch.zeros(10, 16, dtype=torch.bool)
+    picked[:, 3] = True
+    other = measure_density(model, ids, final_positions=picked).positions["L1/jin_eff_rank"]
+    assert np.isfinite(other[:, 3]).all() and np.isnan(np.delete(other, 3, axis=1)).all()
+
+
+def _killed_model(kill: dict[int, list[int]]) -> GPT:
+    """The test model with units that never fire: c_fc weight rows 0, bias -100 (pre-activation -100 everywhere)."""
+    torch.manual_seed(0)
+    m = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32).eval()
+    with torch.no_grad():
+        for layer, units in kill.items():
+            fc = m.transformer.h[layer].mlp.c_fc
+            fc.weight[units] = 0.0
+            fc.bias[units] = -100.0
+    return m
+
+
+def _fam(ids: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    N, T = ids.shape
+    return {
+        "token": rng.integers(0, 100, size=(N, T)),
+        "sequence": np.repeat(rng.integers(0, 5, size=(N, 1)), T, 1),
+        "entity": np.full((N, T), -1),
+    }
+
+
+def test_dead_units_of_a_model_with_hand_killed_units():
+    killed = {0: list(range(0, 128, 4)), 1: [5, 6, 7, 100]}  # 32 / 128 and 4 / 128 units
+    model = _killed_model(killed)
+    g = torch.Generator().manual_seed(3)
+    sets = {"a": torch.randint(0, 64, (12, 16), generator=g), "b": torch.randint(0, 64, (8, 16), generator=g)}
+    ms = {name: measure_density(model, ids, batch_size=5) for name, ids in sets.items()}
+    units = unit_records(11, ms)
+    assert list(units.columns) == UNIT_COLUMNS and (units["step"] == 11).all()
+    assert set(units["probe_set"]) == {"all", "a", "b"}
+    for name, n_pos in (("all", 320), ("a", 192), ("b", 128)):
+        for layer, dead in killed.items():
+            u = units[(units["probe_set"] == name) & (units["layer"] == layer)]
+            assert len(u) == len(FIRING_RATE_EDGES) and u["count"].sum() == 128
+            assert (u["n_units"] == 128).all() and (u["n_positions"] == n_pos).all()
+            assert (u["dead_frac"] == len(dead) / 128).all() and (u["n_dead"] == len(dead)).all()  # exactly
+            first = u.iloc[0]
+            assert (first.bin_low, first.bin_high, first["count"]) == (0.0, 0.0, len(dead))  # the [0, 0] bin
+    rows, _ = density_records(11, ms, {name: _fam(ids) for name, ids in sets.items()})
+    whole = rows[(rows["view"] == "all") & (rows["probe_set"] == "a")].set_index(["layer", "metric"])["value"]
+    for layer, dead in killed.items():
+        af = ms["a"].positions[f"L{layer}/active_frac"]
+        assert whole[(layer, "active_frac")] == pytest.approx(af.mean(), rel=1e-5)
+        assert whole[(layer, "active_frac_live")] == pytest.approx(af.mean() * 128 / (128 - len(dead)), rel=1e-5)
+        assert whole[(layer, "zero_frac")] == 0.0
+
+
+def test_a_layer_without_any_live_unit_gives_nan_hoyer_rows_dropped_and_zero_frac_one():
+    model = _killed_model({0: list(range(128))})
+    ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(4))
+    m = measure_density(model, ids)
+    assert np.isnan(m.positions["L0/hoyer"]).all() and (m.positions["L0/zero_frac"] == 1).all()
+    rows, _ = density_records(2, {"x": m}, {"x": _fam(ids)})
+    l0 = rows[(rows["layer"] == 0) & (rows["view"] == "all")].set_index("metric")
+    assert l0.loc["zero_frac", "value"] == 1.0 and l0.loc["active_frac", "value"] == 0.0
+    assert "hoyer" not in l0.index and "active_frac_live" not in l0.index  # no finite value: no row
+    assert unit_records(2, {"x": m}).query("layer == 0")["dead_frac"].eq(1.0).all()
+
+
+def test_nan_values_are_left_out_of_means_and_counts():
+    N, T = 4, 5
+    base = np.full((N, T), 0.5, dtype=np.float32)
+    hz = base.copy()
+    hz[0, :2] = np.nan  # two zero vectors in window 0
+    hz[1, 1] = 0.9
+    positions = {"L0/active_frac": base, "L0/zero_frac": np.isnan(hz).astype(np.float32), "L0/hoyer": hz}
+    for k in ("top5_energy", "eff_rank"):
+        positions[f"L0/{k}"] = base
+    m = DensityMeasurement(positions, np.ones((1, 8), np.int64), N * T, N, {"L0/participation_ratio": 3.0})
+    rows, _ = density_records(0, {"s": m}, {"s": _fam(torch.zeros(N, T))})
+    whole = rows[rows["view"] == "all"].set_index("metric")
+    assert whole.loc["hoyer", "value"] == pytest.approx(np.nanmean(hz)) and whole.loc["hoyer", "n"] == N * T - 2
+    assert whole.loc["zero_frac", "value"] == pytest.approx(2 / 20) and whole.loc["zero_frac", "n"] == 20
+    assert whole.loc["hoyer", "n_windows"] == N
+    pr = whole.loc["participation_ratio"]
+    assert pr["value"] == 3.0 and pr["n"] == 20 and pr["n_windows"] == N and math.isnan(pr["ci_low"])
 
 
 def _sets():
@@ -171,6 +331,7 @@ def test_density_records_cover_everything_with_consistent_counts(model):
             "entity": ent,
         }
     rows, headline = density_records(7, metrics, fam, primary_view="token")
+    assert set(rows["metric"]) == {*METRICS, *FINAL_METRICS, "participation_ratio", "slope", "gap"}
     assert (rows["step"] == 7).all()
     base = rows[rows["metric"].isin(METRICS)]
     for s in sets:
@@ -193,7 +354,9 @@ def test_density_records_cover_everything_with_consistent_counts(model):
     whole = base[
         (base["probe_set"] == "seen") & (base["view"] == "all") & (base["metric"] == "hoyer") & (base["layer"] == 1)
     ]
-    assert whole["value"].item() == pytest.approx(metrics["seen"]["L1/hoyer"].mean(), rel=1e-5)
+    assert whole["value"].item() == pytest.approx(np.nanmean(metrics["seen"].positions["L1/hoyer"]), rel=1e-5)
+    jin = rows[(rows["metric"] == "jin_eff_rank") & (rows["view"] == "all")]
+    assert set(jin["layer"]) == {1} and (jin["n"] == 6).all()  # one position (the last) per window
 
     from densitylab.report.density import heatmap_active_frac_seen
 
@@ -212,3 +375,30 @@ def test_stop_at_layer_returns_the_residual_stream_without_lm_head(model):
     assert torch.allclose(model(ids, stop_at_layer=1), cache["blocks.0.hook_resid_post"])
     assert torch.allclose(model(ids, stop_at_layer=2), cache["blocks.1.hook_resid_post"])
     assert model(ids).shape == (2, 16, 64)
+
+
+def test_density_callback_writes_units_table_and_keeps_it_up_to_the_restored_step(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from densitylab.callbacks.density import DensityCallback
+
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(6))
+    model = _killed_model({1: [0, 1]})
+    ms = {"s": measure_density(model, ids)}
+    old = pd.concat([unit_records(s, ms) for s in (0, 1, 2, 4, 8)], ignore_index=True)
+    (tmp_path / "probes").mkdir()
+    old.to_parquet(tmp_path / "probes" / "units.parquet", index=False)
+    cb = DensityCallback(output_dir=str(tmp_path), seed=0)
+    monkeypatch.setattr(cb, "dependency", lambda arg: None)
+    monkeypatch.setattr(cb, "prepare", lambda trainer, module: None)
+    trainer = SimpleNamespace(global_step=4, current_epoch=0, is_global_zero=True, world_size=1, loggers=[])
+    cb.on_fit_start(trainer, None)
+    cb.on_train_start(trainer, None)  # resumed at step 4: the old step 8 goes
+    cb._units = unit_records(8, ms)
+    cb.add_records(pd.DataFrame({"step": [8]}))
+    units = pd.read_parquet(tmp_path / "probes" / "units.parquet")
+    assert sorted(units["step"].unique()) == [0, 1, 2, 4, 8] and len(units) == len(old)
+    assert cb._units is None and not list((tmp_path / "probes").glob(".*tmp*"))
+    assert units.query("step == 8 and probe_set == 'all' and layer == 1")["dead_frac"].eq(2 / 128).all()
