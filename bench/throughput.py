@@ -90,16 +90,7 @@ def make_ledger(dm, device):
     """An ExposureLedger over the training split of ``dm`` (vocabulary 4096), as the LedgerCallback builds it."""
     from densitylab.ledger import ExposureLedger
 
-    packed = dm.splits["train"]
-    names = packed.spans[packed.spans["kind"] == "name"]
-    return ExposureLedger(
-        4096,
-        packed.n_windows,
-        torch.tensor(names["sample_id"].to_numpy()),
-        torch.tensor(names["entity"].to_numpy()),
-        len(dm.entity_table),
-        device,
-    )
+    return ExposureLedger.from_packed(dm.splits["train"], 4096, len(dm.entity_table), device)
 
 
 def plain_loop(args, dm, device) -> float:

@@ -47,6 +47,7 @@ def test_hoyer_one_hot_flat_zero_and_known_vector():
     assert hoyer(torch.tensor([2.0, -2.0, 2.0, 2.0])).item() == pytest.approx(0.0, abs=1e-6)
     assert math.isnan(hoyer(torch.zeros(8)).item())  # an all-zero vector is not "maximally sparse"
     assert hoyer(torch.tensor([1.0, 1.0, 0.0, 0.0])).item() == pytest.approx((2 - math.sqrt(2)) / (2 - 1))
+    assert hoyer(torch.tensor([1e-30, 0.0, 0.0, 0.0])).item() == pytest.approx(1.0)  # h² underflows: scale-free
     with pytest.raises(ValueError):
         hoyer(torch.ones(1))
 

@@ -78,6 +78,8 @@ def _hoyer_zero(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if n < 2:
         raise ValueError(f"hoyer needs at least 2 units, got {n}")
     h = h.float()
+    # scale-free: divide by the largest |h_i| so tiny vectors do not underflow in h² (l2 = 0 while l1 > 0)
+    h = h / h.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
     l1, l2 = h.abs().sum(-1), h.norm(dim=-1)
     zero = l1 == 0
     value = ((math.sqrt(n) - l1 / l2.clamp_min(torch.finfo(h.dtype).tiny)) / (math.sqrt(n) - 1)).clamp(0.0, 1.0)
@@ -158,13 +160,13 @@ class _Moments:
         self.n, self.mean, self.m2 = 0, None, None
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
+        x = x.reshape(-1, x.shape[-1]).double()  # float64: no TF32 matmul on a GPU
         nb = x.shape[0]
         if nb == 0:
             return
         mb = x.mean(0)
         xc = x - mb
-        m2b = (xc.T @ xc).double().cpu()
+        m2b = (xc.T @ xc).cpu()
         mb = mb.double().cpu()
         if self.n == 0:
             self.n, self.mean, self.m2 = nb, mb, m2b
