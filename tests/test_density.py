@@ -403,3 +403,28 @@ def test_density_callback_writes_units_table_and_keeps_it_up_to_the_restored_ste
     assert sorted(units["step"].unique()) == [0, 1, 2, 4, 8] and len(units) == len(old)
     assert cb._units is None and not list((tmp_path / "probes").glob(".*tmp*"))
     assert units.query("step == 8 and probe_set == 'all' and layer == 1")["dead_frac"].eq(2 / 128).all()
+
+
+def _headline_rows(step: int, gap_bucket: int, slope: float, gap: float) -> list[dict]:
+    base = dict(step=step, probe_set="seen", n=10, n_windows=4)
+    return [
+        dict(base, layer=0, view="entity", bucket=-1, metric="slope", value=slope, ci_low=slope - 1, ci_high=slope + 1),
+        dict(base, layer=0, view="entity", bucket=gap_bucket, metric="gap", value=gap, ci_low=gap - 1, ci_high=gap + 1),
+        dict(base, layer=0, view="entity", bucket=2, metric="active_frac", value=0.3, ci_low=0.2, ci_high=0.4),
+    ]
+
+
+def test_across_run_report_survives_runs_of_different_lengths_and_top_buckets():
+    """Seeds that disagree on the most familiar bucket and runs that stop at different steps: one headline row
+    per layer at the last step every run reached (the old report crashed with a length mismatch here)."""
+    import pandas as pd
+
+    from densitylab.report.density import aggregate_runs, headline_table
+
+    long = pd.DataFrame(_headline_rows(0, 3, 0.0, 0.0) + _headline_rows(80, 3, 1.0, 2.0) + _headline_rows(160, 3, 9, 9))
+    short = pd.DataFrame(_headline_rows(0, 2, 0.0, 0.0) + _headline_rows(80, 4, 3.0, 4.0))
+    table = headline_table(aggregate_runs([long, short]))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["step"] == 80 and row["n_runs"] == 2
+    assert row["slope"] == pytest.approx(2.0) and row["gap"] == pytest.approx(3.0)

@@ -42,11 +42,14 @@ def aggregate_runs(frames: list[pd.DataFrame], level: float = 0.95) -> pd.DataFr
     """Mean ± CI across runs (seeds) of every density row.
 
     With one run its own within-run CI is kept. With several, value = mean over runs, CI = t interval
-    of the per-run values (``n_runs - 1`` degrees of freedom), ``n_runs`` = runs contributing.
+    of the per-run values (``n_runs - 1`` degrees of freedom), ``n_runs`` = runs contributing. Runs may
+    differ in steps, buckets or sets: a row is averaged over the runs that have it. A ``gap`` compares each
+    run's own most familiar bucket, which can differ between runs, so its rows are pooled with ``bucket`` -1.
     """
     if len(frames) == 1:
         return frames[0].assign(n_runs=1)
     df = pd.concat([f.assign(run=i) for i, f in enumerate(frames)], ignore_index=True)
+    df.loc[df["metric"] == "gap", "bucket"] = -1
     g = df.groupby(KEYS, sort=False)["value"]
     out = g.agg(value="mean", sd="std", n_runs="count").reset_index()
     t = stats.t.ppf(0.5 + level / 2, (out["n_runs"] - 1).clip(lower=1))
@@ -164,11 +167,18 @@ def heatmap_active_frac_seen(rows: pd.DataFrame, step: int, view: str):
 
 
 def headline_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Final-step slope (primary view) and gap per layer, with CIs."""
+    """Slope (primary view) and gap per layer, with CIs, at the last step every run reached (runs of different
+    lengths: the shortest run's final step; one row per layer)."""
     view = primary_view(df)
-    last = df[df["step"] == df["step"].max()]
-    slope = last[(last["metric"] == "slope") & (last["view"] == view)]
-    gap = last[last["metric"] == "gap"]
+    headline = df[df["metric"].isin(["slope", "gap"])]
+    if "n_runs" in headline and len(headline):
+        full = headline[headline["n_runs"] == headline["n_runs"].max()]
+        step = int(full["step"].max()) if len(full) else int(headline["step"].max())
+    else:
+        step = int(df["step"].max())
+    last = df[df["step"] == step]
+    slope = last[(last["metric"] == "slope") & (last["view"] == view)].drop_duplicates("layer")
+    gap = last[last["metric"] == "gap"].drop_duplicates("layer")
     cols = ["layer", "value", "ci_low", "ci_high"]
     out = (
         slope[cols]
@@ -180,9 +190,9 @@ def headline_table(df: pd.DataFrame) -> pd.DataFrame:
         )
     )
     out.insert(1, "view", view)
-    out.insert(2, "step", int(df["step"].max()))
+    out.insert(2, "step", step)
     if "n_runs" in slope:
-        out["n_runs"] = slope["n_runs"].to_numpy()
+        out = out.merge(slope[["layer", "n_runs"]], on="layer", how="left")
     return out.sort_values("layer", ignore_index=True)
 
 
