@@ -51,16 +51,32 @@ def fault_write_number(environ: dict[str, str] | None = None) -> int | None:
     Raises:
         ConfigError: for a value that is not a positive integer.
     """
-    raw = (os.environ if environ is None else environ).get(FAULT_ENV, "").strip()
+    return _env_int(FAULT_ENV, 1, "a positive integer (the checkpoint write to die in)", environ)
+
+
+def _env_int(name: str, minimum: int, expected: str, environ: dict[str, str] | None) -> int | None:
+    """The integer >= ``minimum`` that environment variable ``name`` holds, or None when unset or empty.
+
+    Raises:
+        ConfigError: ``NAME='value': expected <expected>`` for anything else.
+    """
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return None
     try:
         n = int(raw)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"{FAULT_ENV}={raw!r}: expected a positive integer (the checkpoint write to die in)")
+        n = minimum - 1
+    if n < minimum:
+        raise ConfigError(f"{name}={raw!r}: expected {expected}")
     return n
+
+
+def _sigkill() -> None:
+    """Kill this process as ``kill -9`` would (exit status 137 where SIGKILL does not exist)."""
+    if hasattr(signal, "SIGKILL"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(137)
 
 
 def is_temp_file(path: str | os.PathLike) -> bool:
@@ -89,9 +105,7 @@ def _die_mid_write(f: io.BufferedWriter, data: memoryview) -> None:
     f.flush()
     os.fsync(f.fileno())
     log.warning("%s: killing the process inside a checkpoint write", FAULT_ENV)
-    if hasattr(signal, "SIGKILL"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(137)
+    _sigkill()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -179,15 +193,9 @@ def kill_at_step_callback(environ: dict[str, str] | None = None):
     """
     import lightning as L
 
-    raw = (os.environ if environ is None else environ).get(KILL_ENV, "").strip()
-    if not raw:
+    step = _env_int(KILL_ENV, 0, "a non-negative integer (the optimizer steps to finish)", environ)
+    if step is None:
         return None
-    try:
-        step = int(raw)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise ConfigError(f"{KILL_ENV}={raw!r}: expected a non-negative integer (the optimizer steps to finish)")
 
     class _Kill(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -195,6 +203,6 @@ def kill_at_step_callback(environ: dict[str, str] | None = None):
                 for lg in trainer.loggers:
                     lg.save()
                 log.warning("%s: killing the process after %d steps", KILL_ENV, step)
-                os.kill(os.getpid(), signal.SIGKILL)
+                _sigkill()
 
     return _Kill()
