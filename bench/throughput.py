@@ -196,26 +196,77 @@ def ledger_update_cost(dm, device, n: int = 500) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def probe_call_cost(dm, device, windows_per_set: int = 32, repeats: int = 3) -> float:
-    """Seconds of one density probe call (all probe sets, all layers, records with CIs) on the tiny
-    model: what ``DensityCallback`` does at each probe step."""
+def synthetic_datamodule(cache: str) -> DataModule:
+    """The default run's data (conf/data/synthetic.yaml: 2,000 people, BPE 4096, T = 128, the default canaries)."""
+    from densitylab.data import SyntheticEntities, SyntheticSource
+
+    dm = DataModule(
+        source=SyntheticSource(),
+        tokenizer=TrainedBPE(vocab_size=4096, min_frequency=2),
+        entities=SyntheticEntities(),
+        block_size=128,
+        batch_size=32,
+        canaries={"repetitions": [1, 2, 4, 8, 16, 32], "per_group": 4, "length": 64, "alphabet_size": 256},
+        seed=0,
+        cache_dir=cache,
+        progress=False,
+    )
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def probe_call_cost(dm, device, repeats: int = 3) -> dict:
+    """Seconds of one density probe call as ``DensityCallback`` makes it on the default run (synthetic data,
+    the 320-person panel, 16 rows per control set, records with the person-clustered endpoints), after one
+    epoch of ledger counts; split into the forward passes and the records. Also the calls of the default run
+    (900 steps, log-spaced then every 150) and their total."""
+    from densitylab.callbacks.density import _plan_entities
+    from densitylab.ledger import ExposureLedger
     from densitylab.probes.density import density_records, measure_density
+    from densitylab.probes.schedule import is_scheduled
     from densitylab.probes.sets import build_probe_sets
 
-    led = make_ledger(dm, device)
-    sets = build_probe_sets(dm.splits, dm.vocab_size, windows_per_set, 0, dm.eos_id)
-    model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=dm.block_size))).to(device).eval()
-    times = []
+    train = dm.splits["train"]
+    n_ent = len(dm.entity_table)
+    led = ExposureLedger.from_packed(train, dm.vocab_size, n_ent, device)
+    w = torch.arange(train.n_windows)
+    for s in range(0, len(w), 256):  # one epoch
+        led.update(train.windows()[w[s : s + 256], :-1], w[s : s + 256], 1)
+    led.sync()
+    t0 = time.perf_counter()
+    sets, _ = build_probe_sets(dm.splits, dm.vocab_size, eos_id=dm.eos_id, entities=_plan_entities(dm),
+                               canaries=dm.canaries, n_control=16, seed=0)  # fmt: skip
+    build_s = time.perf_counter() - t0
+    sets = {s.name: s for s in sets}
+    model = GPT(GPTConfig(**dict(MODEL, vocab_size=dm.vocab_size, block_size=dm.block_size))).to(device).eval()
+    fwd, rec = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        metrics = {s.name: measure_density(model, s.input_ids, 32) for s in sets}
-        fam = {
-            s.name: {k: v.cpu().numpy() for k, v in led.familiarity(s.input_ids, s.sample_ids, s.spans).items()}
-            for s in sets
+        metrics = {
+            n: measure_density(model, s.input_ids, 32, final_positions=s.final_positions()) for n, s in sets.items()
         }
-        density_records(0, metrics, fam, "token")
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        t1 = time.perf_counter()
+        exposure = {
+            "distinct_docs": led.entity_distinct_docs().cpu().numpy(),
+            "subject_docs": led.entity_subject_docs().cpu().numpy(),
+            "mentions": led.entity_mentions().cpu().numpy(),
+            "comentions": led.entity_comentions().cpu().numpy(),
+        }
+        density_records(0, metrics, sets, exposure, led.token_counts.cpu().numpy(), led.sequence_counts.cpu().numpy())
+        fwd.append(t1 - t0)
+        rec.append(time.perf_counter() - t1)
+    calls = sum(is_scheduled(s, 150) for s in range(901)) + (0 if is_scheduled(900, 150) else 1)
+    call = float(np.median(fwd) + np.median(rec))
+    return {
+        "call_s": call,
+        "forward_s": float(np.median(fwd)),
+        "records_s": float(np.median(rec)),
+        "build_sets_s": build_s,
+        "rows": {n: int(s.input_ids.shape[0]) for n, s in sets.items()},
+        "calls_default_run": int(calls),
+        "default_run_s": call * calls,
+    }
 
 
 def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tuple[float, int, int]:
@@ -276,6 +327,7 @@ def main() -> None:
     ap.add_argument("--no-progress-bar", action="store_true")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default mmap thresholds")
     ap.add_argument("--json", help="also write the numbers to this file")
+    ap.add_argument("--only-density", action="store_true", help="time the density probe call only")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
@@ -283,6 +335,11 @@ def main() -> None:
 
         tune_malloc()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.only_density:
+        with tempfile.TemporaryDirectory() as cache:
+            probe = probe_call_cost(synthetic_datamodule(cache), device)
+        print(json.dumps(probe, indent=2))
+        return
     with tempfile.TemporaryDirectory() as cache:
         dm = make_datamodule(args, cache)
         runs = {"plain": [], "lightning": [], "lightning+ledger": []}
@@ -291,7 +348,8 @@ def main() -> None:
             runs["lightning"].append(lightning_loop(args, dm, device, ledger=False))
             runs["lightning+ledger"].append(lightning_loop(args, dm, device, ledger=True))
         update_s = ledger_update_cost(dm, device)
-        probe_s = probe_call_cost(dm, device)
+        probe = probe_call_cost(synthetic_datamodule(cache), device)
+        probe_s = probe["call_s"]
         mod_s, n_comp, n_task = modularity_call_cost(dm, device)
         mem = memorization_call_cost(device)
     best = {k: float(np.median(v)) for k, v in runs.items()}  # median: the 2-core machine has outliers both ways
@@ -310,6 +368,7 @@ def main() -> None:
         "ledger_update_fraction_of_step": update_s / step_s,
         "density_probe_call_s": probe_s,
         "density_probe_call_in_steps": probe_s / step_s,
+        "density_probe": probe,
         "modularity_probe_call_s": mod_s,
         "modularity_components": n_comp,
         "modularity_tasks": n_task,
@@ -329,7 +388,11 @@ def main() -> None:
         f"ledger.update alone : {update_s * 1e3:.3f} ms/step = {100 * result['ledger_update_fraction_of_step']:.3f}% "
         f"of a {step_s * 1e3:.0f} ms step"
     )
-    print(f"density probe call  : {probe_s:.2f} s = {probe_s / step_s:.1f} training steps (5 sets x 32 windows)")
+    print(
+        f"density probe call  : {probe_s:.2f} s (forward {probe['forward_s']:.2f} s, records {probe['records_s']:.2f} s) "
+        f"= {probe_s / step_s:.1f} training steps; rows {probe['rows']}; default run: {probe['calls_default_run']} "
+        f"calls = {probe['default_run_s']:.1f} s (allotment 9 s); sets drawn in {probe['build_sets_s']:.2f} s"
+    )
     print(f"modularity call     : {mod_s:.2f} s for {n_comp} components x {n_task} tasks on 32 held-out windows")
     print(
         f"memorization call   : {mem['canaries_tiny'] * 1e3:.0f} ms for 24 canaries on the tiny model; "

@@ -17,6 +17,7 @@ from densitylab.probes.density import (
     POSITION_METRICS,
     UNIT_COLUMNS,
     DensityMeasurement,
+    ProbeSet,
     _Moments,
     active_frac,
     density_records,
@@ -32,7 +33,7 @@ from densitylab.probes.density import (
 )
 from densitylab.probes.schedule import is_scheduled
 from densitylab.probes.sets import build_probe_sets
-from densitylab.probes.stats import bucketize, cluster_mean_ci, cluster_ols_slope, diff_ci
+from densitylab.probes.stats import cluster_mean_ci
 
 
 def test_active_frac_counts_strictly_positive_preactivations():
@@ -114,10 +115,6 @@ def test_firing_histogram_bins():
     assert firing_histogram(rate).tolist() == [2, 2, 1, 0, 0, 0, 1, 2, 1]
 
 
-def test_bucketize():
-    assert bucketize(np.array([0, 1, 2, 3, 4, 7, 8, 1000, -1])).tolist() == [0, 1, 1, 2, 2, 3, 3, 9, -1]
-
-
 def _clustered(rng, k=30, m=20, mean=0.3, between=0.1, within=0.2):
     effects = rng.normal(0, between, size=k)
     values = mean + np.repeat(effects, m) + rng.normal(0, within, size=k * m)
@@ -143,26 +140,6 @@ def test_cluster_ci_edge_cases():
     m, lo, hi, n, k = cluster_mean_ci(np.array([1.0, 2.0]), np.array([5, 5]))
     assert (m, lo, hi, n, k) == (1.5, -math.inf, math.inf, 2, 1)
     assert math.isnan(cluster_mean_ci(np.array([]), np.array([]))[0])
-
-
-def test_cluster_ols_slope_recovers_slope_with_coverage():
-    rng = np.random.default_rng(2)
-    hits = 0
-    for _ in range(300):
-        k, m = 25, 16
-        x = rng.integers(0, 10, size=k * m).astype(float)
-        y = 0.5 - 0.02 * x + np.repeat(rng.normal(0, 0.05, k), m) + rng.normal(0, 0.1, k * m)
-        s, lo, hi, n, kk = cluster_ols_slope(x, y, np.repeat(np.arange(k), m))
-        hits += lo <= -0.02 <= hi
-    assert 0.9 <= hits / 300 <= 0.99
-    assert math.isnan(cluster_ols_slope(np.ones(5), np.arange(5.0), np.arange(5))[0])
-
-
-def test_diff_ci():
-    a = cluster_mean_ci(*_clustered(np.random.default_rng(3), mean=0.5))
-    b = cluster_mean_ci(*_clustered(np.random.default_rng(4), mean=0.2))
-    d, lo, hi = diff_ci(a, b)
-    assert d == pytest.approx(a[0] - b[0]) and lo < d < hi and lo > 0
 
 
 def test_schedule_is_log_spaced_then_periodic():
@@ -224,14 +201,11 @@ def _killed_model(kill: dict[int, list[int]]) -> GPT:
     return m
 
 
-def _fam(ids: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    N, T = ids.shape
-    return {
-        "token": rng.integers(0, 100, size=(N, T)),
-        "sequence": np.repeat(rng.integers(0, 5, size=(N, 1)), T, 1),
-        "entity": np.full((N, T), -1),
-    }
+def _records(step: int, ms: dict, ids: dict):
+    """density_records on unlabelled sets (controls): no persons, no endpoints."""
+    sets = {k: ProbeSet(k, torch.as_tensor(v), torch.full((len(v),), -1)) for k, v in ids.items()}
+    rows, headline, _ = density_records(step, ms, sets, {}, np.zeros(64, dtype=np.int64))
+    return rows, headline
 
 
 def test_dead_units_of_a_model_with_hand_killed_units():
@@ -251,8 +225,8 @@ def test_dead_units_of_a_model_with_hand_killed_units():
             assert (u["dead_frac"] == len(dead) / 128).all() and (u["n_dead"] == len(dead)).all()  # exactly
             first = u.iloc[0]
             assert (first.bin_low, first.bin_high, first["count"]) == (0.0, 0.0, len(dead))  # the [0, 0] bin
-    rows, _ = density_records(11, ms, {name: _fam(ids) for name, ids in sets.items()})
-    whole = rows[(rows["view"] == "all") & (rows["probe_set"] == "a")].set_index(["layer", "metric"])["value"]
+    rows, _ = _records(11, ms, sets)
+    whole = rows[(rows["role"] == "all") & (rows["probe_set"] == "a")].set_index(["layer", "metric"])["value"]
     for layer, dead in killed.items():
         af = ms["a"].positions[f"L{layer}/active_frac"]
         assert whole[(layer, "active_frac")] == pytest.approx(af.mean(), rel=1e-5)
@@ -265,8 +239,8 @@ def test_a_layer_without_any_live_unit_gives_nan_hoyer_rows_dropped_and_zero_fra
     ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(4))
     m = measure_density(model, ids)
     assert np.isnan(m.positions["L0/hoyer"]).all() and (m.positions["L0/zero_frac"] == 1).all()
-    rows, _ = density_records(2, {"x": m}, {"x": _fam(ids)})
-    l0 = rows[(rows["layer"] == 0) & (rows["view"] == "all")].set_index("metric")
+    rows, _ = _records(2, {"x": m}, {"x": ids})
+    l0 = rows[(rows["layer"] == 0) & (rows["role"] == "all")].set_index("metric")
     assert l0.loc["zero_frac", "value"] == 1.0 and l0.loc["active_frac", "value"] == 0.0
     assert "hoyer" not in l0.index and "active_frac_live" not in l0.index  # no finite value: no row
     assert unit_records(2, {"x": m}).query("layer == 0")["dead_frac"].eq(1.0).all()
@@ -282,8 +256,8 @@ def test_nan_values_are_left_out_of_means_and_counts():
     for k in ("top5_energy", "eff_rank"):
         positions[f"L0/{k}"] = base
     m = DensityMeasurement(positions, np.ones((1, 8), np.int64), N * T, N, {"L0/participation_ratio": 3.0})
-    rows, _ = density_records(0, {"s": m}, {"s": _fam(torch.zeros(N, T))})
-    whole = rows[rows["view"] == "all"].set_index("metric")
+    rows, _ = _records(0, {"s": m}, {"s": torch.zeros(N, T, dtype=torch.int64)})
+    whole = rows[rows["role"] == "all"].set_index("metric")
     assert whole.loc["hoyer", "value"] == pytest.approx(np.nanmean(hz)) and whole.loc["hoyer", "n"] == N * T - 2
     assert whole.loc["zero_frac", "value"] == pytest.approx(2 / 20) and whole.loc["zero_frac", "n"] == 20
     assert whole.loc["hoyer", "n_windows"] == N
@@ -292,81 +266,114 @@ def test_nan_values_are_left_out_of_means_and_counts():
 
 
 def _sets():
-    g = torch.Generator().manual_seed(0)
-    docs = [torch.randint(1, 64, (int(n),), generator=g).tolist() for n in torch.randint(20, 60, (40,), generator=g)]
+    """A tiny bio-like corpus: 40 documents, docs 0-29 train, 30-39 held out; every held-out doc has a subject
+    (attribute span) and a name, persons 0-9 familiar (train docs), 10-19 zero exposure."""
     import pandas as pd
 
-    spans = pd.DataFrame(
-        {"doc": [0, 3, 5, 9], "t0": [0, 2, 1, 4], "t1": [2, 4, 3, 6], "kind": ["name"] * 4, "entity": [0, 1, 0, 2]}
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, 64, (int(n),), generator=g).tolist() for n in torch.randint(10, 20, (50,), generator=g)]
+    rows = []
+    for d in range(50):
+        person = d % 10 if d < 30 else (d - 30) % 10 + (0 if d < 40 else 10)
+        rows += [
+            dict(doc=d, t0=0, t1=2, kind="name", entity=person),
+            dict(doc=d, t0=5, t1=7, kind="major", entity=person),
+        ]
+    spans = pd.DataFrame(rows)
+    train = spans[spans["doc"] < 30]
+    held = spans[(spans["doc"] >= 30) & (spans["doc"] < 40)].assign(doc=lambda f: f["doc"] - 30)
+    unf = spans[spans["doc"] >= 40].assign(doc=lambda f: f["doc"] - 40)
+    splits = {
+        "train": pack_documents(docs[:30], 0, 16, token_spans=train),
+        "heldout": pack_documents(docs[30:40], 0, 16, token_spans=held),
+        "unfamiliar": pack_documents(docs[40:], 0, 16, token_spans=unf),
+    }
+    entities = pd.DataFrame({"entity_id": range(20), "planned_docs": [3] * 10 + [0] * 10})
+    from densitylab.probes.panel import PanelSpec
+
+    sets, panel = build_probe_sets(
+        splits, 64, eos_id=0, entities=entities, panel=PanelSpec(size=20, min_zero=10), n_control=6, seed=0
     )
-    splits = {"train": pack_documents(docs[:30], 0, 16, token_spans=spans), "heldout": pack_documents(docs[30:], 0, 16)}
-    return splits, build_probe_sets(splits, vocab_size=64, n_windows=6, seed=0, eos_id=0)
+    return splits, sets, panel
 
 
 def test_probe_sets_are_drawn_as_specified():
-    splits, sets = _sets()
+    from densitylab.probes.roles import ROLES
+
+    splits, sets, panel = _sets()
     by = {s.name: s for s in sets}
-    assert list(by) == ["seen", "heldout", "shuffled", "random"]
+    assert list(by) == ["panel", "seen", "shuffled", "random", "random_seen"]
+    assert len(panel) == 20 and (panel["row"] >= 0).all()
+    assert set(panel.loc[panel["entity_id"] < 10, "split"]) == {"heldout"}
+    assert set(panel.loc[panel["entity_id"] >= 10, "split"]) == {"unfamiliar"}
+    held = by["panel"]
+    assert (held.sample_ids == -1).all() and sorted(p for r in held.row_persons for p in r) == list(range(20))
+    # every panel person's name opens their document: name_first right after the row's EOS or previous doc
+    roles = held.labels["role"]
+    for r, persons in enumerate(held.row_persons):
+        starts = np.flatnonzero((roles[r] == ROLES.index("name_first")) & held.labels["probed"][r])
+        assert sorted(held.labels["person"][r, starts].tolist()) == sorted(persons)
     for sid, row in zip(by["seen"].sample_ids.tolist(), by["seen"].input_ids):
         assert torch.equal(row, splits["train"].window(sid)[0])
-    assert (by["heldout"].sample_ids == -1).all()
-    assert torch.equal(by["shuffled"].input_ids.sort(1).values, by["heldout"].input_ids.sort(1).values)
-    assert not torch.equal(by["shuffled"].input_ids, by["heldout"].input_ids)
+    assert torch.equal(by["seen"].targets[0], splits["train"].window(int(by["seen"].sample_ids[0]))[1])
+    assert torch.equal(by["shuffled"].input_ids.sort(1).values, held.input_ids[:6].sort(1).values)
+    assert not torch.equal(by["shuffled"].input_ids, held.input_ids[:6])
     assert (by["random"].input_ids != 0).all() and by["random"].input_ids.max() < 64
-    _, again = _sets()
-    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(sets, again))  # fixed by the seed
+    in_train = set(splits["train"].tokens[: splits["train"].n_real].tolist()) - {0}
+    assert set(by["random_seen"].input_ids.flatten().tolist()) <= in_train
+    _, again, _ = _sets()
+    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(sets, again))  # fixed by the seeds
 
 
 def test_density_records_cover_everything_with_consistent_counts(model):
-    _, sets = _sets()
-    rng = np.random.default_rng(0)
-    metrics, fam = {}, {}
-    for s in sets:
-        metrics[s.name] = measure_density(model, s.input_ids)
-        N, T = s.input_ids.shape
-        ent = np.full((N, T), -1)
-        ent[:, :3] = rng.integers(0, 50, size=(N, 1))
-        fam[s.name] = {
-            "token": rng.integers(0, 300, size=(N, T)),
-            "sequence": np.repeat(rng.integers(0, 5, size=(N, 1)), T, 1),
-            "entity": ent,
-        }
-    rows, headline = density_records(7, metrics, fam, primary_view="token")
-    assert set(rows["metric"]) == {*METRICS, *FINAL_METRICS, "participation_ratio", "slope", "gap"}
-    assert (rows["step"] == 7).all()
-    base = rows[rows["metric"].isin(METRICS)]
-    for s in sets:
-        positions = s.input_ids.numel()
-        for view, expected in (
-            ("token", positions),
-            ("sequence", positions),
-            ("entity", len(s.input_ids) * 3),
-            ("all", positions),
-        ):
-            sub = base[(base["probe_set"] == s.name) & (base["view"] == view) & (base["metric"] == "active_frac")]
-            assert set(sub["layer"]) == {0, 1}
-            for layer in (0, 1):
-                assert sub[sub["layer"] == layer]["n"].sum() == expected, (s.name, view)
+    from densitylab.probes.density import RECORD_COLUMNS, EndpointSpec
+
+    _, sets, _ = _sets()
+    by = {s.name: s for s in sets}
+    metrics = {n: measure_density(model, s.input_ids, final_positions=s.final_positions()) for n, s in by.items()}
+    exposure = {k: np.array([3] * 10 + [0] * 10) for k in ("distinct_docs", "subject_docs", "mentions")}
+    exposure["comentions"] = np.zeros(20, dtype=np.int64)
+    spec = EndpointSpec(bin_edges=(0, 1), min_entities=5)
+    rows, headline, pos = density_records(7, metrics, by, exposure, np.arange(64), np.ones(200, np.int64), spec)
+    assert list(rows.columns) == RECORD_COLUMNS and (rows["step"] == 7).all()
+    assert set(rows["metric"]) == {*METRICS, *FINAL_METRICS, "participation_ratio"}
+    assert set(rows["probe_set"]) == set(by)
+    base = rows[rows["metric"].isin(METRICS) & (rows["role"] == "all")]
+    for name, s in by.items():
+        probed = s.input_ids.numel() if s.labels is None else int(s.labels["probed"].sum())
+        sub = base[(base["probe_set"] == name) & (base["metric"] == "active_frac")]
+        assert sorted(sub["layer"]) == [0, 1] and (sub["n"] == probed).all(), name
     assert ((base["ci_low"] <= base["value"]) & (base["value"] <= base["ci_high"])).all()
-    slope = rows[rows["metric"] == "slope"]
-    assert set(slope["view"]) == {"token", "entity", "sequence"} and set(slope["layer"]) == {0, 1}
-    assert {"L0/slope", "L0/slope_ci_low", "L1/gap"} <= set(headline)
-    # the 'all' view mean equals the plain mean of the per-position values
-    whole = base[
-        (base["probe_set"] == "seen") & (base["view"] == "all") & (base["metric"] == "hoyer") & (base["layer"] == 1)
-    ]
-    assert whole["value"].item() == pytest.approx(np.nanmean(metrics["seen"].positions["L1/hoyer"]), rel=1e-5)
-    jin = rows[(rows["metric"] == "jin_eff_rank") & (rows["view"] == "all")]
-    assert set(jin["layer"]) == {1} and (jin["n"] == 6).all()  # one position (the last) per window
+    # per-role rows partition the probed positions
+    per_role = rows[(rows["probe_set"] == "panel") & (rows["role"] != "all") & (rows["metric"] == "active_frac")]
+    per_role = per_role[(per_role["exposure"] == "all") & (per_role["layer"] == 0)]
+    assert per_role["n"].sum() == int(by["panel"].labels["probed"].sum())
+    # the endpoints: persons as clusters, 10 people per bin, n_entities on every row
+    ends = rows[(rows["exposure"] == "distinct_docs") & (rows["metric"] == "active_frac_live")]
+    assert set(ends["role"]) == {"name_last", "pre_value"} and set(ends["estimand"]) == {"mean", "diff_vs_0", "slope"}
+    means = ends[ends["estimand"] == "mean"]
+    assert (means["n_entities"] == 10).all() and (means["status"] == "ok").all()
+    assert {"L0/name_last/slope", "L1/pre_value/diff_1+", "L1/pre_value/diff_1+_n_entities"} <= set(headline)
+    assert headline["L0/name_last/slope_n_entities"] == 20
+    # positions: own panel positions carry their person's exposure, targets' counts = token ids (arange)
+    own = pos[(pos["probe_set"] == "panel") & pos["own"]]
+    assert (own["distinct_docs"] == np.where(own["person"] < 10, 3, 0)).all()
+    ok = own["target_count"] >= 0
+    assert (own.loc[ok, "input_count"] >= 0).all() and len(own) > 0
+    assert set(pos.loc[pos["probe_set"] == "seen", "window_trained"]) == {1}
+    # the whole-set mean equals the plain mean of the per-position values
+    whole = base[(base["probe_set"] == "random") & (base["metric"] == "hoyer") & (base["layer"] == 1)]
+    assert whole["value"].item() == pytest.approx(np.nanmean(metrics["random"].positions["L1/hoyer"]), rel=1e-5)
+    jin = rows[(rows["metric"] == "jin_eff_rank") & (rows["role"] == "pre_value") & (rows["probe_set"] == "panel")]
+    assert set(jin["layer"]) == {1} and (jin["n"] == 20).all()  # read at the 20 pre_value positions only
 
-    from densitylab.report.density import heatmap_active_frac_seen
+    from densitylab.report.density import heatmap_by_bin
 
-    fig = heatmap_active_frac_seen(rows, 7, "token")
+    fig = heatmap_by_bin(rows, 7, "name_last", "active_frac_live")
     image = fig.axes[0].images[0].get_array()
-    seen = base[(base["probe_set"] == "seen") & (base["view"] == "token") & (base["metric"] == "active_frac")]
-    assert image.shape == (2, seen["bucket"].nunique())  # layer x familiarity bucket
-    assert image[1, 0] == pytest.approx(seen[seen["layer"] == 1].sort_values("bucket")["value"].iloc[0])
-    assert "step 7" in fig.axes[0].get_title()
+    assert image.shape == (2, 2)  # layer x exposure bin
+    nl = means[(means["role"] == "name_last") & (means["layer"] == 1)].sort_values("bin_index")
+    assert image[1, 0] == pytest.approx(nl["value"].iloc[0])
     fig.clf()
 
 
@@ -391,7 +398,7 @@ def test_density_callback_writes_units_table_and_keeps_it_up_to_the_restored_ste
     old = pd.concat([unit_records(s, ms) for s in (0, 1, 2, 4, 8)], ignore_index=True)
     (tmp_path / "probes").mkdir()
     old.to_parquet(tmp_path / "probes" / "units.parquet", index=False)
-    cb = DensityCallback(output_dir=str(tmp_path), seed=0)
+    cb = DensityCallback(output_dir=str(tmp_path), seed=0, panel={}, endpoints={})
     monkeypatch.setattr(cb, "dependency", lambda arg: None)
     monkeypatch.setattr(cb, "prepare", lambda trainer, module: None)
     trainer = SimpleNamespace(global_step=4, current_epoch=0, is_global_zero=True, world_size=1, loggers=[])
@@ -403,28 +410,3 @@ def test_density_callback_writes_units_table_and_keeps_it_up_to_the_restored_ste
     assert sorted(units["step"].unique()) == [0, 1, 2, 4, 8] and len(units) == len(old)
     assert cb._units is None and not list((tmp_path / "probes").glob(".*tmp*"))
     assert units.query("step == 8 and probe_set == 'all' and layer == 1")["dead_frac"].eq(2 / 128).all()
-
-
-def _headline_rows(step: int, gap_bucket: int, slope: float, gap: float) -> list[dict]:
-    base = dict(step=step, probe_set="seen", n=10, n_windows=4)
-    return [
-        dict(base, layer=0, view="entity", bucket=-1, metric="slope", value=slope, ci_low=slope - 1, ci_high=slope + 1),
-        dict(base, layer=0, view="entity", bucket=gap_bucket, metric="gap", value=gap, ci_low=gap - 1, ci_high=gap + 1),
-        dict(base, layer=0, view="entity", bucket=2, metric="active_frac", value=0.3, ci_low=0.2, ci_high=0.4),
-    ]
-
-
-def test_across_run_report_survives_runs_of_different_lengths_and_top_buckets():
-    """Seeds that disagree on the most familiar bucket and runs that stop at different steps: one headline row
-    per layer at the last step every run reached (the old report crashed with a length mismatch here)."""
-    import pandas as pd
-
-    from densitylab.report.density import aggregate_runs, headline_table
-
-    long = pd.DataFrame(_headline_rows(0, 3, 0.0, 0.0) + _headline_rows(80, 3, 1.0, 2.0) + _headline_rows(160, 3, 9, 9))
-    short = pd.DataFrame(_headline_rows(0, 2, 0.0, 0.0) + _headline_rows(80, 4, 3.0, 4.0))
-    table = headline_table(aggregate_runs([long, short]))
-    assert len(table) == 1
-    row = table.iloc[0]
-    assert row["step"] == 80 and row["n_runs"] == 2
-    assert row["slope"] == pytest.approx(2.0) and row["gap"] == pytest.approx(3.0)

@@ -144,7 +144,7 @@ def test_base_needs_a_name_and_known_dependencies():
 
 
 def test_connect_callbacks_resolves_names_and_reports_bad_ones_in_one_line():
-    ledger, density = LedgerCallback(), DensityCallback(seed=0, ledger="ledger")
+    ledger, density = LedgerCallback(), DensityCallback(seed=0, panel={}, endpoints={}, ledger="ledger")
     with pytest.raises(ConfigError, match=r"callbacks\.density\.ledger='ledger': not connected"):
         density.dependency("ledger")
     connect_callbacks({"ledger": ledger, "throughput": ThroughputLogger(), "density": density})
@@ -152,23 +152,29 @@ def test_connect_callbacks_resolves_names_and_reports_bad_ones_in_one_line():
 
     cases = [
         (
-            {"throughput": ThroughputLogger(), "density": DensityCallback(seed=0, ledger="ledgr")},
+            {
+                "throughput": ThroughputLogger(),
+                "density": DensityCallback(seed=0, panel={}, endpoints={}, ledger="ledgr"),
+            },
             "callbacks.density.ledger='ledgr': no callback of that name (expected one of ['throughput', 'density'])",
         ),
         (
-            {"ledger": None, "density": DensityCallback(seed=0)},
+            {"ledger": None, "density": DensityCallback(seed=0, panel={}, endpoints={})},
             "callbacks.density.ledger='ledger': callbacks.ledger is disabled (null)",
         ),
         (
-            {"throughput": ThroughputLogger(), "density": DensityCallback(seed=0, ledger="throughput")},
+            {
+                "throughput": ThroughputLogger(),
+                "density": DensityCallback(seed=0, panel={}, endpoints={}, ledger="throughput"),
+            },
             "callbacks.density.ledger='throughput': expected a LedgerCallback, got ThroughputLogger",
         ),
         (
-            {"density": DensityCallback(seed=0), "ledger": LedgerCallback()},
+            {"density": DensityCallback(seed=0, panel={}, endpoints={}), "ledger": LedgerCallback()},
             "callbacks.density.ledger='ledger': callbacks.ledger must come before callbacks.density",
         ),
         (
-            {"ledger": LedgerCallback(), "d": DensityCallback(seed=0, ledger=None)},
+            {"ledger": LedgerCallback(), "d": DensityCallback(seed=0, panel={}, endpoints={}, ledger=None)},
             "callbacks.d.ledger=null: expected the name",
         ),
     ]
@@ -177,7 +183,9 @@ def test_connect_callbacks_resolves_names_and_reports_bad_ones_in_one_line():
             connect_callbacks(callbacks)
         assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
-    direct = DensityCallback(seed=0, ledger=ledger)  # a callback passed directly needs no connecting
+    direct = DensityCallback(
+        seed=0, panel={}, endpoints={}, ledger=ledger
+    )  # a callback passed directly needs no connecting
     connect_callbacks({"density": direct})
     assert direct.dependency("ledger") is ledger
 
@@ -190,7 +198,13 @@ def test_build_callbacks_wires_config_entries_by_name():
             "callbacks": {
                 "ledger": {"_target_": "densitylab.callbacks.LedgerCallback"},
                 "off": None,
-                "density": {"_target_": "densitylab.callbacks.DensityCallback", "ledger": "ledger", "seed": 0},
+                "density": {
+                    "_target_": "densitylab.callbacks.DensityCallback",
+                    "ledger": "ledger",
+                    "seed": 0,
+                    "panel": {},
+                    "endpoints": {},
+                },
             }
         }
     )

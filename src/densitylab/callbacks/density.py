@@ -4,56 +4,75 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 import lightning as L
 import pandas as pd
 
 from densitylab.callbacks.base import ProbeCallback, ProbeResult
 from densitylab.callbacks.ledger import LedgerCallback
+from densitylab.errors import ConfigError
 from densitylab.io import write_parquet_atomic
-from densitylab.probes.density import (
-    FINAL_METRICS,
-    METRICS,
-    SET_METRICS,
-    density_records,
-    measure_density,
-    unit_records,
-)
+from densitylab.probes.density import EndpointSpec, density_records, measure_density, unit_records
+from densitylab.probes.panel import PanelSpec
 from densitylab.probes.sets import build_probe_sets, probe_sets_table
 
 log = logging.getLogger(__name__)
 
 
-class DensityCallback(ProbeCallback):
-    """Measure per-layer activation density by familiarity on fixed probe sets during training.
+def _plan_entities(dm) -> pd.DataFrame | None:
+    """The entity table the panel is drawn from: the generator's ``people`` table (with ``planned_docs``)
+    when the data have one, else the extractor's entity table (text data), else None."""
+    gt = getattr(dm, "ground_truth_dir", None)
+    people = None if gt is None else Path(gt) / "people.parquet"
+    if people is not None and people.is_file():
+        table = pd.read_parquet(people)
+        if "planned_docs" in table:
+            return table[["entity_id", "planned_docs"]]
+    return getattr(dm, "entity_table", None)
 
-    Runs at step 0 (before training), at log-spaced steps 1, 2, 4, ... and every ``every_n_steps``,
-    and once more at the end (:class:`~densitylab.callbacks.base.ProbeCallback`); in eval mode, under
-    ``torch.no_grad``, on the uncompiled model, with every hook removed afterwards; on global rank 0
-    (the ledger is summed over processes first), or, when the strategy shards parameters (FSDP), on an
+
+class DensityCallback(ProbeCallback):
+    """Measure per-layer activation density by familiarity, with persons as the unit, during training.
+
+    At fit start it draws the probe sets once from the data (:func:`~densitylab.probes.sets.build_probe_sets`):
+    the **person panel** (``panel``: each panel person's held-out document, every position labelled with its
+    role and person), ``seen`` training windows and the ``shuffled`` / ``random`` / ``random_seen`` controls.
+    Runs at step 0 (before training), at log-spaced steps 1, 2, 4, ... and every ``every_n_steps``, and once
+    more at the end (:class:`~densitylab.callbacks.base.ProbeCallback`); in eval mode, under
+    ``torch.no_grad``, on the uncompiled model, with every hook removed afterwards; on global rank 0 (the
+    ledger is summed over processes first), or, when the strategy shards parameters (FSDP), on an
     unsharded copy that every process helps gather.
 
-    Logs ``density/L{i}/{metric}/{probe_set}`` (whole-set means of every metric, ``active_frac_live``,
-    ``zero_frac``, the Jin et al. metrics at the last layer and ``participation_ratio`` included),
-    ``density/L{i}/dead_frac`` (all probe sets pooled), ``density/L{i}/slope`` and ``density/L{i}/gap``
-    (with ``_ci_low`` / ``_ci_high``), a W&B heatmap (layer × familiarity bucket of ``active_frac`` on
-    ``seen``) per probe step; writes ``probes/density.parquet`` and ``probes/units.parquet`` (dead units
-    and firing-rate histograms, :func:`~densitylab.probes.density.unit_records`; both rewritten
-    atomically every call, both cut to the restored step on resume) and ``probes/probe_sets.parquet``;
-    adds the final slopes, gaps and dead fractions to ``summary.json``.
+    Logs ``density/L{i}/{metric}/{probe_set}`` (whole-set means), ``density/L{i}/dead_frac``, the
+    pre-registered endpoints ``density/L{i}/{role}/slope`` and ``density/L{i}/{role}/diff_{bin}`` (with
+    ``_ci_low``, ``_ci_high``, ``_n_entities``; sufficient rows only) and a W&B heatmap (layer × exposure
+    bin of the primary metric at ``name_last``) per probe step; writes ``probes/density.parquet``,
+    ``probes/units.parquet`` (dead units and firing-rate histograms), ``probes/probe_sets.parquet`` (rows,
+    roles, persons), ``probes/panel.parquet`` (the panel) and ``probes/density_positions.parquet`` (the
+    last call's positions); at the end of fit runs the covariate regression once
+    (``probes/density_regression.parquet``, :mod:`densitylab.probes.density_regression`) and adds the final
+    endpoints and dead fractions to ``summary.json``.
 
     Args:
         output_dir: run folder.
         every_n_steps: periodic cadence after the log-spaced steps.
-        windows_per_set: windows in each probe set.
-        batch_size: windows per forward pass.
-        seed: seed of the probe-set draw.
+        windows_per_set: rows of ``seen`` and of each control set.
+        batch_size: rows per forward pass.
+        seed: seed of the control sets' draws.
         ledger: the :class:`~densitylab.callbacks.LedgerCallback` whose exposure counts give the
             familiarity: its key in ``cfg.callbacks`` (resolved by
             :func:`~densitylab.callbacks.base.connect_callbacks`) or the callback itself.
+        panel: :class:`~densitylab.probes.panel.PanelSpec` fields (``size``, ``top_docs``, ``min_zero``,
+            ``seed``; ``{}`` = its defaults).
+        endpoints: :class:`~densitylab.probes.density.EndpointSpec` fields (the pre-registered endpoints;
+            ``{}`` = its defaults, which equal ``conf/callbacks/default.yaml``).
+        regression: run the covariate regression at the end of fit.
 
     Raises:
-        ConfigError: at fit start if ``ledger`` was never connected to a LedgerCallback.
+        ConfigError: at construction for a bad panel or endpoint setting; at fit start if ``ledger`` was
+            never connected to a LedgerCallback.
     """
 
     name = "density"
@@ -63,18 +82,36 @@ class DensityCallback(ProbeCallback):
         self,
         output_dir: str | None = None,
         every_n_steps: int = 150,
-        windows_per_set: int = 32,
+        windows_per_set: int = 16,
         batch_size: int = 32,
         *,
         seed: int,
         ledger: str | LedgerCallback | None = "ledger",
+        panel: Mapping | PanelSpec,
+        endpoints: Mapping | EndpointSpec,
+        regression: bool = True,
     ) -> None:
         super().__init__(output_dir, every_n_steps, needs={"ledger": ledger})
         self.windows_per_set, self.batch_size, self.seed = windows_per_set, batch_size, seed
+        try:
+            self.panel_spec = panel if isinstance(panel, PanelSpec) else PanelSpec(**dict(panel or {}))
+            if isinstance(endpoints, EndpointSpec):
+                self.spec = endpoints
+            else:
+                e = dict(endpoints or {})
+                for k in ("secondary", "roles", "bin_edges"):
+                    if k in e:
+                        e[k] = tuple(e[k])
+                self.spec = EndpointSpec(**e)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+        self.regression = regression
         self.sets = None
+        self.panel: pd.DataFrame | None = None
         self.headline: dict[str, float] = {}
         self.unit_rows: list[pd.DataFrame] = []  # the records of probes/units.parquet so far
         self._units: pd.DataFrame | None = None  # this call's units records, until add_records
+        self._positions: pd.DataFrame | None = None
         self.dead_frac: dict[str, float] = {}
 
     @property
@@ -83,35 +120,69 @@ class DensityCallback(ProbeCallback):
         return None if self.output_dir is None else self.output_dir / "probes" / "units.parquet"
 
     def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Draw the probe sets (every process) and write ``probes/probe_sets.parquet`` (rank 0)."""
+        """Draw the probe sets and the panel (every process); write ``probes/probe_sets.parquet`` and
+        ``probes/panel.parquet`` (rank 0)."""
         dm = trainer.datamodule
-        self.sets = build_probe_sets(dm.splits, dm.vocab_size, self.windows_per_set, self.seed, dm.eos_id)
-        self.primary_view = "entity" if any(s.spans is not None for s in self.sets if s.name == "seen") else "token"
+        sets, self.panel = build_probe_sets(
+            dm.splits,
+            dm.vocab_size,
+            eos_id=dm.eos_id,
+            entities=_plan_entities(dm),
+            canaries=getattr(dm, "canaries", None),
+            panel=self.panel_spec,
+            n_control=self.windows_per_set,
+            seed=self.seed,
+        )
+        self.sets = {s.name: s for s in sets}
+        if self.panel is not None:
+            n = len(self.panel)
+            missing = int((self.panel["row"] < 0).sum())
+            log.info("density: person panel of %d people (%d without a held-out document)", n, missing)
         if trainer.is_global_zero and self.output_dir is not None:
-            write_parquet_atomic(probe_sets_table(self.sets), self.output_dir / "probes" / "probe_sets.parquet")
+            write_parquet_atomic(probe_sets_table(sets), self.output_dir / "probes" / "probe_sets.parquet")
+            if self.panel is not None:
+                write_parquet_atomic(self.panel, self.output_dir / "probes" / "panel.parquet")
 
     def before_measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Sum the ledger over processes (a collective: every process, same step)."""
         self.dependency("ledger").ledger.sync()
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, model, step: int) -> ProbeResult:
-        """Density metrics of every probe set, by familiarity (:func:`~densitylab.probes.density.density_records`).
+        """Density metrics of every probe set, the pre-registered endpoints with persons as clusters
+        (:func:`~densitylab.probes.density.density_records`).
 
         Returns:
             The records, and the whole-set means ``density/L{i}/{metric}/{probe_set}``,
-            ``density/L{i}/dead_frac`` plus the finite headline numbers ``density/L{i}/slope``, ``gap``
-            (and CIs). The units records wait in ``self._units`` for :meth:`add_records`.
+            ``density/L{i}/dead_frac`` plus the sufficient endpoint numbers. The units records and the
+            positions wait in ``self._units`` / ``self._positions`` for :meth:`add_records`.
         """
         ledger = self.dependency("ledger").ledger
-        metrics, fam = {}, {}
-        for s in self.sets:
-            metrics[s.name] = measure_density(model, s.input_ids, self.batch_size)
-            f = ledger.familiarity(s.input_ids, s.sample_ids, s.spans)
-            fam[s.name] = {k: v.cpu().numpy() for k, v in f.items()}
-        rows, headline = density_records(step, metrics, fam, self.primary_view)
+        metrics = {
+            name: measure_density(model, s.input_ids, self.batch_size, final_positions=s.final_positions())
+            for name, s in self.sets.items()
+        }
+        exposure = {}
+        if ledger.n_entities:
+            exposure = {
+                "distinct_docs": ledger.entity_distinct_docs(),
+                "subject_docs": ledger.entity_subject_docs(),
+                "mentions": ledger.entity_mentions(),
+                "comentions": ledger.entity_comentions(),
+            }
+        exposure = {k: v.cpu().numpy() for k, v in exposure.items()}
+        rows, headline, positions = density_records(
+            step,
+            metrics,
+            self.sets,
+            exposure,
+            ledger.token_counts.cpu().numpy(),
+            ledger.sequence_counts.cpu().numpy(),
+            self.spec,
+        )
         self.headline = headline
+        self._positions = positions[positions["probe_set"].isin(["panel", "seen"])]
         self._units = units = unit_records(step, metrics)
-        whole = rows[(rows["view"] == "all") & rows["metric"].isin(METRICS + FINAL_METRICS + SET_METRICS)]
+        whole = rows[(rows["role"] == "all") & (rows["estimand"] == "mean") & (rows["exposure"] == "all")]
         scalars = {
             f"density/L{r.layer}/{r.metric}/{r.probe_set}": float(r.value)
             for r in whole.itertuples()
@@ -124,13 +195,17 @@ class DensityCallback(ProbeCallback):
         return rows, scalars
 
     def add_records(self, records: pd.DataFrame) -> None:
-        """Append this call's units records and rewrite ``probes/units.parquet`` (atomically), then the
-        density records (:meth:`ProbeCallback.add_records`)."""
+        """Append this call's units records and rewrite ``probes/units.parquet`` and
+        ``probes/density_positions.parquet`` (atomically), then the density records
+        (:meth:`ProbeCallback.add_records`)."""
         units, self._units = self._units, None
         if units is not None:
             self.unit_rows.append(units)
             if self.units_path is not None:
                 write_parquet_atomic(pd.concat(self.unit_rows, ignore_index=True), self.units_path)
+        positions, self._positions = self._positions, None
+        if positions is not None and self.output_dir is not None:
+            write_parquet_atomic(positions, self.output_dir / "probes" / "density_positions.parquet")
         super().add_records(records)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -147,15 +222,32 @@ class DensityCallback(ProbeCallback):
             self.unit_rows = [r[r["step"] <= trainer.global_step] for r in self.unit_rows]
         super().on_train_start(trainer, pl_module)
 
-    def figures(self, step: int, records: pd.DataFrame) -> dict:
-        """``density/heatmap_active_frac_seen`` (:func:`densitylab.report.density.heatmap_active_frac_seen`)."""
-        from densitylab.report.density import heatmap_active_frac_seen
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After the final probe call: the covariate regression once, on the last call's positions
+        (``probes/density_regression.parquet``; rank 0; never inside a timed probe call)."""
+        parent = getattr(super(), "on_fit_end", None)
+        if parent is not None:
+            parent(trainer, pl_module)
+        if self.enabled and self.regression and trainer.is_global_zero and self.output_dir is not None:
+            from densitylab.probes.density_regression import write_density_regression
 
-        return {"density/heatmap_active_frac_seen": heatmap_active_frac_seen(records, step, self.primary_view)}
+            try:
+                write_density_regression(self.output_dir)
+            except Exception as err:  # a secondary analysis never fails a finished run
+                log.warning("density regression skipped: %s", str(err).splitlines()[0])
+
+    def figures(self, step: int, records: pd.DataFrame) -> dict:
+        """``density/heatmap_by_bin`` (:func:`densitylab.report.density.heatmap_by_bin`)."""
+        from densitylab.report.density import heatmap_by_bin
+
+        if not (records["estimand"] == "mean").any() or "panel" not in set(records["probe_set"]):
+            return {}
+        return {"density/heatmap_by_bin": heatmap_by_bin(records, step, "name_last", self.spec.metric)}
 
     def final_metrics(self) -> dict[str, float]:
-        """Final headline numbers for ``summary.json``: ``density/L{i}/slope`` and ``gap`` with CIs,
-        ``density/L{i}/dead_frac`` of the last call, and ``density/probe_calls``."""
+        """Final headline numbers for ``summary.json``: the endpoints ``density/L{i}/{role}/slope`` and
+        ``diff_{bin}`` with CIs and ``n_entities``, ``density/L{i}/dead_frac`` of the last call, and
+        ``density/probe_calls``."""
         out = {f"density/{k}": v for k, v in self.headline.items()}
         out.update(self.dead_frac)
         out["density/probe_calls"] = self.calls

@@ -13,7 +13,7 @@ import torch
 from densitylab.callbacks.base import ProbeCallback, ProbeResult
 from densitylab.model import GPT
 from densitylab.probes.modularity import Component, ablation_effects, modularity_records, modularity_summary
-from densitylab.probes.sets import build_probe_sets, task_masks
+from densitylab.probes.sets import draw_windows, task_masks, window_set
 
 
 class ModularityCallback(ProbeCallback):
@@ -67,16 +67,10 @@ class ModularityCallback(ProbeCallback):
     def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw the held-out windows and fix the tasks (every process)."""
         dm = trainer.datamodule
-        sets = build_probe_sets(
-            {"train": dm.splits["train"], "heldout": dm.splits["heldout"]},
-            dm.vocab_size,
-            self.windows,
-            self.seed,
-            dm.eos_id,
-        )
-        self.probe_set = next(s for s in sets if s.name == "heldout")
-        x = self.probe_set.input_ids
-        self.targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
+        held = dm.splits["heldout"]
+        w = draw_windows(held, self.windows, np.random.default_rng(self.seed))
+        self.probe_set = window_set("heldout", held, w)
+        self.targets = self.probe_set.targets  # the last input's target is the window's extra token
         self.groups = self.mlp_groups or pl_module.model.config.n_head
         # tasks fixed once for the whole run (the control included): text frequency quartiles use the
         # training split's token frequencies, i.e. one epoch's exposures

@@ -49,8 +49,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from densitylab.probes.stats import bucketize, cluster_ols_slope, diff_ci
-
 # per layer and position, in probes/density.parquet
 METRICS = ("active_frac", "active_frac_live", "zero_frac", "hoyer", "top5_energy", "eff_rank")
 # measured per position by measure_density (active_frac_live is derived across sets by density_records)
@@ -59,8 +57,6 @@ POSITION_METRICS = ("active_frac", "zero_frac", "hoyer", "top5_energy", "eff_ran
 FINAL_METRICS = ("jin_top5_energy", "jin_eff_rank")
 # one value per probe set and layer (view "all", bucket -1, no CI)
 SET_METRICS = ("participation_ratio",)
-VIEWS = ("token", "entity", "sequence")
-NATURAL_SETS = ("seen", "heldout", "unfamiliar_entities")  # pooled for the slope; shuffled / random are controls
 # firing-rate histogram of probes/units.parquet: bin 0 is [0, 0] (dead), then (e_i, e_{i+1}]
 FIRING_RATE_EDGES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, 1.0)
 
@@ -185,15 +181,22 @@ class _Moments:
 # ----------------------------------------------------------------------------- probe sets
 @dataclass
 class ProbeSet:
-    """A fixed set of probe windows.
+    """A fixed set of probe rows (drawn once at fit start, :func:`densitylab.probes.sets.build_probe_sets`).
 
     Attributes:
-        name: ``seen``, ``heldout``, ``unfamiliar_entities``, ``shuffled`` or ``random``.
+        name: ``panel``, ``seen``, ``shuffled``, ``random`` or ``random_seen`` (``heldout`` for the
+            modularity probe's windows).
         input_ids: (N, T) int64 token ids.
-        sample_ids: (N,) int64 training window ids, -1 for windows that are not training windows.
-        spans: entity mentions ``(row, start, end, entity)``, int64 tensors of shape (M,), or None.
+        sample_ids: (N,) int64 training window ids, -1 for rows that are not training windows.
+        spans: unused by the density probe (kept for callers that pass mentions), or None.
         window_ids: (N,) int64 window ids inside the split the rows come from (None for generated
             sets), to look up that split's other spans (e.g. attribute values).
+        targets: (N, T) int64 next token of each position (-100 where none), or None.
+        labels: for labelled sets (``panel``, ``seen``): (N, T) numpy arrays ``role`` (int8 codes of
+            :data:`densitylab.probes.roles.ROLES`), ``person``, ``subject``, ``mentioned`` (int64, -1 none),
+            ``doc_initial`` and ``probed`` (bool: the position enters the aggregates); None for controls
+            (every position probed, no roles).
+        row_persons: per row, the panel persons whose held-out documents it holds (``panel`` only).
     """
 
     name: str
@@ -201,6 +204,23 @@ class ProbeSet:
     sample_ids: torch.Tensor
     spans: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     window_ids: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    labels: dict[str, np.ndarray] | None = None
+    row_persons: list[list[int]] | None = None
+
+    def final_positions(self) -> torch.Tensor:
+        """(N, T) bool: where the Jin et al. metrics are read: the probed ``pre_value`` positions of a
+        labelled set that has them (the position predicting the answer's first token, as Jin et al.),
+        else the last position of every row."""
+        from densitylab.probes.roles import ROLE_CODE
+
+        if self.labels is not None:
+            m = (self.labels["role"] == ROLE_CODE["pre_value"]) & self.labels["probed"]
+            if m.any():
+                return torch.from_numpy(m)
+        out = torch.zeros(self.input_ids.shape, dtype=torch.bool)
+        out[:, -1] = True
+        return out
 
 
 @dataclass
@@ -383,49 +403,213 @@ def unit_records(step: int, measurements: Mapping[str, DensityMeasurement]) -> p
 
 
 # ----------------------------------------------------------------------------- records
-def _positions(name: str, metrics: dict[str, np.ndarray], familiarity: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Long-ish table: one row per (view, position) with the bucket and every metric column."""
-    N, T = next(iter(metrics.values())).shape
-    rows = np.repeat(np.arange(N), T)
-    cols = {k: v.reshape(-1) for k, v in metrics.items()}
-    frames = [pd.DataFrame({"probe_set": name, "view": "all", "bucket": -1, "row": rows, "count": 0, **cols})]
-    for view in VIEWS:
-        counts = familiarity[view].reshape(-1)
-        keep = counts >= 0  # entity view: positions inside mentions only
-        if not keep.any():
-            continue
-        frames.append(
-            pd.DataFrame(
-                {
-                    "probe_set": name,
-                    "view": view,
-                    "bucket": bucketize(counts[keep]),
-                    "row": rows[keep],
-                    "count": counts[keep],
-                    **{k: v[keep] for k, v in cols.items()},
-                }
+@dataclass(frozen=True)
+class EndpointSpec:
+    """The pre-registered endpoints (``callbacks.density.endpoints`` in ``conf/``; design §8), fixed before
+    a run: per layer, at each of ``roles`` of the panel's held-out documents,
+
+    (a) the OLS slope of ``metric`` on log2(1 + ``exposure``) and
+    (b) the mean of ``metric`` in each exposure bin ``[edges[k], edges[k+1])`` (the last open-ended, the
+        first {0} when ``edges`` starts 0, 1) and its difference from the first bin (zero-exposure people),
+
+    with CR1 cluster-robust CIs, **persons as clusters** (t on n_persons − 1 df); a bin with fewer than
+    ``min_entities`` persons (or a contrast whose reference bin has fewer) is reported as insufficient.
+
+    Attributes:
+        metric: the primary metric (``active_frac_live``).
+        secondary: further metrics given the same rows (not headline).
+        exposure: the person's exposure measure: ``distinct_docs`` (bins do not drift with the epoch),
+            ``subject_docs``, ``mentions`` or ``comentions``; on data without document subjects (text)
+            ``distinct_docs`` is replaced by ``mentions``.
+        roles: the positions the endpoints are read at.
+        bin_edges: increasing lower edges in documents.
+        min_entities: the smallest number of persons a bin needs.
+        level: confidence level.
+    """
+
+    metric: str = "active_frac_live"
+    secondary: tuple[str, ...] = ("active_frac", "hoyer")
+    exposure: str = "distinct_docs"
+    roles: tuple[str, ...] = ("name_last", "pre_value")
+    bin_edges: tuple[int, ...] = (0, 1, 4, 16, 64)
+    min_entities: int = 10
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        from densitylab.probes.roles import ROLES
+
+        where = "callbacks.density.endpoints"
+        known = METRICS + FINAL_METRICS
+        for m in (self.metric, *self.secondary):
+            if m not in known:
+                raise ValueError(f"{where}: metric {m!r} is not a density metric; expected one of {list(known)}")
+        if self.exposure not in EXPOSURES:
+            raise ValueError(f"{where}.exposure={self.exposure!r}: expected one of {list(EXPOSURES)}")
+        for r in self.roles:
+            if r not in ROLES:
+                raise ValueError(f"{where}.roles: {r!r} is not a position role; expected one of {list(ROLES)}")
+        e = list(self.bin_edges)
+        if len(e) < 2 or any(not isinstance(x, int) or x < 0 for x in e) or e != sorted(set(e)):
+            raise ValueError(f"{where}.bin_edges={e!r}: expected >= 2 increasing integers >= 0")
+        if isinstance(self.min_entities, bool) or not isinstance(self.min_entities, int) or self.min_entities < 2:
+            raise ValueError(f"{where}.min_entities={self.min_entities!r}: expected an integer >= 2")
+        if not 0 < self.level < 1:
+            raise ValueError(f"{where}.level={self.level!r}: expected a number in (0, 1)")
+
+    @property
+    def bin_labels(self) -> list[str]:
+        """``0``, ``1-3``, ``4-15``, ``16-63``, ``64+`` for the default edges."""
+        e = list(self.bin_edges)
+        out = []
+        for k, lo in enumerate(e):
+            hi = e[k + 1] - 1 if k + 1 < len(e) else None
+            out.append(f"{lo}+" if hi is None else (f"{lo}" if hi == lo else f"{lo}-{hi}"))
+        return out
+
+    def bin_of(self, counts: np.ndarray) -> np.ndarray:
+        """Bin index (0-based) of each count; -1 below the first edge."""
+        return np.searchsorted(np.asarray(self.bin_edges), np.asarray(counts), side="right") - 1
+
+
+#: Exposure measures of a person (the ledger's, :mod:`densitylab.ledger.exposure`).
+EXPOSURES = ("distinct_docs", "subject_docs", "mentions", "comentions")
+#: Columns of ``probes/density.parquet``.
+RECORD_COLUMNS = [
+    "step",
+    "layer",
+    "probe_set",
+    "role",
+    "exposure",
+    "bin",
+    "bin_index",
+    "metric",
+    "estimand",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "n_windows",
+    "n_entities",
+    "status",
+]
+
+
+def density_positions(
+    step: int,
+    metrics: Mapping[str, DensityMeasurement],
+    sets: Mapping[str, ProbeSet],
+    exposure: Mapping[str, np.ndarray],
+    token_counts: np.ndarray,
+    sequence_counts: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One row per probed position of every probe set, with its labels, exposures and metrics (the input
+    of every aggregate, and of the regression in :mod:`densitylab.probes.density_regression`).
+
+    Args:
+        step: training step of this probe call.
+        metrics: probe set name -> :func:`measure_density` output.
+        sets: probe set name -> :class:`ProbeSet`.
+        exposure: ``distinct_docs``, ``subject_docs``, ``mentions``, ``comentions`` -> (E,) int64 per person
+            (the ledger's, after its sync).
+        token_counts: (V,) int64 training exposures of each token id.
+        sequence_counts: (n_windows,) int64 trainings of each training window (None: all 0).
+    Returns:
+        Columns ``step, probe_set, row, pos, role`` (a role name, ``all`` for unlabelled controls),
+        ``person, subject, mentioned`` (int64, -1 none), ``own`` (the person is one of the row's panel
+        persons), ``doc_initial``, the four exposures of ``person`` (-1 without one), ``input_count``,
+        ``target_count`` (-1 without a target), ``window_trained``, then ``L{i}/{metric}`` float32 per
+        layer and metric (``active_frac_live`` included). Positions not probed (padding, canaries in
+        ``seen``) are left out.
+    """
+    from densitylab.probes.roles import ROLES
+
+    live = live_units(metrics)
+    n_layer, d_mlp = live.shape
+    n_live = live.sum(1)
+    role_names = np.asarray(ROLES + ("all",), dtype=object)
+    frames = []
+    for name, m in metrics.items():
+        ps = sets[name]
+        N, T = ps.input_ids.shape
+        cols = dict(m.positions)
+        for i in range(n_layer):
+            scale = d_mlp / n_live[i] if n_live[i] else math.nan
+            cols[f"L{i}/active_frac_live"] = (cols[f"L{i}/active_frac"] * np.float32(scale)).astype(np.float32)
+        lab = ps.labels
+        if lab is None:
+            probed = np.ones((N, T), dtype=bool)
+            role = np.full((N, T), len(ROLES), dtype=np.int64)
+            person = subject = mentioned = np.full((N, T), -1, dtype=np.int64)
+            doc_initial = np.zeros((N, T), dtype=bool)
+        else:
+            probed, role = lab["probed"], lab["role"].astype(np.int64)
+            person, subject, mentioned, doc_initial = (
+                lab["person"],
+                lab["subject"],
+                lab["mentioned"],
+                lab["doc_initial"],
             )
-        )
-    return pd.concat(frames, ignore_index=True)
+        keep = probed.reshape(-1)
+        rows = np.repeat(np.arange(N), T)[keep]
+        per = person.reshape(-1)[keep]
+        own = np.zeros(len(per), dtype=bool)
+        if ps.row_persons:
+            E = int(max((max(p) for p in ps.row_persons if p), default=0)) + 1
+            pairs = np.asarray([r * E + p for r, ps_ in enumerate(ps.row_persons) for p in ps_], dtype=np.int64)
+            own = (per >= 0) & np.isin(rows * E + np.clip(per, 0, None), pairs)
+        ids = ps.input_ids.numpy().reshape(-1)[keep]
+        tg = (ps.targets if ps.targets is not None else torch.full_like(ps.input_ids, -100)).numpy().reshape(-1)[keep]
+        win = ps.sample_ids.numpy()
+        trained = np.zeros(N, dtype=np.int64)
+        if sequence_counts is not None and (win >= 0).any():
+            ok = win >= 0
+            trained[ok] = sequence_counts[win[ok]]
+        df = {
+            "probe_set": name,
+            "row": rows,
+            "pos": np.tile(np.arange(T), N)[keep],
+            "role": role_names[role.reshape(-1)[keep]],
+            "person": per,
+            "subject": subject.reshape(-1)[keep],
+            "mentioned": mentioned.reshape(-1)[keep],
+            "own": own,
+            "doc_initial": doc_initial.reshape(-1)[keep],
+        }
+        for k in EXPOSURES:
+            arr = np.asarray(exposure.get(k, np.zeros(0, dtype=np.int64)))
+            df[k] = np.where(
+                (per >= 0) & (per < len(arr)), arr[np.clip(per, 0, max(len(arr) - 1, 0))] if len(arr) else -1, -1
+            )
+        df["input_count"] = token_counts[ids]
+        df["target_count"] = np.where(tg >= 0, token_counts[np.clip(tg, 0, None)], -1)
+        df["window_trained"] = trained[rows]
+        frame = pd.DataFrame(df)
+        for k, v in cols.items():
+            frame[k] = v.reshape(-1)[keep]
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "step", int(step))
+    return out
 
 
-def _grouped_ci(pos: pd.DataFrame, metric_cols: list[str], level: float = 0.95) -> pd.DataFrame:
-    """Cluster-robust mean and CI per (probe_set, view, bucket) for every metric column (windows =
-    clusters), vectorised over groups and metrics (same estimator as :func:`cluster_mean_ci`). NaN values
-    are left out: each metric's ``n`` counts its finite values, ``n_windows`` the windows holding one;
-    a (group, metric) without any finite value gives no row."""
+def _grouped_ci(
+    pos: pd.DataFrame, metric_cols: list[str], keys: list[str], cluster: str, level: float = 0.95
+) -> pd.DataFrame:
+    """Position-weighted mean and CR1 cluster-robust CI (t on k − 1 df, k = clusters) per group of
+    ``keys`` for every metric column, vectorised over groups and metrics (the estimator of
+    :func:`~densitylab.probes.stats.cluster_mean_ci`). NaN values are left out: each metric's ``n``
+    counts its finite values, ``k`` the clusters holding one; a (group, metric) without a finite value
+    gives no row. Returns ``keys`` + layer, metric, value, ci_low, ci_high, n, k."""
     from scipy import stats
 
-    keys = ["probe_set", "view", "bucket"]
-    # one row per (group, window): sums of each metric and the number of finite values
-    gw_id = pos.groupby(keys + ["row"], sort=False).ngroup().to_numpy()
-    n_gw = int(gw_id.max()) + 1
+    cid = pos.groupby(keys + [cluster], sort=False).ngroup().to_numpy()
+    n_c = int(cid.max()) + 1
     V = pos[metric_cols].to_numpy(np.float64)
     F = np.isfinite(V)
     V = np.where(F, V, 0.0)
-    S = np.stack([np.bincount(gw_id, weights=V[:, j], minlength=n_gw) for j in range(V.shape[1])], axis=1)
-    n_w = np.stack([np.bincount(gw_id, weights=F[:, j], minlength=n_gw) for j in range(V.shape[1])], axis=1)
-    _, first = np.unique(gw_id, return_index=True)
+    S = np.stack([np.bincount(cid, weights=V[:, j], minlength=n_c) for j in range(V.shape[1])], axis=1)
+    n_w = np.stack([np.bincount(cid, weights=F[:, j], minlength=n_c) for j in range(V.shape[1])], axis=1)
+    _, first = np.unique(cid, return_index=True)
     gid, uniq = pd.factorize(pd.MultiIndex.from_frame(pos[keys].iloc[first]))
     G = len(uniq)
 
@@ -453,138 +637,211 @@ def _grouped_ci(pos: pd.DataFrame, metric_cols: list[str], level: float = 0.95) 
                 ci_low=mean[keep, j] - half[keep, j],
                 ci_high=mean[keep, j] + half[keep, j],
                 n=n_g[keep, j].astype(np.int64),
-                n_windows=k_g[keep, j].astype(np.int64),
+                k=k_g[keep, j].astype(np.int64),
             )
         )
     return pd.concat(records, ignore_index=True)
 
 
+def _descriptive(pos: pd.DataFrame, metric_cols: list[str], by_role: bool, level: float) -> pd.DataFrame:
+    """Whole-set (``role`` all) or per-role means, windows (rows) as clusters: no familiarity claim."""
+    keys = ["probe_set", "role"] if by_role else ["probe_set"]
+    src = pos[pos["role"] != "all"] if by_role else pos
+    if src.empty:
+        return pd.DataFrame()
+    out = _grouped_ci(src, metric_cols, keys, "row", level).rename(columns={"k": "n_windows"})
+    if not by_role:
+        out["role"] = "all"
+    ent = src[src["person"] >= 0].groupby(keys)["person"].nunique().rename("n_entities").reset_index()
+    out = out.merge(ent, on=keys, how="left")
+    out["n_entities"] = out["n_entities"].fillna(0).astype(np.int64)
+    return out.assign(exposure="all", bin="all", bin_index=-1, estimand="mean", status="descriptive")
+
+
+def endpoint_records(pos: pd.DataFrame, spec: EndpointSpec, n_layer: int, exposure: str) -> pd.DataFrame:
+    """The pre-registered endpoint rows of one probe call (see :class:`EndpointSpec`): per layer, role in
+    ``spec.roles`` and metric in ``[spec.metric, *spec.secondary]``, on the panel's own positions (the
+    position's person is a panel person whose held-out document the row holds): the mean of every bin
+    (estimand ``mean``), each bin against the first (``diff_vs_0``: the bin-dummy coefficient of a CR1
+    regression on the two bins' positions) and the slope on log2(1 + exposure) (``slope``), persons as clusters.
+
+    Args:
+        pos: :func:`density_positions` rows.
+        spec: the endpoints.
+        n_layer: layers.
+        exposure: the exposure column used (``spec.exposure``, or ``mentions`` on text data).
+    Returns:
+        Rows with the columns of :data:`RECORD_COLUMNS` but ``step``.
+    """
+    from densitylab.probes.stats import cr1_ols
+
+    labels = spec.bin_labels
+    src = pos[(pos["probe_set"] == "panel") & pos["own"] & pos["role"].isin(spec.roles)]
+    src = src.assign(bin_index=spec.bin_of(src[exposure].to_numpy()))
+    src = src[src["bin_index"] >= 0]
+    out = []
+    base = dict(probe_set="panel", exposure=exposure)
+    for metric in (spec.metric, *spec.secondary):
+        for layer in range(n_layer):
+            col = f"L{layer}/{metric}"
+            if col not in src:
+                continue
+            for role in spec.roles:
+                sub = src[(src["role"] == role) & np.isfinite(src[col].to_numpy())]
+                y = sub[col].to_numpy(np.float64)
+                persons = sub["person"].to_numpy()
+                b = sub["bin_index"].to_numpy()
+                rec = dict(base, layer=layer, role=role, metric=metric)
+                n_per_bin = {k: int(np.unique(persons[b == k]).size) for k in range(len(labels))}
+                ok_bins = [k for k in range(len(labels)) if n_per_bin[k] >= spec.min_entities]
+                # (b) bin means
+                for k, lab in enumerate(labels):
+                    m = b == k
+                    r = dict(
+                        rec,
+                        bin=lab,
+                        bin_index=k,
+                        estimand="mean",
+                        n=int(m.sum()),
+                        n_windows=int(sub["row"][m].nunique()),
+                        n_entities=n_per_bin[k],
+                    )
+                    if k in ok_bins:
+                        beta, _, lo, hi, _, _ = cr1_ols(np.ones((int(m.sum()), 1)), y[m], persons[m], spec.level)
+                        r.update(value=beta[0], ci_low=lo[0], ci_high=hi[0], status="ok")
+                    else:
+                        r.update(value=math.nan, ci_low=math.nan, ci_high=math.nan, status="insufficient")
+                    out.append(r)
+                # each bin against the first: a two-bin regression (its persons as clusters, t on G - 1 df)
+                coef = {}
+                for k in ok_bins if 0 in ok_bins else []:
+                    if k == 0:
+                        continue
+                    m = (b == 0) | (b == k)
+                    X = np.column_stack([np.ones(int(m.sum())), (b[m] == k).astype(np.float64)])
+                    beta, _, lo, hi, _, _ = cr1_ols(X, y[m], persons[m], spec.level)
+                    coef[k] = (beta[1], lo[1], hi[1])
+                for k, lab in enumerate(labels[1:], start=1):
+                    m = (b == k) | (b == 0)
+                    r = dict(
+                        rec,
+                        bin=lab,
+                        bin_index=k,
+                        estimand="diff_vs_0",
+                        n=int(m.sum()),
+                        n_windows=int(sub["row"][m].nunique()),
+                        n_entities=n_per_bin[k] + n_per_bin[0],
+                    )
+                    if k in coef:
+                        r.update(value=coef[k][0], ci_low=coef[k][1], ci_high=coef[k][2], status="ok")
+                    else:
+                        r.update(value=math.nan, ci_low=math.nan, ci_high=math.nan, status="insufficient")
+                    out.append(r)
+                # (a) the slope on log2(1 + exposure), every person of the role
+                G = int(np.unique(persons).size)
+                r = dict(
+                    rec,
+                    bin="all",
+                    bin_index=-1,
+                    estimand="slope",
+                    n=len(y),
+                    n_windows=int(sub["row"].nunique()),
+                    n_entities=G,
+                )
+                x = np.log2(1.0 + sub[exposure].to_numpy(np.float64))
+                if G >= spec.min_entities and len(np.unique(x)) >= 2:
+                    beta, _, lo, hi, _, _ = cr1_ols(np.column_stack([np.ones(len(x)), x]), y, persons, spec.level)
+                    r.update(value=beta[1], ci_low=lo[1], ci_high=hi[1], status="ok")
+                else:
+                    r.update(value=math.nan, ci_low=math.nan, ci_high=math.nan, status="insufficient")
+                out.append(r)
+    return pd.DataFrame(out)
+
+
 def density_records(
     step: int,
     metrics: Mapping[str, DensityMeasurement],
-    familiarity: Mapping[str, Mapping[str, np.ndarray]],
-    primary_view: str = "token",
-    level: float = 0.95,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Aggregate per-position metrics into the rows of ``probes/density.parquet`` and headline numbers.
+    sets: Mapping[str, ProbeSet],
+    exposure: Mapping[str, np.ndarray],
+    token_counts: np.ndarray,
+    sequence_counts: np.ndarray | None = None,
+    spec: EndpointSpec | None = None,
+) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """Aggregate one probe call into the rows of ``probes/density.parquet`` and the headline numbers.
 
     Args:
         step: training step of this probe call.
         metrics: probe set name -> :func:`measure_density` output, for every probe set of the call (the
             live units of ``active_frac_live`` are those firing somewhere in any of them).
-        familiarity: probe set name -> ``{"token", "entity", "sequence"}`` (N, T) int64 counts
-            (entity: -1 outside mentions), as from ``ExposureLedger.familiarity``.
-        primary_view: the view of the headline ``slope`` and ``gap`` (``entity`` for data with
-            entities, else ``token``).
+        sets: probe set name -> :class:`ProbeSet` (labels, persons, targets).
+        exposure: per-person exposure arrays (see :func:`density_positions`).
+        token_counts: (V,) int64 token exposures; sequence_counts: (n_windows,) window trainings.
+        spec: the pre-registered endpoints (default :class:`EndpointSpec`).
     Returns:
-        ``(rows, headline)``. ``rows`` has columns step, layer, probe_set, view, bucket, metric,
-        value, ci_low, ci_high, n (finite values: positions), n_windows; view ``all`` / bucket -1 is the
-        whole set. Metrics: :data:`METRICS` per layer, :data:`FINAL_METRICS` at layer n_layer − 1 (n =
-        the selected positions), :data:`SET_METRICS` (view ``all`` only, CI NaN: one value per set).
-        Headline rows (also in ``rows``): metric ``slope`` (OLS slope of active_frac on
-        log2(1 + count) over the pooled natural sets, per view; probe_set ``pooled``) and ``gap``
-        (active_frac of ``seen`` in its most familiar bucket of the primary view that spans at least two
-        windows, minus that of the unfamiliar
-        reference: ``unfamiliar_entities`` inside mentions when present, else ``random``).
-        ``headline`` maps ``L{i}/slope``, ``L{i}/slope_ci_low``, ... and ``L{i}/gap`` ... to floats.
+        ``(rows, headline, positions)``. ``rows`` has :data:`RECORD_COLUMNS`:
+
+        - whole-set rows (role ``all``) and per-role rows of every labelled set: estimand ``mean``,
+          windows as clusters, status ``descriptive``; :data:`SET_METRICS` one value per set, CI NaN;
+        - the endpoint rows of :func:`endpoint_records` (probe_set ``panel``, persons as clusters).
+
+        ``headline`` maps ``L{i}/{role}/slope`` (and ``_ci_low``, ``_ci_high``, ``_n_entities``) and
+        ``L{i}/{role}/diff_{bin}`` (same suffixes) of the primary metric to floats, the sufficient rows
+        only. ``positions`` is :func:`density_positions`' table.
     """
-    live = live_units(metrics)  # (n_layer, d_mlp)
-    n_layer, d_mlp = live.shape
-    n_live = live.sum(1)
-    columns = {}
-    for name, m in metrics.items():
-        cols = dict(m.positions)
-        for i in range(n_layer):
-            af = cols[f"L{i}/active_frac"]
-            scale = d_mlp / n_live[i] if n_live[i] else math.nan
-            cols[f"L{i}/active_frac_live"] = (af * np.float32(scale)).astype(np.float32)
-        columns[name] = cols
-    metric_cols = list(columns[next(iter(columns))])
-    pos = pd.concat([_positions(name, columns[name], familiarity[name]) for name in metrics], ignore_index=True)
-    rows = _grouped_ci(pos, metric_cols, level)
+    spec = spec or EndpointSpec()
+    n_layer = next(iter(metrics.values())).fire_counts.shape[0]
+    pos = density_positions(step, metrics, sets, exposure, token_counts, sequence_counts)
+    metric_cols = [c for c in pos.columns if c.startswith("L") and "/" in c]
+    parts = [_descriptive(pos, metric_cols, False, spec.level), _descriptive(pos, metric_cols, True, spec.level)]
     whole_set = [
         dict(
             layer=int(key.split("/")[0][1:]),
             probe_set=name,
-            view="all",
-            bucket=-1,
+            role="all",
+            exposure="all",
+            bin="all",
+            bin_index=-1,
             metric=key.split("/")[1],
+            estimand="mean",
             value=float(v),
             ci_low=math.nan,
             ci_high=math.nan,
             n=m.n_positions,
             n_windows=m.n_windows,
+            n_entities=0,
+            status="descriptive",
         )
         for name, m in metrics.items()
         for key, v in m.set_metrics.items()
     ]
-    rows = pd.concat([rows, pd.DataFrame(whole_set)], ignore_index=True) if whole_set else rows
-    headline: dict[str, float] = {}
-    extra = []
-    pooled = pos[pos["probe_set"].isin(NATURAL_SETS)]
-    for layer in range(n_layer):
-        col = f"L{layer}/active_frac"
-        for view in VIEWS:
-            sub = pooled[pooled["view"] == view]
-            if sub.empty:
-                continue
-            s, lo, hi, n, k = cluster_ols_slope(
-                np.log2(1 + sub["count"].to_numpy()),
-                sub[col].to_numpy(),
-                sub["probe_set"] + ":" + sub["row"].astype(str),
-                level,
-            )
-            extra.append(
-                dict(
-                    layer=layer,
-                    probe_set="pooled",
-                    view=view,
-                    bucket=-1,
-                    metric="slope",
-                    value=s,
-                    ci_low=lo,
-                    ci_high=hi,
-                    n=n,
-                    n_windows=k,
-                )
-            )
-            if view == primary_view:
-                headline.update({f"L{layer}/slope": s, f"L{layer}/slope_ci_low": lo, f"L{layer}/slope_ci_high": hi})
-        # gap: seen at its most familiar bucket minus the unfamiliar reference
-        af = rows[(rows["layer"] == layer) & (rows["metric"] == "active_frac")]
-        seen = af[(af["probe_set"] == "seen") & (af["view"] == primary_view)]
-        if "unfamiliar_entities" in metrics and (af["probe_set"] == "unfamiliar_entities").any():
-            ref = af[(af["probe_set"] == "unfamiliar_entities") & (af["view"] == "entity") & (af["bucket"] == 0)]
-            ref_name = "unfamiliar_entities"
-        else:
-            ref = af[(af["probe_set"] == "random") & (af["view"] == "all")]
-            ref_name = "random"
-        if len(seen) and len(ref):
-            replicated = seen[seen["n_windows"] >= 2]  # the most familiar bucket that has a CI
-            top = (replicated if len(replicated) else seen).sort_values("bucket").iloc[-1]
-            r = ref.iloc[0]
-            d, lo, hi = diff_ci(
-                (top.value, top.ci_low, top.ci_high, int(top.n), int(top.n_windows)),
-                (r.value, r.ci_low, r.ci_high, int(r.n), int(r.n_windows)),
-                level,
-            )
-            extra.append(
-                dict(
-                    layer=layer,
-                    probe_set=f"seen_top-{ref_name}",
-                    view=primary_view,
-                    bucket=int(top.bucket),
-                    metric="gap",
-                    value=d,
-                    ci_low=lo,
-                    ci_high=hi,
-                    n=int(top.n + r.n),
-                    n_windows=int(top.n_windows + r.n_windows),
-                )
-            )
-            headline.update({f"L{layer}/gap": d, f"L{layer}/gap_ci_low": lo, f"L{layer}/gap_ci_high": hi})
-    rows = pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
+    parts.append(pd.DataFrame(whole_set))
+    has_subjects = np.asarray(exposure.get("distinct_docs", np.zeros(0))).sum() > 0 or (pos["subject"] >= 0).any()
+    ex = (
+        spec.exposure
+        if has_subjects or spec.exposure not in ("distinct_docs", "subject_docs", "comentions")
+        else "mentions"
+    )
+    ends = endpoint_records(pos, spec, n_layer, ex) if "panel" in metrics else pd.DataFrame()
+    parts.append(ends)
+    rows = pd.concat([p for p in parts if len(p)], ignore_index=True)
     rows.insert(0, "step", int(step))
-    cols = ["step", "layer", "probe_set", "view", "bucket", "metric", "value", "ci_low", "ci_high", "n", "n_windows"]
-    rows = rows[cols].astype({"layer": "int64", "bucket": "int64", "n": "int64", "n_windows": "int64"})
-    return rows.sort_values(["layer", "probe_set", "view", "bucket", "metric"], ignore_index=True), headline
+    rows = rows[RECORD_COLUMNS].astype(
+        {"layer": "int64", "bin_index": "int64", "n": "int64", "n_windows": "int64", "n_entities": "int64"}
+    )
+    headline: dict[str, float] = {}
+    if len(ends):
+        prim = ends[(ends["metric"] == spec.metric) & (ends["status"] == "ok") & (ends["estimand"] != "mean")]
+        for r in prim.itertuples():
+            key = f"L{r.layer}/{r.role}/" + ("slope" if r.estimand == "slope" else f"diff_{r.bin}")
+            headline.update(
+                {
+                    key: float(r.value),
+                    f"{key}_ci_low": float(r.ci_low),
+                    f"{key}_ci_high": float(r.ci_high),
+                    f"{key}_n_entities": float(r.n_entities),
+                }
+            )
+    rows = rows.sort_values(
+        ["layer", "probe_set", "role", "exposure", "bin_index", "metric", "estimand"], ignore_index=True
+    )
+    return rows, headline, pos

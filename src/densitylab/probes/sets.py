@@ -1,4 +1,4 @@
-"""Fixed probe sets, drawn once from a seed at fit start (design §5)."""
+"""Fixed probe sets, drawn once at fit start from the data and a seed (design §5, §8)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 
 from densitylab.data.packing import PackedSplit
 from densitylab.probes.density import ProbeSet
+from densitylab.probes.panel import PanelSpec, Rows, doc_subjects, draw_panel, pack_documents_into_rows, windows_rows
+from densitylab.probes.roles import ROLES, StreamLabels, canary_documents, label_stream
 
 
 def _full_windows(packed: PackedSplit) -> int:
@@ -16,99 +18,219 @@ def _full_windows(packed: PackedSplit) -> int:
     return n - 1 if n * packed.block_size > packed.n_real and n > 1 else n
 
 
-def _spans_for(packed: PackedSplit, windows: np.ndarray):
-    names = packed.spans[(packed.spans["kind"] == "name") & packed.spans["sample_id"].isin(windows)]
-    if names.empty:
-        return None
-    row_of = pd.Series(np.arange(len(windows)), index=windows)
-    cols = (
-        row_of.loc[names["sample_id"]].to_numpy(),
-        names["start"].to_numpy(),
-        names["end"].to_numpy(),
-        names["entity"].to_numpy(),
-    )
-    return tuple(torch.tensor(np.asarray(c), dtype=torch.int64) for c in cols)
-
-
-def _draw(packed: PackedSplit, n: int, rng: np.random.Generator) -> np.ndarray:
+def draw_windows(packed: PackedSplit, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``min(n, full windows)`` distinct sample ids of ``packed`` (sorted), uniformly without replacement."""
     avail = _full_windows(packed)
     return np.sort(rng.choice(avail, size=min(n, avail), replace=False))
 
 
-def build_probe_sets(
-    splits: dict[str, PackedSplit], vocab_size: int, n_windows: int = 32, seed: int = 0, eos_id: int | None = 0
-) -> list[ProbeSet]:
-    """Draw the probe sets.
+def window_set(name: str, packed: PackedSplit, windows: np.ndarray, trained: bool = False) -> ProbeSet:
+    """Windows of ``packed`` as a probe set without position labels: inputs, their real targets (the
+    last input's target is the window's extra token), ``sample_ids`` = the windows when ``trained``
+    (else -1) and ``window_ids``."""
+    w = np.asarray(windows, dtype=np.int64)
+    xs, ys = zip(*(packed.window(int(i)) for i in w))
+    sid = torch.as_tensor(w) if trained else torch.full((len(w),), -1, dtype=torch.int64)
+    return ProbeSet(name, torch.stack(xs), sid, window_ids=torch.as_tensor(w), targets=torch.stack(ys))
 
-    - ``seen``: training windows (their sample ids, so the ``sequence`` view reads their exposures);
-    - ``heldout``: held-out windows (never trained on);
-    - ``unfamiliar_entities``: windows about zero-exposure entities (synthetic data only);
-    - ``shuffled``: the held-out windows with their tokens permuted within each window (same unigram
-      content, no order);
-    - ``random``: token ids drawn uniformly from the vocabulary (``<|endoftext|>`` excluded).
+
+def _labels(rows: Rows) -> dict[str, np.ndarray]:
+    return {
+        "role": rows.role,
+        "person": rows.person,
+        "subject": rows.subject,
+        "mentioned": rows.mentioned,
+        "doc_initial": rows.doc_initial,
+        "probed": rows.probed,
+    }
+
+
+def exposure_plan(splits: dict[str, PackedSplit], entities: pd.DataFrame | None) -> pd.DataFrame | None:
+    """What the panel is stratified by: ``entity_id``, ``planned`` = the generator's ``planned_docs``
+    (synthetic data) or the entity's name mentions in the training split's span table (text data);
+    None without an entity table."""
+    if entities is None or not len(entities):
+        return None
+    ids = entities["entity_id"].to_numpy(np.int64)
+    if "planned_docs" in entities:
+        return pd.DataFrame({"entity_id": ids, "planned": entities["planned_docs"].to_numpy(np.int64)})
+    names = splits["train"].spans
+    counts = names.loc[names["kind"] == "name", "entity"].value_counts()
+    return pd.DataFrame({"entity_id": ids, "planned": counts.reindex(ids, fill_value=0).to_numpy(np.int64)})
+
+
+def panel_set(
+    splits: dict[str, PackedSplit],
+    labels: dict[str, StreamLabels],
+    panel: pd.DataFrame,
+    eos_id: int,
+) -> tuple[ProbeSet | None, pd.DataFrame]:
+    """The ``panel`` probe set: every panel person's held-out document (module :mod:`densitylab.probes.panel`).
+
+    Returns:
+        The probe set (None when no panel person has a held-out document) and the panel table with the
+        columns ``split`` and ``doc`` (packed document, -1 when the person has none) and ``row`` added.
+    """
+    T = splits["heldout"].block_size
+    panel = panel.copy()
+    panel["split"], panel["doc"], panel["row"] = "", -1, -1
+    synthetic = any(labels[s].subject.max(initial=-1) >= 0 for s in labels if s != "train")
+    if synthetic:
+        where: dict[int, tuple[str, int]] = {}
+        for split in ("heldout", "unfamiliar"):
+            if split not in splits:
+                continue
+            subj = doc_subjects(labels[split], splits[split])
+            for d in np.flatnonzero(subj >= 0)[::-1]:  # the first document of each subject wins
+                where[int(subj[d])] = (split, int(d))
+        pieces = []
+        for i, e in enumerate(panel["entity_id"].tolist()):
+            if e in where:
+                split, d = where[e]
+                panel.loc[i, ["split", "doc"]] = split, d
+                pieces.append((splits[split], labels[split], d, e))
+        if not pieces:
+            return None, panel
+        rows = pack_documents_into_rows(pieces, T, eos_id)
+        for r, persons in enumerate(rows.row_persons):
+            panel.loc[panel["entity_id"].isin(persons), "row"] = r
+    else:  # text: the held-out window holding each entity's first held-out mention
+        held = splits["heldout"]
+        names = held.spans[held.spans["kind"] == "name"]
+        first = names.groupby("entity")["sample_id"].min()
+        have = panel["entity_id"].isin(first.index)
+        if not have.any():
+            return None, panel
+        windows = first.loc[panel.loc[have, "entity_id"]].to_numpy(np.int64)
+        full = windows < _full_windows(held)
+        panel.loc[have, "split"] = "heldout"
+        panel.loc[have, "doc"] = np.where(full, windows, -1)
+        keep = panel.index[have][full]
+        windows = windows[full]
+        if not len(windows):
+            return None, panel
+        rows = windows_rows(held, labels["heldout"], windows)
+        rows.row_persons = [[int(e)] for e in panel.loc[keep, "entity_id"]]
+        panel.loc[keep, "row"] = np.arange(len(windows))
+    n = len(rows.input_ids)
+    probe = ProbeSet(
+        "panel",
+        rows.input_ids,
+        torch.full((n,), -1, dtype=torch.int64),
+        targets=rows.targets,
+        labels=_labels(rows),
+        row_persons=rows.row_persons,
+    )
+    return probe, panel
+
+
+def build_probe_sets(
+    splits: dict[str, PackedSplit],
+    vocab_size: int,
+    *,
+    eos_id: int,
+    entities: pd.DataFrame | None = None,
+    canaries: pd.DataFrame | None = None,
+    panel: PanelSpec | None = None,
+    n_control: int = 16,
+    seed: int = 0,
+) -> tuple[list[ProbeSet], pd.DataFrame | None]:
+    """Draw the density probe sets once, at fit start, from the data alone (never the ledger).
+
+    - ``panel``: the person panel's held-out documents, every position labelled with its role and
+      person (:mod:`densitylab.probes.panel`, :mod:`densitylab.probes.roles`); never trained on;
+    - ``seen``: ``n_control`` training windows (``sample_ids`` = their windows), labelled the same way,
+      canary positions masked; the trained side of the trained-vs-held-out contrast;
+    - ``shuffled``: the first ``n_control`` panel rows with their tokens permuted within each row (same
+      unigram content, no order);
+    - ``random``: token ids uniform over the vocabulary (``<|endoftext|>`` excluded);
+    - ``random_seen``: token ids uniform over the tokens that occur as an input in the training split
+      (count > 0; ``<|endoftext|>`` excluded), so the control is not dominated by never-trained embeddings.
 
     Args:
         splits: packed splits (``train``, ``heldout``, optionally ``unfamiliar``).
-        vocab_size: tokenizer vocabulary size (random ids are drawn below it).
-        n_windows: windows per set (fewer when a split is smaller).
-        seed: the draw's seed.
+        vocab_size: tokenizer vocabulary size.
+        eos_id: id of ``<|endoftext|>``.
+        entities: the entity table (``planned_docs`` on synthetic data), or None (no panel).
+        canaries: the canary table (their positions in ``seen`` get role ``canary``), or None.
+        panel: how the panel is drawn (default :class:`PanelSpec`).
+        n_control: windows (rows) per control set and in ``seen``.
+        seed: seed of the control sets' draws (the panel has its own, ``panel.seed``).
     Returns:
-        Probe sets in the order above (``unfamiliar_entities`` only when that split exists).
+        ``(sets, panel_table)``: the sets in the order above (``panel`` and ``shuffled`` only when the
+        data have a panel) and the panel table (:func:`panel_set`; None without entities).
     Raises:
-        ValueError: if ``n_windows`` < 1.
+        ValueError: if ``n_control`` < 1.
     """
-    if n_windows < 1:
-        raise ValueError(f"probes.density.windows_per_set={n_windows}: expected >= 1")
+    if isinstance(n_control, bool) or not isinstance(n_control, int) or n_control < 1:
+        raise ValueError(f"callbacks.density.windows_per_set={n_control!r}: expected an integer >= 1")
+    spec = panel or PanelSpec()
     rng = np.random.default_rng(seed)
-    sets = []
-    w = _draw(splits["train"], n_windows, rng)
+    train = splits["train"]
+    labels = {"train": label_stream(train, eos_id, canary_documents(train, canaries))}
+    for s in ("heldout", "unfamiliar"):
+        if s in splits:
+            labels[s] = label_stream(splits[s], eos_id)
+    sets: list[ProbeSet] = []
+    plan = exposure_plan(splits, entities)
+    table = None
+    probe = None
+    if plan is not None:
+        table = draw_panel(plan, spec)
+        probe, table = panel_set(splits, labels, table, eos_id)
+        if probe is not None:
+            sets.append(probe)
+    w = draw_windows(train, n_control, rng)
+    rows = windows_rows(train, labels["train"], w)
     sets.append(
         ProbeSet(
             "seen",
-            torch.stack([splits["train"].window(int(i))[0] for i in w]),
-            torch.as_tensor(w, dtype=torch.int64),
-            _spans_for(splits["train"], w),
+            rows.input_ids,
             torch.as_tensor(w),
+            window_ids=torch.as_tensor(w),
+            targets=rows.targets,
+            labels=_labels(rows),
+            row_persons=rows.row_persons,
         )
     )
-    hw = _draw(splits["heldout"], n_windows, rng)
-    held = torch.stack([splits["heldout"].window(int(i))[0] for i in hw])
-    none = torch.full((len(hw),), -1, dtype=torch.int64)
-    sets.append(ProbeSet("heldout", held, none, _spans_for(splits["heldout"], hw), torch.as_tensor(hw)))
-    if "unfamiliar" in splits:
-        uw = _draw(splits["unfamiliar"], n_windows, rng)
-        sets.append(
-            ProbeSet(
-                "unfamiliar_entities",
-                torch.stack([splits["unfamiliar"].window(int(i))[0] for i in uw]),
-                torch.full((len(uw),), -1, dtype=torch.int64),
-                _spans_for(splits["unfamiliar"], uw),
-                torch.as_tensor(uw),
-            )
-        )
-    perm = torch.as_tensor(np.stack([rng.permutation(held.shape[1]) for _ in range(len(held))]))
-    sets.append(ProbeSet("shuffled", torch.gather(held, 1, perm), none.clone(), None))
-    T = held.shape[1]
-    ids = rng.integers(0, vocab_size - (1 if eos_id is not None else 0), size=(n_windows, T))
-    if eos_id is not None:
-        ids = ids + (ids >= eos_id)  # skip the EOS id
+    T = train.block_size
+    if probe is not None:
+        src = probe.input_ids[:n_control]
+        perm = torch.as_tensor(np.stack([rng.permutation(T) for _ in range(len(src))]))
+        sets.append(ProbeSet("shuffled", torch.gather(src, 1, perm), torch.full((len(src),), -1, dtype=torch.int64)))
+    none = torch.full((n_control,), -1, dtype=torch.int64)
+    ids = rng.integers(0, vocab_size - 1, size=(n_control, T))
+    sets.append(ProbeSet("random", torch.as_tensor(ids + (ids >= eos_id), dtype=torch.int64), none.clone()))
+    counts = torch.bincount(train.tokens[: train.n_real], minlength=vocab_size).numpy()
+    counts[eos_id] = 0
+    pool = np.flatnonzero(counts > 0)
     sets.append(
-        ProbeSet(
-            "random", torch.as_tensor(ids, dtype=torch.int64), torch.full((n_windows,), -1, dtype=torch.int64), None
-        )
+        ProbeSet("random_seen", torch.as_tensor(rng.choice(pool, size=(n_control, T)), dtype=torch.int64), none.clone())
     )
-    return sets
+    return sets, table
 
 
 def probe_sets_table(sets: list[ProbeSet]) -> pd.DataFrame:
-    """The probe sets as a table (probe_set, row, sample_id, tokens) for ``probes/probe_sets.parquet``."""
-    return pd.DataFrame(
-        [
-            {"probe_set": s.name, "row": r, "sample_id": int(s.sample_ids[r]), "tokens": s.input_ids[r].tolist()}
-            for s in sets
-            for r in range(len(s.input_ids))
-        ]
-    )
+    """The probe sets as a table for ``probes/probe_sets.parquet``: one row per probe row with
+    ``probe_set``, ``row``, ``sample_id``, ``tokens`` (its T input ids), and for labelled sets
+    ``roles`` (role name per position, ``""`` where not probed), ``persons``, ``subjects``, ``mentioned``
+    (entity ids per position, -1 none) and ``panel_persons`` (the panel persons whose documents the row
+    holds)."""
+    out = []
+    for s in sets:
+        lab = s.labels
+        for r in range(len(s.input_ids)):
+            rec = {"probe_set": s.name, "row": r, "sample_id": int(s.sample_ids[r]), "tokens": s.input_ids[r].tolist()}
+            if lab is not None:
+                rec["roles"] = [
+                    ROLES[c] if p else "" for c, p in zip(lab["role"][r].tolist(), lab["probed"][r].tolist())
+                ]
+                rec["persons"] = lab["person"][r].tolist()
+                rec["subjects"] = lab["subject"][r].tolist()
+                rec["mentioned"] = lab["mentioned"][r].tolist()
+                rec["panel_persons"] = list(s.row_persons[r]) if s.row_persons else []
+            out.append(rec)
+    return pd.DataFrame(out)
 
 
 def task_masks(
@@ -122,12 +244,25 @@ def task_masks(
     (text): ``entity`` / ``non_entity`` (target inside an entity mention or not) plus
     ``freq_1..freq_n`` = targets split into ``n_freq_buckets`` equal-count groups by their token
     exposure (``token_counts``, from the ledger; rarest first). Tasks without any position are dropped.
+    The last input position counts like any other: its target is the window's extra token (windows hold
+    T + 1 tokens), and a span starting the next window is its target; padded targets count for no task.
     """
     N, T = probe.input_ids.shape
-    rows = pd.Series(np.arange(N), index=probe.window_ids.numpy())
+    win = probe.window_ids.numpy()
+    rows = pd.Series(np.arange(N), index=win)
     spans = packed.spans[packed.spans["sample_id"].isin(rows.index)]
+    # a span starting the next window is the target of this window's last input (windows hold T + 1 tokens)
+    nxt = packed.spans[packed.spans["sample_id"].isin(win + 1) & (packed.spans["start"] == 0)].copy()
+    nxt = nxt[nxt["sample_id"].isin(win + 1)]
+    nxt["sample_id"], nxt["start"], nxt["end"] = nxt["sample_id"] - 1, nxt["start"] + T, nxt["end"] + T
+    spans = pd.concat([spans, nxt[nxt["sample_id"].isin(rows.index)]], ignore_index=True)
     kinds = sorted(set(spans["kind"])) if len(spans) else []
     masks: dict[str, torch.Tensor] = {}
+    targets = (
+        probe.targets
+        if probe.targets is not None
+        else torch.cat([probe.input_ids[:, 1:], torch.full_like(probe.input_ids[:, :1], -100)], 1)
+    )
 
     def span_mask(sel: pd.DataFrame) -> torch.Tensor:
         m = torch.zeros(N, T, dtype=torch.bool)
@@ -144,16 +279,13 @@ def task_masks(
         ent = span_mask(spans[spans["kind"] == "name"]) if kinds else torch.zeros(N, T, dtype=torch.bool)
         masks["entity"], masks["non_entity"] = ent, ~ent
         if token_counts is not None:
-            target_ids = torch.cat(
-                [probe.input_ids[:, 1:], probe.input_ids[:, -1:]], 1
-            )  # last position: no target in-window
-            c = token_counts.cpu()[target_ids].double().log1p()
-            edges = torch.quantile(c[:, :-1].flatten(), torch.linspace(0, 1, n_freq_buckets + 1, dtype=torch.float64))
+            c = token_counts.cpu()[targets.clamp(min=0)].double().log1p()
+            edges = torch.quantile(c[targets >= 0], torch.linspace(0, 1, n_freq_buckets + 1, dtype=torch.float64))
             b = torch.bucketize(c, edges[1:-1], right=True)
             for i in range(n_freq_buckets):
                 masks[f"freq_{i + 1}"] = b == i
     for k in list(masks):
-        masks[k][:, -1] = False  # the target of the last input position lies outside the window
+        masks[k] &= targets >= 0  # padding has no target
         if not masks[k].any():
             del masks[k]
     return masks

@@ -1,9 +1,10 @@
-"""Statistics for probes: familiarity buckets, and means / OLS slopes with confidence intervals that
-treat **windows** as the unit of replication (positions in one window are not independent).
+"""Statistics for probes: means and OLS coefficients with cluster-robust confidence intervals.
 
 Cluster-robust (Liang & Zeger 1986) standard errors with a t quantile on ``k - 1`` degrees of freedom,
-``k`` = number of windows contributing. With fewer than two windows the interval is (-inf, inf): no
-information about the spread, but still an interval that contains the estimate.
+``k`` = number of clusters contributing. The familiarity endpoints use **persons** as clusters (design §8):
+positions of one person, even in different windows, are not independent replicates. Descriptive whole-set
+means use windows. With fewer than two clusters the interval is (-inf, inf) (:func:`cluster_mean_ci`) or NaN
+(:func:`cr1_ols`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,6 @@ import math
 
 import numpy as np
 from scipy import stats
-
-
-def bucketize(counts: np.ndarray) -> np.ndarray:
-    """Familiarity bucket ``floor(log2(1 + count))`` of each count (int64; negative counts -> -1).
-
-    So bucket 0 = never seen, 1 = seen once, 2 = 2-3 times, 3 = 4-7 times, ...
-    """
-    c = np.asarray(counts, dtype=np.int64)
-    out = np.full(c.shape, -1, dtype=np.int64)
-    ok = c >= 0
-    # exact integer log2: bit_length(1 + c) - 1
-    out[ok] = np.frexp((1 + c[ok]).astype(np.float64))[1] - 1
-    return out
 
 
 def _t(k: int, level: float) -> float:
@@ -59,43 +47,45 @@ def cluster_mean_ci(
     return mean, mean - h, mean + h, n, k
 
 
-def cluster_ols_slope(
-    x: np.ndarray, y: np.ndarray, clusters: np.ndarray, level: float = 0.95
-) -> tuple[float, float, float, int, int]:
-    """OLS slope of ``y`` on ``x`` with a cluster-robust (sandwich) CI.
+def cr1_ols(
+    X: np.ndarray, y: np.ndarray, clusters: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """OLS of ``y`` on the columns of ``X`` with the CR1 cluster-robust covariance (Liang & Zeger 1986;
+    the small-sample factor of Stata and statsmodels, Cameron & Miller 2015, "A Practitioner's Guide to
+    Cluster-Robust Inference"):
 
+        V = G/(G − 1) · (n − 1)/(n − p) · (XᵀX)⁻¹ (Σ_g X_gᵀ u_g u_gᵀ X_g) (XᵀX)⁻¹,
+
+    with t intervals on G − 1 degrees of freedom (G = clusters). In the probes the clusters are
+    **persons** (design §8), so an interval reflects how many people, not how many positions, carry an
+    estimate.
+
+    Args:
+        X: (n, p) float design matrix (include a column of ones for an intercept).
+        y: (n,) float responses.
+        clusters: (n,) cluster id of each row.
+        level: confidence level.
     Returns:
-        ``(slope, ci_low, ci_high, n, k)``; NaN slope when ``x`` has no variance or n < 2.
+        ``(beta, se, ci_low, ci_high, n, G)``: (p,) arrays and the rows and clusters used. With G < 2, or
+        a rank-deficient X, the se/CI entries are NaN (beta NaN too when X is rank deficient).
     """
-    x = np.asarray(x, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    n = x.size
+    n, p = X.shape
     uniq, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    k = len(uniq)
-    xc = x - x.mean() if n else x
-    sxx = float((xc**2).sum()) if n else 0.0
-    if n < 2 or sxx <= 1e-12:
-        return math.nan, math.nan, math.nan, n, k
-    slope = float((xc * (y - y.mean())).sum() / sxx)
-    if k < 2:
-        return slope, -math.inf, math.inf, n, k
-    e = (y - y.mean()) - slope * xc
-    score = np.bincount(inv, weights=xc * e, minlength=k)
-    se = math.sqrt(k / (k - 1) * float((score**2).sum())) / sxx
-    h = _t(k, level) * se
-    return slope, slope - h, slope + h, n, k
-
-
-def diff_ci(
-    a: tuple[float, float, float, int, int], b: tuple[float, float, float, int, int], level: float = 0.95
-) -> tuple[float, float, float]:
-    """Difference ``a - b`` of two independent :func:`cluster_mean_ci` results with a CI (Welch-style:
-    standard errors recovered from each interval, t on ``min(k_a, k_b) - 1`` degrees of freedom)."""
-    (ma, la, ha, _, ka), (mb, lb, hb, _, kb) = a, b
-    if math.isnan(ma) or math.isnan(mb):
-        return math.nan, math.nan, math.nan
-    if ka < 2 or kb < 2:
-        return ma - mb, -math.inf, math.inf
-    se = math.hypot((ha - la) / (2 * _t(ka, level)), (hb - lb) / (2 * _t(kb, level)))
-    h = _t(min(ka, kb), level) * se
-    return ma - mb, ma - mb - h, ma - mb + h
+    G = len(uniq)
+    nan = np.full(p, math.nan)
+    if n <= p or np.linalg.matrix_rank(X) < p:
+        return nan, nan.copy(), nan.copy(), nan.copy(), n, G
+    xtx_inv = np.linalg.inv(X.T @ X)
+    beta = xtx_inv @ (X.T @ y)
+    if G < 2:
+        return beta, nan.copy(), nan.copy(), nan.copy(), n, G
+    u = y - X @ beta
+    Xu = X * u[:, None]
+    scores = np.stack([np.bincount(inv, weights=Xu[:, j], minlength=G) for j in range(p)], axis=1)
+    meat = scores.T @ scores
+    V = (G / (G - 1)) * ((n - 1) / (n - p)) * (xtx_inv @ meat @ xtx_inv)
+    se = np.sqrt(np.clip(np.diag(V), 0.0, None))
+    h = _t(G, level) * se
+    return beta, se, beta - h, beta + h, n, G

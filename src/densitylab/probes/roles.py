@@ -1,0 +1,163 @@
+"""Position roles: what each input position of a packed token stream is, and whose it is (design §8).
+
+Every input position of the stream gets one role (:data:`ROLES`), in this order of precedence:
+
+- ``canary``: inside a random-token canary document (spliced into the training stream);
+- ``eos``: the input token is ``<|endoftext|>``;
+- ``name_first`` / ``name_inner`` / ``name_last``: the first, a middle, and the last token of a name
+  mention (a one-token name is ``name_last``: the position where the whole name has been read);
+- ``pre_value``: the position whose **target** (next token) is the first token of an attribute value,
+  where a causal model must recall the fact (ROME, Meng et al. 2022, "Locating and Editing Factual
+  Associations in GPT"; Geva et al. 2023, "Dissecting Recall of Factual Associations in
+  Auto-Regressive Language Models");
+- ``value``: a token of an attribute value;
+- ``template``: every other position of a document with attribute spans (synthetic biographies), or
+  ``other`` in a document without them (text data).
+
+Every position of a document with a **subject** (the one entity its attribute spans describe; the
+ledger's rule, :mod:`densitylab.ledger.incidence`) carries that ``subject``; name positions also carry
+the ``mentioned`` entity. The **person** of a position is the mentioned entity at name positions and the
+subject elsewhere: for a co-mention inside someone else's biography the name positions belong to the
+mentioned person, every other position to the subject.
+
+``doc_initial`` marks the positions of a document's first sentence, approximated as the positions up to
+the end of its first attribute value (the synthetic generator's first sentence always names the subject
+in full and, unless it is the co-mention sentence, states one attribute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from densitylab.data.packing import PackedSplit
+
+#: Role names; a role code is the index into this tuple.
+ROLES = (
+    "name_first",
+    "name_inner",
+    "name_last",
+    "pre_value",
+    "value",
+    "template",
+    "eos",
+    "canary",
+    "other",
+)
+ROLE_CODE = {r: i for i, r in enumerate(ROLES)}
+NAME_ROLES = ("name_first", "name_inner", "name_last")
+
+
+@dataclass(frozen=True)
+class StreamLabels:
+    """Per input position of a packed stream (arrays of shape (n_real,)).
+
+    Attributes:
+        role: int8 role codes (index into :data:`ROLES`).
+        subject: int64 subject of the position's document, -1 when it has none.
+        mentioned: int64 entity of the name mention holding the position, -1 outside names.
+        doc: int64 packed document index of the position.
+        doc_initial: bool, the position lies in its document's first sentence (see module docstring).
+    """
+
+    role: np.ndarray
+    subject: np.ndarray
+    mentioned: np.ndarray
+    doc: np.ndarray
+    doc_initial: np.ndarray
+
+    @property
+    def person(self) -> np.ndarray:
+        """(n_real,) int64: the mentioned entity at name positions, else the subject (-1 none)."""
+        return np.where(self.mentioned >= 0, self.mentioned, self.subject)
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened positions of the ranges [starts_i, ends_i) and the range index of each position."""
+    lengths = np.maximum(ends - starts, 0)
+    idx = np.repeat(np.arange(len(starts)), lengths)
+    if not len(idx):
+        return idx.astype(np.int64), idx.astype(np.int64)
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (np.repeat(starts, lengths) + np.arange(len(idx)) - first).astype(np.int64), idx
+
+
+def canary_documents(packed: PackedSplit, canaries: pd.DataFrame | None) -> np.ndarray:
+    """(n_docs,) bool: the packed documents that are canary copies (their tokens equal a canary's).
+
+    Args:
+        packed: a packed split.
+        canaries: the canary table (column ``tokens``), or None.
+    """
+    offsets = np.asarray(packed.doc_offsets, dtype=np.int64)
+    out = np.zeros(len(offsets) - 1, dtype=bool)
+    if canaries is None or not len(canaries):
+        return out
+    stream = packed.tokens.numpy()
+    known = {tuple(int(t) for t in toks) for toks in canaries["tokens"]}
+    lengths = {len(k) + 1 for k in known}  # + the EOS after each document
+    doc_len = np.diff(offsets)
+    for d in np.flatnonzero(np.isin(doc_len, list(lengths))):
+        if tuple(stream[offsets[d] : offsets[d + 1] - 1].tolist()) in known:
+            out[d] = True
+    return out
+
+
+def label_stream(packed: PackedSplit, eos_id: int, canary_docs: np.ndarray | None = None) -> StreamLabels:
+    """Role, subject, mentioned entity and document of every input position of ``packed``.
+
+    Args:
+        packed: a packed split (its ``spans``: columns ``sample_id, start, end, kind, entity, doc``).
+        eos_id: id of ``<|endoftext|>``.
+        canary_docs: (n_docs,) bool canary documents (:func:`canary_documents`), or None.
+    Returns:
+        A :class:`StreamLabels` over the ``n_real`` real stream positions.
+    """
+    L, bs = int(packed.n_real), int(packed.block_size)
+    offsets = np.asarray(packed.doc_offsets, dtype=np.int64)
+    stream = packed.tokens[:L].numpy()
+    doc = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    spans = packed.spans
+    is_name = (spans["kind"] == "name").to_numpy(dtype=bool)
+    pos0 = spans["sample_id"].to_numpy(np.int64) * bs + spans["start"].to_numpy(np.int64)
+    pos1 = np.minimum(spans["sample_id"].to_numpy(np.int64) * bs + spans["end"].to_numpy(np.int64), L)
+    entity = spans["entity"].to_numpy(np.int64)
+    has_attr = np.zeros(len(offsets) - 1, dtype=bool)
+    subject_of_doc = np.full(len(offsets) - 1, -1, dtype=np.int64)
+    first_value_end = np.full(len(offsets) - 1, -1, dtype=np.int64)
+    if (~is_name).any():
+        vdoc = doc[pos0[~is_name]]
+        has_attr[vdoc] = True
+        # the single entity a document's attribute spans describe (the ledger's subject rule)
+        frame = pd.DataFrame({"doc": vdoc, "entity": entity[~is_name], "end": pos1[~is_name]})
+        g = frame.groupby("doc")
+        one = g["entity"].nunique() == 1
+        subj = g["entity"].first()[one]
+        subject_of_doc[subj.index.to_numpy()] = subj.to_numpy()
+        first_end = g["end"].min()
+        first_value_end[first_end.index.to_numpy()] = first_end.to_numpy()
+
+    role = np.where(has_attr[doc], ROLE_CODE["template"], ROLE_CODE["other"]).astype(np.int8)
+    vpos, _ = _ranges(pos0[~is_name], pos1[~is_name])
+    role[vpos] = ROLE_CODE["value"]
+    pre = pos0[~is_name] - 1
+    pre = pre[(pre >= 0) & (doc[np.maximum(pre, 0)] == doc[pos0[~is_name]])]
+    role[pre] = ROLE_CODE["pre_value"]
+    mentioned = np.full(L, -1, dtype=np.int64)
+    npos, nidx = _ranges(pos0[is_name], pos1[is_name])
+    n_first, n_last = pos0[is_name][nidx], pos1[is_name][nidx] - 1
+    role[npos] = np.where(
+        npos == n_last,
+        ROLE_CODE["name_last"],
+        np.where(npos == n_first, ROLE_CODE["name_first"], ROLE_CODE["name_inner"]),
+    ).astype(np.int8)
+    mentioned[npos] = entity[is_name][nidx]
+    role[stream == eos_id] = ROLE_CODE["eos"]
+    if canary_docs is not None and canary_docs.any():
+        role[canary_docs[doc]] = ROLE_CODE["canary"]
+    doc_initial = np.arange(L) < first_value_end[doc]  # -1: no attribute value, no first sentence
+    return StreamLabels(role, subject_of_doc[doc], mentioned, doc, doc_initial)
