@@ -151,6 +151,47 @@ def test_wandb_stays_online_under_a_sweep_agent(monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline"
 
 
+def _fake_compare_run(run: Path, n_layer: int, slopes: dict[str, list[float]]) -> None:
+    """A run folder for the compare report: metrics.csv with the issue-14 density slope names
+    ``density/L{i}/{role}/slope`` over three steps, summary.json with the final ones, a Hydra config."""
+    (run / ".hydra").mkdir(parents=True)
+    steps = [0, 10, 20]
+    metrics = {"step": steps, "train/loss": [3.1, 2.6, 2.1], "val/loss": [3.0, 2.5, 2.0 + n_layer / 10]}
+    for role, per_layer in slopes.items():
+        for i, s in enumerate(per_layer):
+            metrics[f"density/L{i}/{role}/slope"] = [0.0, s / 2, s]
+            metrics[f"density/L{i}/{role}/slope_ci_low"] = [0.0, s / 2 - 1, s - 1]
+    pd.DataFrame(metrics).to_csv(run / "metrics.csv", index=False)
+    summary = {"status": "completed", "global_step": 20, "val/loss": metrics["val/loss"][-1]}
+    summary.update({k: v[-1] for k, v in metrics.items() if k.startswith("density/")})
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"net": {"n_layer": n_layer}}, "seed": 0}))
+
+
+def test_compare_report_reads_density_slopes_per_layer_and_role(tmp_path):
+    from densitylab.report.compare import SLOPE_SUMMARY, compare_report, slope_keys
+
+    _fake_compare_run(tmp_path / "0", 2, {"name_last": [0.01, 0.03], "pre_value": [0.5, 0.7]})
+    _fake_compare_run(tmp_path / "1", 4, {"name_last": [0.02, 0.02, 0.04, 0.08]})  # no pre_value slopes
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a run without density probes
+    pd.DataFrame({"step": [0, 10], "val/loss": [3.0, 2.9]}).to_csv(tmp_path / "2" / "metrics.csv", index=False)
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"net": {"n_layer": 8}}}))
+    assert slope_keys(["density/L1/pre_value/slope", "density/L0/slope", "density/L10/name_last/slope",
+                       "density/L2/name_last/slope", "density/L2/name_last/slope_ci_low"]) == [
+        "density/L2/name_last/slope", "density/L10/name_last/slope", "density/L1/pre_value/slope"]  # fmt: skip
+    page = compare_report([tmp_path], tmp_path / "out")
+    final = pd.read_csv(tmp_path / "out" / "final.csv", index_col=0)
+    final.index = final.index.astype(str)  # the run names "0", "1", "2"
+    # the mean over layers of the name_last slope, not pre_value; NaN for the run without density
+    assert final.loc["0", SLOPE_SUMMARY] == pytest.approx(0.02) and final.loc["1", SLOPE_SUMMARY] == pytest.approx(0.04)
+    assert pd.isna(final.loc["2", SLOPE_SUMMARY])
+    assert not any(c.startswith("density/L") for c in final.columns)
+    for name in ("compare_density_slopes.png", "compare_by.png", "compare_loss.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    text = page.read_text()
+    assert "Density slope per layer and role" in text and "Final numbers against model.net.n_layer" in text
+
+
 # ---------------------------------------------------------------------------- slow: end-to-end
 @pytest.mark.slow
 def test_multirun_two_seeds_two_wandb_runs_then_compare_page(tmp_path, cache_dir):

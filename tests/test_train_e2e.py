@@ -171,7 +171,7 @@ def test_every_value_is_keyed_by_the_optimizer_steps_completed(smoke_run: Path):
     assert sorted(m.dropna(subset=["train/loss"])["step"]) == list(range(5, 81, 5))  # log_every_n_steps = 5
     assert sorted(m.dropna(subset=["val/loss"])["step"]) == [40, 80]
     density = pd.read_parquet(smoke_run / "probes" / "density.parquet")
-    assert set(m.dropna(subset=["density/L0/active_frac/seen"])["step"]) == set(density["step"])
+    assert set(m.dropna(subset=["density/L0/active_frac/panel"])["step"]) == set(density["step"])
     assert {0, 80} <= set(density["step"])
     for long in (m.melt(id_vars="step").dropna(),):
         assert not long.duplicated(["step", "variable"]).any()
@@ -364,34 +364,53 @@ def test_capitalized_entities_on_shakespeare_are_characters(tmp_path, cache_dir)
     assert len(set(top) & characters) >= 6, top
 
 
-def test_smoke_density_records_every_layer_set_view_and_step(smoke_run: Path):
+def test_smoke_density_records_every_layer_set_role_and_step(smoke_run: Path):
+    """After the smoke run: roles and exposure in probes/density.parquet with name_last and pre_value rows,
+    dead_frac per layer and step in probes/units.parquet, random_seen a probe set, n_entities on every
+    endpoint row, the four exposure columns in ledger/entities.parquet, the regression once at the end."""
     from densitylab.probes.schedule import is_scheduled
 
     df = pd.read_parquet(smoke_run / "probes" / "density.parquet")
-    assert sorted(df["step"].unique()) == [s for s in range(81) if is_scheduled(s, 20)]
-    metrics = df[df["metric"].isin(["active_frac", "hoyer", "top5_energy", "eff_rank"])]
+    steps = [s for s in range(81) if is_scheduled(s, 20)]
+    assert sorted(df["step"].unique()) == steps
+    assert {"role", "exposure", "bin", "estimand", "n_entities", "status"} <= set(df.columns)
+    assert set(df["probe_set"]) == {"panel", "seen", "shuffled", "random", "random_seen"}
     sets = pd.read_parquet(smoke_run / "probes" / "probe_sets.parquet")
-    positions = sets.groupby("probe_set")["tokens"].apply(lambda t: sum(len(x) for x in t)).to_dict()
-    assert set(positions) == {"seen", "heldout", "unfamiliar_entities", "shuffled", "random"}
-    for step in df["step"].unique():
+    assert set(sets["probe_set"]) == set(df["probe_set"])
+    panel_rows = sets[sets["probe_set"] == "panel"]
+    assert {"roles", "persons", "panel_persons"} <= set(sets.columns)
+    assert sorted(p for ps in panel_rows["panel_persons"] for p in ps) == sorted(
+        pd.read_parquet(smoke_run / "probes" / "panel.parquet")["entity_id"]
+    )
+    metrics = df[df["metric"].isin(["active_frac", "hoyer", "top5_energy", "eff_rank"])]
+    whole = metrics[metrics["role"] == "all"]
+    for step in steps:
         for layer in (0, 1):
-            for name, n_pos in positions.items():
-                views = {"all", "token", "sequence"} | (
-                    {"entity"} if name in ("seen", "heldout", "unfamiliar_entities") else set()
-                )
-                sub = metrics[(metrics["step"] == step) & (metrics["layer"] == layer) & (metrics["probe_set"] == name)]
-                assert set(sub["view"]) == views, (step, layer, name)
-                for view in ("all", "token", "sequence"):
-                    n = sub[(sub["view"] == view) & (sub["metric"] == "active_frac")]["n"].sum()
-                    assert n == n_pos, (step, layer, name, view)
+            sub = whole[(whole["step"] == step) & (whole["layer"] == layer) & (whole["metric"] == "active_frac")]
+            assert set(sub["probe_set"]) == set(df["probe_set"]), (step, layer)
     assert ((metrics["ci_low"] <= metrics["value"]) & (metrics["value"] <= metrics["ci_high"])).all()
     assert metrics["value"].between(0, 1).all()
-    # step 0: nothing trained yet, so every familiarity is bucket 0
-    first = metrics[(metrics["step"] == 0) & (metrics["view"] != "all")]
-    assert (first["bucket"] == 0).all()
+    ends = df[(df["exposure"] == "distinct_docs") & (df["metric"] == "active_frac_live")]
+    assert {"name_last", "pre_value"} == set(ends["role"]) and (ends["n_entities"] >= 0).all()
+    ok = ends[ends["status"] == "ok"]
+    assert len(ok) and (ok["n_entities"] >= 10).all() and ok["value"].notna().all()
+    thin = ends[ends["status"] == "insufficient"]
+    assert thin["value"].isna().all() and ((thin["n_entities"] < 10) | (thin["estimand"] == "diff_vs_0")).all()
+    # step 0: nothing trained yet, so every panel person is in the {0} bin
+    first = ends[(ends["step"] == 0) & (ends["estimand"] == "mean")]
+    assert (first.loc[first["bin_index"] > 0, "n_entities"] == 0).all()
+    units = pd.read_parquet(smoke_run / "probes" / "units.parquet")
+    assert sorted(units["step"].unique()) == steps
+    assert set(units.loc[units["probe_set"] == "all", "layer"]) == {0, 1} and units["dead_frac"].between(0, 1).all()
+    ent = pd.read_parquet(smoke_run / "ledger" / "entities.parquet")
+    assert {"subject_docs", "distinct_docs", "mentions", "comentions"} <= set(ent.columns)
+    reg = pd.read_parquet(smoke_run / "probes" / "density_regression.parquet")
+    assert {"with_input_count", "without_input_count", "absorbed"} <= set(reg["model"])
     summary = json.loads((smoke_run / "summary.json").read_text())
-    assert {"density/L0/slope", "density/L1/slope", "density/L0/gap", "density/L1/slope_ci_low"} <= set(summary)
-    assert summary["density/probe_calls"] == len(df["step"].unique())
+    assert {"density/L0/name_last/slope", "density/L1/pre_value/slope_ci_low", "density/L1/name_last/slope_n_entities",
+            "density/L0/dead_frac"} <= set(summary)  # fmt: skip
+    assert not any(k.endswith("/gap") or k in ("density/L0/slope", "density/L1/slope") for k in summary)
+    assert summary["density/probe_calls"] == len(steps)
     for plot in ("density_over_training.png", "density_vs_familiarity.png"):
         assert (smoke_run / "plots" / plot).stat().st_size > 10_000
 
@@ -413,10 +432,13 @@ def test_multirun_seeds_then_report_aggregates_across_seeds(tmp_path, cache_dir)
     out = run_command([sys.executable, "-m", "densitylab.report", str(sweep)], timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(sweep / "report" / "density_headline.csv")
-    assert list(table["layer"]) == [0, 1] and (table["n_runs"] == 2).all()
-    assert (table["slope_ci_low"] <= table["slope"]).all() and (table["slope"] <= table["slope_ci_high"]).all()
+    print(table.to_string())
+    assert sorted(set(table["layer"])) == [0, 1] and set(table["role"]) == {"name_last", "pre_value"}
+    assert (table["n_runs"] == 2).all()
+    ok = table.dropna(subset=["slope"])
+    assert len(ok) and (ok["slope_ci_low"] <= ok["slope"]).all() and (ok["slope"] <= ok["slope_ci_high"]).all()
     assert (sweep / "report" / "density_over_training.png").is_file()
-    assert "layer 0: slope" in out.stdout
+    assert "layer 0 name_last: slope" in out.stdout
     bad = run_command([sys.executable, "-m", "densitylab.report", str(tmp_path / "nothing")], timeout=120, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
 

@@ -3,7 +3,9 @@
 ``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run
 folders or a
 Hydra multirun folder (seeds), mean ± 95% CI across runs (written to ``--out``, default
-``<common parent>/report``). Prints the final per-layer slope and gap with CIs.
+``<common parent>/report``). Prints, per layer and endpoint role (``name_last``, ``pre_value``), the final slope of
+``active_frac_live`` per doubling of exposure and the ``64+`` vs ``0`` bin difference with CIs (persons are the unit:
+CR1 within a run, t across runs; bins with < 10 persons are insufficient).
 
 ``capacity``: from an ``experiment=capacity`` multirun folder (or its run folders), each model's
 capacity (plateau of memorized bits over dataset size) and bits per parameter α with a 95% CI
@@ -12,7 +14,7 @@ across models, next to Morris et al.'s 3.83 (fp32) / 3.51 (bf16); writes
 (default ``<first folder>/report``).
 
 ``compare``: one self-contained HTML page (``compare.html``) plus PNGs comparing any runs: loss
-curves, per-layer density slopes, modularity and memorization over training, final numbers, the
+curves, density slopes per layer and role, modularity and memorization over training, final numbers, the
 config values that differ, and final numbers against a varying config value (``--by KEY``, found
 automatically when exactly one numeric value varies). Default output ``<common parent>/compare``.
 """
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out, table = density_report(args.runs, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}/density_over_training.png, {out}/density_vs_familiarity.png, {out}/density_headline.csv")

@@ -3,10 +3,16 @@
 ``python -m densitylab.report compare RUN_OR_MULTIRUN [...] [--out DIR] [--by KEY]``
 
 Reads each run's ``metrics.csv`` (every logged scalar), ``summary.json`` and ``.hydra/config.yaml``
-/ ``overrides.yaml``; draws loss curves, per-layer density slopes, modularity and memorization over
-training; tabulates the final numbers and the config values that differ between runs; and, when one
-numeric config value varies (or ``--by KEY``), draws the final numbers against it (e.g. loss,
-density slope and modularity against ``model.net.n_layer`` for the depth-against-width experiment).
+/ ``overrides.yaml``; draws loss curves, the density slopes ``density/L{i}/{role}/slope`` per layer and
+endpoint role (``name_last``, ``pre_value``), modularity and memorization over training; tabulates the final
+numbers and the config values that differ between runs; and, when one numeric config value varies (or
+``--by KEY``), draws the final numbers against it (e.g. loss, density slope and modularity against
+``model.net.n_layer`` for the depth-against-width experiment).
+
+The density slope is the OLS slope of ``active_frac_live`` on log2(1 + distinct_docs) over the panel's persons
+(change per doubling of exposure; CR1 CI with persons as clusters, computed by the probe). The final-numbers
+table and the ``--by`` panel summarize it by :data:`SLOPE_SUMMARY`: the mean over layers of the ``name_last``
+slope.
 """
 
 from __future__ import annotations
@@ -22,6 +28,24 @@ import numpy as np
 import pandas as pd
 
 from densitylab.report.common import pyplot, save_figure
+
+SLOPE_RE = re.compile(r"density/L(\d+)/(name_last|pre_value)/slope")
+SLOPE_ROLES = ("name_last", "pre_value")
+SLOPE_SUMMARY = "density/name_last/slope_mean_over_layers"
+
+
+def slope_keys(keys) -> list[str]:
+    """The per-layer, per-role density slope keys among ``keys`` (``density/L{i}/{role}/slope`` for role
+    ``name_last`` or ``pre_value``; not their ``_ci_low`` etc.), ordered by role then layer."""
+    found = [k for k in keys if SLOPE_RE.fullmatch(str(k))]
+    return sorted(found, key=lambda k: (SLOPE_ROLES.index(SLOPE_RE.fullmatch(k)[2]), int(SLOPE_RE.fullmatch(k)[1])))
+
+
+def mean_name_last_slope(values: dict) -> float | None:
+    """Mean over layers of the finite ``density/L{i}/name_last/slope`` values in ``values`` (None without any)."""
+    v = [float(values[k]) for k in slope_keys(values) if "/name_last/" in k and values[k] is not None]
+    v = [x for x in v if math.isfinite(x)]
+    return float(np.mean(v)) if v else None
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
@@ -120,16 +144,17 @@ FINAL_KEYS = [
 
 
 def final_table(runs: list[dict]) -> pd.DataFrame:
-    """Final numbers per run: :data:`FINAL_KEYS`, the minimum ``val/loss`` over training, every
-    ``density/L{i}/slope`` and the W&B run id."""
+    """Final numbers per run: :data:`FINAL_KEYS`, the minimum ``val/loss`` over training,
+    :data:`SLOPE_SUMMARY` (the mean over layers of the final ``density/L{i}/name_last/slope`` of
+    ``summary.json``: ``active_frac_live`` per doubling of distinct_docs, persons as the unit; the per-layer and
+    ``pre_value`` slopes are in the slope plot) and the W&B run id."""
     rows = []
     for r in runs:
         s, m = r["summary"], r["metrics"]
         row = {k: s.get(k) for k in FINAL_KEYS}
         row["status"] = r["status"]
         row["val/loss_min"] = float(m["val/loss"].min()) if "val/loss" in m else None
-        for k in sorted(k for k in s if re.fullmatch(r"density/L\d+/slope", k)):
-            row[k] = s[k]
+        row[SLOPE_SUMMARY] = mean_name_last_slope(s)
         row["wandb_id"] = r["wandb_id"]
         rows.append(row)
     df = pd.DataFrame(rows, index=[r["name"] for r in runs])
@@ -161,31 +186,32 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
     fig.tight_layout()
     figs.append(("Loss", save_figure(fig, out / "compare_loss.png")))
 
-    slope_cols = sorted(
-        {c for r in runs for c in r["metrics"].columns if re.fullmatch(r"density/L\d+/slope", c)},
-        key=lambda c: int(re.findall(r"\d+", c)[0]),
-    )
+    slope_cols = slope_keys({c for r in runs for c in r["metrics"].columns})
     if slope_cols:
-        n = len(slope_cols)
-        ncols = min(n, 4)
-        nrows = -(-n // ncols)
+        # one row per endpoint role, one column per layer
+        roles = [ro for ro in SLOPE_ROLES if any(f"/{ro}/" in c for c in slope_cols)]
+        layers = sorted({int(SLOPE_RE.fullmatch(c)[1]) for c in slope_cols})
+        nrows, ncols = len(roles), len(layers)
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1, 3.0 * nrows + 0.4), dpi=100, squeeze=False)
-        for ax in axes.flat[n:]:
-            ax.set_visible(False)
-        for ax, col in zip(axes.flat, slope_cols):
-            for r, c in zip(runs, colors):
-                s = _series(r["metrics"], col)
-                if len(s):
-                    ax.plot(s.index, s, "o-", ms=2, color=c, label=r["name"])
-            ax.axhline(0, color="k", linewidth=0.6)
-            ax.set_xscale("symlog", linthresh=1)
-            ax.set_xlim(left=0)
-            ax.set_title(col.replace("density/", "") + " (active_frac per doubling)", fontsize=8)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
+        for i, role in enumerate(roles):
+            for j, layer in enumerate(layers):
+                ax, col = axes[i][j], f"density/L{layer}/{role}/slope"
+                if col not in slope_cols:  # a layer no run has for this role (deeper models only on one role)
+                    ax.set_visible(False)
+                    continue
+                for r, c in zip(runs, colors):
+                    s = _series(r["metrics"], col)
+                    if len(s):
+                        ax.plot(s.index, s, "o-", ms=2, color=c, label=r["name"])
+                ax.axhline(0, color="k", linewidth=0.6)
+                ax.set_xscale("symlog", linthresh=1)
+                ax.set_xlim(left=0)
+                ax.set_title(f"L{layer} {role} (active_frac_live per doubling)", fontsize=8)
+                ax.set_xlabel("step")
+                ax.grid(alpha=0.3)
         axes.flat[0].legend(fontsize=6)
         fig.tight_layout()
-        figs.append(("Density slope per layer", save_figure(fig, out / "compare_density_slopes.png")))
+        figs.append(("Density slope per layer and role", save_figure(fig, out / "compare_density_slopes.png")))
 
     for col, title, fname in (
         ("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
@@ -210,6 +236,9 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
 
 
 def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tuple[str, Path] | None:
+    """Final numbers against config value ``key``: ``val/loss``, ``modularity/score``, ``memorization/bits_total``
+    and :data:`SLOPE_SUMMARY` (the mean over layers of the ``name_last`` density slope), one point per run and
+    the mean per value as a line."""
     plt = pyplot()
     x = pd.to_numeric(diff[key], errors="coerce")
     if x.isna().any():
@@ -217,17 +246,13 @@ def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tu
     panels = [
         c for c in ("val/loss", "modularity/score", "memorization/bits_total") if c in final and final[c].notna().any()
     ]
-    slope_cols = [c for c in final.columns if re.fullmatch(r"density/L\d+/slope", c)]
-    panels += ["density slope (mean over layers)"] if slope_cols else []
+    if SLOPE_SUMMARY in final and final[SLOPE_SUMMARY].notna().any():
+        panels.append(SLOPE_SUMMARY)
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.4), dpi=100, squeeze=False)
     for ax, p in zip(axes[0], panels):
-        y = (
-            final[slope_cols].astype(float).mean(axis=1)
-            if p.startswith("density")
-            else pd.to_numeric(final[p], errors="coerce")
-        )
+        y = pd.to_numeric(final[p], errors="coerce")
         d = pd.DataFrame({"x": x.to_numpy(), "y": y.to_numpy()}).groupby("x")["y"]
         mean = d.mean()
         ax.plot(x, y, "o", color="tab:blue", alpha=0.5)
