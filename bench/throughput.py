@@ -218,9 +218,10 @@ def synthetic_datamodule(cache: str) -> DataModule:
 
 def probe_call_cost(dm, device, repeats: int = 3) -> dict:
     """Seconds of one density probe call as ``DensityCallback`` makes it on the default run (synthetic data,
-    the 320-person panel, 16 rows per control set, records with the person-clustered endpoints), after one
-    epoch of ledger counts; split into the forward passes and the records. Also the calls of the default run
-    (900 steps, log-spaced then every 150) and their total."""
+    the 320-person panel, 16 ``seen`` windows, 8 rows per control set, records with the person-clustered
+    endpoints), after one epoch of ledger counts; split into the forward passes and the records; and of an
+    early call (the panel's core only). Also the calls of the default run (900 steps: 0, 1, 4, 16, 64, then
+    every 150; the whole panel at 0 and every 150) and their total."""
     from densitylab.callbacks.density import _plan_entities
     from densitylab.ledger import ExposureLedger
     from densitylab.probes.density import density_records, measure_density
@@ -236,36 +237,44 @@ def probe_call_cost(dm, device, repeats: int = 3) -> dict:
     led.sync()
     t0 = time.perf_counter()
     sets, _ = build_probe_sets(dm.splits, dm.vocab_size, eos_id=dm.eos_id, entities=_plan_entities(dm),
-                               canaries=dm.canaries, n_control=16, seed=0)  # fmt: skip
+                               canaries=dm.canaries, n_seen=16, n_control=8, seed=0)  # fmt: skip
     build_s = time.perf_counter() - t0
     sets = {s.name: s for s in sets}
+    core = dict(sets, panel=sets["panel"].core())  # what the early log-spaced calls probe
     model = GPT(GPTConfig(**dict(MODEL, vocab_size=dm.vocab_size, block_size=dm.block_size))).to(device).eval()
-    fwd, rec = [], []
-    for _ in range(repeats):
+    exposure = {
+        "distinct_docs": led.entity_distinct_docs().cpu().numpy(),
+        "subject_docs": led.entity_subject_docs().cpu().numpy(),
+        "mentions": led.entity_mentions().cpu().numpy(),
+        "comentions": led.entity_comentions().cpu().numpy(),
+    }
+
+    def one(which: dict) -> tuple[float, float]:
         t0 = time.perf_counter()
         metrics = {
-            n: measure_density(model, s.input_ids, 32, final_positions=s.final_positions()) for n, s in sets.items()
+            n: measure_density(model, s.input_ids, 32, final_positions=s.final_positions(), probed=s.probed())
+            for n, s in which.items()
         }
         t1 = time.perf_counter()
-        exposure = {
-            "distinct_docs": led.entity_distinct_docs().cpu().numpy(),
-            "subject_docs": led.entity_subject_docs().cpu().numpy(),
-            "mentions": led.entity_mentions().cpu().numpy(),
-            "comentions": led.entity_comentions().cpu().numpy(),
-        }
-        density_records(0, metrics, sets, exposure, led.token_counts.cpu().numpy(), led.sequence_counts.cpu().numpy())
-        fwd.append(t1 - t0)
-        rec.append(time.perf_counter() - t1)
-    calls = sum(is_scheduled(s, 150) for s in range(901)) + (0 if is_scheduled(900, 150) else 1)
-    call = float(np.median(fwd) + np.median(rec))
+        density_records(0, metrics, which, exposure, led.token_counts.cpu().numpy(), led.sequence_counts.cpu().numpy())
+        return t1 - t0, time.perf_counter() - t1
+
+    full = [one(sets) for _ in range(repeats)]
+    early = [one(core) for _ in range(repeats)]
+    steps = [s for s in range(901) if is_scheduled(s, 150, 4)]
+    n_full = sum(1 for s in steps if s % 150 == 0)
+    call = float(np.median([a + b for a, b in full]))
+    call_core = float(np.median([a + b for a, b in early]))
     return {
         "call_s": call,
-        "forward_s": float(np.median(fwd)),
-        "records_s": float(np.median(rec)),
+        "forward_s": float(np.median([a for a, _ in full])),
+        "records_s": float(np.median([b for _, b in full])),
+        "core_call_s": call_core,
         "build_sets_s": build_s,
         "rows": {n: int(s.input_ids.shape[0]) for n, s in sets.items()},
-        "calls_default_run": int(calls),
-        "default_run_s": call * calls,
+        "core_rows": int(sets["panel"].core_rows or 0),
+        "calls_default_run": len(steps),
+        "default_run_s": call * n_full + call_core * (len(steps) - n_full),
     }
 
 
@@ -389,9 +398,10 @@ def main() -> None:
         f"of a {step_s * 1e3:.0f} ms step"
     )
     print(
-        f"density probe call  : {probe_s:.2f} s (forward {probe['forward_s']:.2f} s, records {probe['records_s']:.2f} s) "
-        f"= {probe_s / step_s:.1f} training steps; rows {probe['rows']}; default run: {probe['calls_default_run']} "
-        f"calls = {probe['default_run_s']:.1f} s (allotment 9 s); sets drawn in {probe['build_sets_s']:.2f} s"
+        f"density probe call  : {probe_s:.2f} s (forward {probe['forward_s']:.2f} s, "
+        f"records {probe['records_s']:.2f} s) "
+        f"= {probe_s / step_s:.1f} training steps; core-only call {probe['core_call_s']:.2f} s; rows {probe['rows']}; "
+        f"default run: {probe['calls_default_run']} calls = {probe['default_run_s']:.1f} s (allotment 9 s)"
     )
     print(f"modularity call     : {mod_s:.2f} s for {n_comp} components x {n_task} tasks on 32 held-out windows")
     print(

@@ -146,6 +146,11 @@ def test_schedule_is_log_spaced_then_periodic():
     steps = [s for s in range(0, 700) if is_scheduled(s, 150)]
     assert steps == [0, 1, 2, 4, 8, 16, 32, 64, 128, 150, 300, 450, 600]
     assert [s for s in range(10) if is_scheduled(s, 0)] == [0, 1, 2, 4, 8]
+    assert [s for s in range(700) if is_scheduled(s, 150, 4)] == [0, 1, 4, 16, 64, 150, 300, 450, 600]
+    assert [s for s in range(70) if is_scheduled(s, 0, 3)] == [0, 1, 3, 9, 27]
+    assert [s for s in range(300) if is_scheduled(s, 150, False)] == [0, 150]
+    with pytest.raises(ValueError, match="log_spaced=1"):
+        is_scheduled(3, 10, 1)
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +297,7 @@ def _sets():
     from densitylab.probes.panel import PanelSpec
 
     sets, panel = build_probe_sets(
-        splits, 64, eos_id=0, entities=entities, panel=PanelSpec(size=20, min_zero=10), n_control=6, seed=0
+        splits, 64, eos_id=0, entities=entities, panel=PanelSpec(size=20, min_zero=10), n_seen=6, n_control=6, seed=0
     )
     return splits, sets, panel
 
@@ -323,6 +328,28 @@ def test_probe_sets_are_drawn_as_specified():
     assert set(by["random_seen"].input_ids.flatten().tolist()) <= in_train
     _, again, _ = _sets()
     assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(sets, again))  # fixed by the seeds
+    assert held.core_rows == len(held.input_ids) and panel["core"].all()  # 20 people, a core of up to 64
+
+
+def test_the_panel_core_is_balanced_over_bins_and_packed_into_the_first_rows():
+    import pandas as pd
+
+    from densitylab.probes.panel import PanelSpec
+
+    splits, _, _ = _sets()
+    entities = pd.DataFrame({"entity_id": range(20), "planned_docs": [3] * 10 + [0] * 10})
+    spec = PanelSpec(size=20, min_zero=10, core=6, core_edges=(0, 1))
+    sets, panel = build_probe_sets(splits, 64, eos_id=0, entities=entities, panel=spec, n_seen=6, n_control=6)
+    held = sets[0]
+    core_ids = set(panel.loc[panel["core"], "entity_id"])
+    assert len(core_ids) == 6 and len(core_ids & set(range(10))) == 3  # 3 exposed, 3 zero-exposure
+    k = held.core_rows
+    assert 0 < k < len(held.input_ids)
+    assert {p for r in held.row_persons[:k] for p in r} == core_ids
+    assert not {p for r in held.row_persons[k:] for p in r} & core_ids
+    cut = held.core()
+    assert cut.input_ids.shape[0] == k and cut.labels["role"].shape[0] == k and len(cut.row_persons) == k
+    assert torch.equal(cut.input_ids, held.input_ids[:k])
 
 
 def test_density_records_cover_everything_with_consistent_counts(model):
@@ -330,14 +357,22 @@ def test_density_records_cover_everything_with_consistent_counts(model):
 
     _, sets, _ = _sets()
     by = {s.name: s for s in sets}
-    metrics = {n: measure_density(model, s.input_ids, final_positions=s.final_positions()) for n, s in by.items()}
+    metrics = {
+        n: measure_density(model, s.input_ids, final_positions=s.final_positions(), probed=s.probed())
+        for n, s in by.items()
+    }
     exposure = {k: np.array([3] * 10 + [0] * 10) for k in ("distinct_docs", "subject_docs", "mentions")}
     exposure["comentions"] = np.zeros(20, dtype=np.int64)
     spec = EndpointSpec(bin_edges=(0, 1), min_entities=5)
     rows, headline, pos = density_records(7, metrics, by, exposure, np.arange(64), np.ones(200, np.int64), spec)
     assert list(rows.columns) == RECORD_COLUMNS and (rows["step"] == 7).all()
     assert set(rows["metric"]) == {*METRICS, *FINAL_METRICS, "participation_ratio"}
-    assert set(rows["probe_set"]) == set(by)
+    assert set(rows["probe_set"]) == set(by) | {"panel_core"}  # the core: here every panel row
+    core = rows[(rows["probe_set"] == "panel_core")].set_index(["layer", "metric"])["value"]
+    whole_panel = rows[
+        (rows["probe_set"] == "panel") & (rows["role"] == "all") & (rows["metric"] != "participation_ratio")
+    ]
+    assert np.allclose(whole_panel.set_index(["layer", "metric"])["value"].sort_index(), core.sort_index())
     base = rows[rows["metric"].isin(METRICS) & (rows["role"] == "all")]
     for name, s in by.items():
         probed = s.input_ids.numel() if s.labels is None else int(s.labels["probed"].sum())
@@ -410,3 +445,56 @@ def test_density_callback_writes_units_table_and_keeps_it_up_to_the_restored_ste
     assert sorted(units["step"].unique()) == [0, 1, 2, 4, 8] and len(units) == len(old)
     assert cb._units is None and not list((tmp_path / "probes").glob(".*tmp*"))
     assert units.query("step == 8 and probe_set == 'all' and layer == 1")["dead_frac"].eq(2 / 128).all()
+
+
+def test_text_data_panel_uses_held_out_mentions_and_the_mentions_exposure(model):
+    """Text data (name spans only, no document subjects): the panel is stratified by training mentions, each
+    entity is probed on the held-out window of its first held-out mention, roles are name_* or other, and the
+    endpoints fall back from distinct_docs to mentions."""
+    import pandas as pd
+
+    from densitylab.probes.density import EndpointSpec
+    from densitylab.probes.panel import PanelSpec
+    from densitylab.probes.roles import ROLES
+
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(1, 64, (int(n),), generator=g).tolist() for n in torch.randint(10, 20, (60,), generator=g)]
+    ent = [d % 24 for d in range(60)]
+    spans = pd.DataFrame({"doc": range(60), "t0": 2, "t1": 4, "kind": "name", "entity": ent})
+    train_docs = [d for d in range(60) if d < 36 and ent[d] < 12]  # entities 0-11 trained, 12-23 never
+    tspans = spans[spans["doc"].isin(train_docs)].assign(
+        doc=lambda f: f["doc"].map({d: i for i, d in enumerate(train_docs)})
+    )
+    hspans = spans[spans["doc"] >= 36].assign(doc=lambda f: f["doc"] - 36)
+    splits = {
+        "train": pack_documents([docs[d] for d in train_docs], 0, 16, token_spans=tspans),
+        "heldout": pack_documents(docs[36:], 0, 16, token_spans=hspans),
+    }
+    entities = pd.DataFrame({"entity_id": range(24), "entity": [f"E{i}" for i in range(24)]})
+    sets, panel = build_probe_sets(
+        splits, 64, eos_id=0, entities=entities, panel=PanelSpec(size=24, top_docs=2, min_zero=12), n_control=4
+    )
+    by = {s.name: s for s in sets}
+    assert len(panel) == 24 and set(panel["stratum"]) == {"top", "zero"}
+    assert (panel["split"] == "heldout").all()
+    held = by["panel"]
+    for r, persons in enumerate(held.row_persons):
+        assert persons[0] in held.labels["mentioned"][r]  # the entity is mentioned in its row
+    roles = {ROLES[c] for c in np.unique(held.labels["role"])}
+    assert roles <= {"name_first", "name_last", "other", "eos"} and "other" in roles
+    metrics = {
+        n: measure_density(model, s.input_ids, final_positions=s.final_positions(), probed=s.probed())
+        for n, s in by.items()
+    }
+    mentions = np.array([3] * 12 + [0] * 12)
+    exposure = {"distinct_docs": np.zeros(24, np.int64), "subject_docs": np.zeros(24, np.int64), "mentions": mentions,
+                "comentions": np.zeros(24, np.int64)}  # fmt: skip
+    rows, headline, _ = density_records(1, metrics, by, exposure, np.zeros(64, np.int64), None,
+                                        EndpointSpec(bin_edges=(0, 1), min_entities=5))  # fmt: skip
+    ends = rows[rows["exposure"] != "all"]
+    assert set(ends["exposure"]) == {"mentions"} and set(ends["role"]) == {"name_last", "pre_value"}
+    nl = ends[(ends["role"] == "name_last") & (ends["estimand"] == "mean") & (ends["metric"] == "active_frac_live")]
+    # every probed entity whose whole name lies inside its row (a name cut by the row's end has no name_last)
+    assert 10 <= nl["n_entities"].min() <= nl["n_entities"].max() <= 12 and (nl["status"] == "ok").all()
+    assert (ends.loc[ends["role"] == "pre_value", "status"] == "insufficient").all()  # no attribute values on text
+    assert "L0/name_last/slope" in headline

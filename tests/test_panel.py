@@ -62,6 +62,7 @@ def test_every_position_gets_its_role_subject_and_mentioned_person():
     assert lab.doc_initial[:8].all() and not lab.doc_initial[8:12].any()  # up to the end of the first value
 
 
+@pytest.mark.slow
 def test_pre_value_is_exactly_the_position_predicting_each_value_over_the_whole_synthetic_corpus(tmp_path):
     """Every attribute value of every document of the full default corpus (2,200 people, all three splits):
     the position before its first token is ``pre_value`` and the value's tokens are ``value``; no other
@@ -122,8 +123,11 @@ def test_panel_is_stratified_as_specified_and_fixed_by_its_own_seed():
     assert panel.equals(draw_panel(plan, PanelSpec()))  # fixed
     other = draw_panel(plan, PanelSpec(seed=1))
     assert not other["entity_id"].equals(panel["entity_id"])
-    # shuffling who has which rank changes only the strata membership, never the stream: same seed, same draws
+    # the plan's row order does not matter, and nothing but the plan and panel.seed enters the draw
     assert draw_panel(plan.sample(frac=1.0, random_state=3), PanelSpec()).equals(panel)
+    # the panel never exceeds its size, even when the top stratum alone would (text data: many frequent entities)
+    small = draw_panel(plan, PanelSpec(size=20, top_docs=4, min_zero=5))
+    assert len(small) == 20 and (small["stratum"] == "zero").sum() == 5
 
 
 def test_panel_spec_rejects_bad_values():
@@ -204,8 +208,17 @@ def test_endpoints_use_persons_as_clusters_and_flag_thin_bins():
     X = np.column_stack([np.ones(len(sub)), (sub["distinct_docs"] == 30).to_numpy(float)])
     beta, _, lo, hi, _, _ = cr1_ols(X, sub["L0/active_frac_live"].to_numpy(), sub["person"].to_numpy())
     assert (d["value"], d["ci_low"], d["ci_high"]) == pytest.approx((beta[1], lo[1], hi[1]))
+    m0 = sub[sub["distinct_docs"] == 0]
+    beta, _, lo, hi, _, _ = cr1_ols(
+        np.ones((len(m0), 1)), m0["L0/active_frac_live"].to_numpy(), m0["person"].to_numpy()
+    )
+    assert tuple(nl.loc[("mean", "0"), ["value", "ci_low", "ci_high"]]) == pytest.approx((beta[0], lo[0], hi[0]))
     s = nl.loc[("slope", "all")]
     assert s["status"] == "ok" and s["n_entities"] == 86 and s["ci_low"] < s["value"] < s["ci_high"]
+    every = pos[pos["role"] == "name_last"]
+    X = np.column_stack([np.ones(len(every)), np.log2(1 + every["distinct_docs"].to_numpy(float))])
+    beta, _, lo, hi, _, _ = cr1_ols(X, every["L0/active_frac_live"].to_numpy(), every["person"].to_numpy())
+    assert (s["value"], s["ci_low"], s["ci_high"]) == pytest.approx((beta[1], lo[1], hi[1]))  # the closed form
     assert s["value"] > 0  # exposure raises the metric by construction
 
 

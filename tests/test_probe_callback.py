@@ -268,3 +268,44 @@ def test_callback_python_defaults_equal_the_yaml():
         if isinstance(entry, DictConfig) and str(entry.get("_target_", "")).startswith("densitylab."):
             problems += check_python_defaults(import_target(entry._target_), entry, f"callbacks.{name}")
     assert not problems, problems
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("callbacks.density.endpoints.min_entities=1", ["min_entities=1", "integer >= 2"]),
+        ("callbacks.density.endpoints.bin_edges=[4,1]", ["bin_edges=[4, 1]", "increasing"]),
+        ("callbacks.density.endpoints.roles=[name_lst]", ["'name_lst'", "not a position role"]),
+        ("callbacks.density.endpoints.metric=dense", ["'dense'", "not a density metric"]),
+        ("callbacks.density.endpoints.exposure=views", ["exposure='views'", "distinct_docs"]),
+        ("callbacks.density.panel.size=0", ["panel.size=0", "integer >= 1"]),
+        ("+callbacks.density.panel.sise=3", ["sise"]),
+    ],
+)
+def test_a_bad_panel_or_endpoint_setting_is_one_line_at_construction(compose_config, override, words):
+    from densitylab.run import build_callbacks
+
+    cfg = compose_config("experiment=smoke", "logger=csv", override)
+    with pytest.raises(ConfigError) as e:
+        build_callbacks(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("callbacks.density.endpoints.level=abc", ["level='abc'", "(0, 1)"]),
+        ("callbacks.density.endpoints.roles=name_last", ["roles='name_last'", "a list"]),
+        ("+callbacks.density.endpoints.bins=3", ["unknown panel or endpoints setting 'bins'"]),
+        ("callbacks.density.endpoints.bin_edges=[1,4,16]", ["bin_edges=[1, 4, 16]", "start 0, 1"]),
+    ],
+)
+def test_a_mistyped_endpoint_setting_names_its_key(compose_config, override, words):
+    from densitylab.run import build_callbacks
+
+    cfg = compose_config("experiment=smoke", "logger=csv", override)
+    with pytest.raises(ConfigError) as e:
+        build_callbacks(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg

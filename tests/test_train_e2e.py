@@ -371,7 +371,8 @@ def test_smoke_density_records_every_layer_set_role_and_step(smoke_run: Path):
     from densitylab.probes.schedule import is_scheduled
 
     df = pd.read_parquet(smoke_run / "probes" / "density.parquet")
-    steps = [s for s in range(81) if is_scheduled(s, 20)]
+    steps = [s for s in range(81) if is_scheduled(s, 20, 4)]  # 0, 1, 4, 16, then every 20
+    assert steps == [0, 1, 4, 16, 20, 40, 60, 80]
     assert sorted(df["step"].unique()) == steps
     assert {"role", "exposure", "bin", "estimand", "n_entities", "status"} <= set(df.columns)
     assert set(df["probe_set"]) == {"panel", "seen", "shuffled", "random", "random_seen"}
@@ -388,14 +389,18 @@ def test_smoke_density_records_every_layer_set_role_and_step(smoke_run: Path):
         for layer in (0, 1):
             sub = whole[(whole["step"] == step) & (whole["layer"] == layer) & (whole["metric"] == "active_frac")]
             assert set(sub["probe_set"]) == set(df["probe_set"]), (step, layer)
-    assert ((metrics["ci_low"] <= metrics["value"]) & (metrics["value"] <= metrics["ci_high"])).all()
-    assert metrics["value"].between(0, 1).all()
+    est = metrics[metrics["status"] != "insufficient"]
+    assert ((est["ci_low"] <= est["value"]) & (est["value"] <= est["ci_high"])).all()
+    means = est[est["estimand"] == "mean"]
+    assert means["value"].between(0, 1).all() and metrics.loc[metrics["status"] == "insufficient", "value"].isna().all()
     ends = df[(df["exposure"] == "distinct_docs") & (df["metric"] == "active_frac_live")]
     assert {"name_last", "pre_value"} == set(ends["role"]) and (ends["n_entities"] >= 0).all()
     ok = ends[ends["status"] == "ok"]
     assert len(ok) and (ok["n_entities"] >= 10).all() and ok["value"].notna().all()
     thin = ends[ends["status"] == "insufficient"]
     assert thin["value"].isna().all() and ((thin["n_entities"] < 10) | (thin["estimand"] == "diff_vs_0")).all()
+    flat = ends[ends["status"] == "no_variation"]  # step 0: everybody at zero exposure, no slope
+    assert (flat["estimand"] == "slope").all() and flat["value"].isna().all() and 0 in set(flat["step"])
     # step 0: nothing trained yet, so every panel person is in the {0} bin
     first = ends[(ends["step"] == 0) & (ends["estimand"] == "mean")]
     assert (first.loc[first["bin_index"] > 0, "n_entities"] == 0).all()

@@ -76,7 +76,8 @@ class ProbeCallback(L.Callback):
     Args:
         output_dir: run folder (None: no table is written).
         every_n_steps: periodic cadence in optimizer steps (0 = off).
-        log_spaced: also probe at steps 1, 2, 4, ... below ``every_n_steps``.
+        log_spaced: also probe at log-spaced steps below ``every_n_steps``: True = 1, 2, 4, 8, ...; an
+            integer base >= 2, e.g. 4 = 1, 4, 16, 64 (:func:`~densitylab.probes.schedule.is_scheduled`).
         probe_at_start: probe at step 0, before training.
         every_n_epochs: epoch cadence (None or 0 = off).
         min_steps_between: minimum steps between an epoch-cadence probe and the previous probe.
@@ -100,7 +101,7 @@ class ProbeCallback(L.Callback):
         output_dir: str | Path | None = None,
         every_n_steps: int = 0,
         *,
-        log_spaced: bool = True,
+        log_spaced: bool | int = True,
         probe_at_start: bool = True,
         every_n_epochs: int | None = None,
         min_steps_between: int = 0,

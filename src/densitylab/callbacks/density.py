@@ -39,8 +39,8 @@ class DensityCallback(ProbeCallback):
     At fit start it draws the probe sets once from the data (:func:`~densitylab.probes.sets.build_probe_sets`):
     the **person panel** (``panel``: each panel person's held-out document, every position labelled with its
     role and person), ``seen`` training windows and the ``shuffled`` / ``random`` / ``random_seen`` controls.
-    Runs at step 0 (before training), at log-spaced steps 1, 2, 4, ... and every ``every_n_steps``, and once
-    more at the end (:class:`~densitylab.callbacks.base.ProbeCallback`); in eval mode, under
+    Runs at step 0 (before training), at log-spaced steps (1, 4, 16, 64 by default) and every
+    ``every_n_steps``, and once more at the end (:class:`~densitylab.callbacks.base.ProbeCallback`); in eval mode, under
     ``torch.no_grad``, on the uncompiled model, with every hook removed afterwards; on global rank 0 (the
     ledger is summed over processes first), or, when the strategy shards parameters (FSDP), on an
     unsharded copy that every process helps gather.
@@ -58,7 +58,9 @@ class DensityCallback(ProbeCallback):
     Args:
         output_dir: run folder.
         every_n_steps: periodic cadence after the log-spaced steps.
-        windows_per_set: rows of ``seen`` and of each control set.
+        windows_per_set: training windows in ``seen``.
+        log_spaced: the log-spaced steps below ``every_n_steps``: 4 = 1, 4, 16, 64 (True = every power of 2).
+        control_rows: rows of each control set (``shuffled``, ``random``, ``random_seen``).
         batch_size: rows per forward pass.
         seed: seed of the control sets' draws.
         ledger: the :class:`~densitylab.callbacks.LedgerCallback` whose exposure counts give the
@@ -85,25 +87,46 @@ class DensityCallback(ProbeCallback):
         windows_per_set: int = 16,
         batch_size: int = 32,
         *,
+        log_spaced: bool | int = 4,
+        control_rows: int = 8,
         seed: int,
         ledger: str | LedgerCallback | None = "ledger",
         panel: Mapping | PanelSpec,
         endpoints: Mapping | EndpointSpec,
         regression: bool = True,
     ) -> None:
-        super().__init__(output_dir, every_n_steps, needs={"ledger": ledger})
-        self.windows_per_set, self.batch_size, self.seed = windows_per_set, batch_size, seed
+        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs={"ledger": ledger})
+        for key, v in (
+            ("windows_per_set", windows_per_set),
+            ("control_rows", control_rows),
+            ("batch_size", batch_size),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"callbacks.density.{key}={v!r}: expected an integer >= 1")
+        if not isinstance(log_spaced, bool) and (not isinstance(log_spaced, int) or log_spaced < 2):
+            raise ConfigError(f"callbacks.density.log_spaced={log_spaced!r}: expected true, false or an integer >= 2")
+        self.windows_per_set, self.control_rows = windows_per_set, control_rows
+        self.batch_size, self.seed = batch_size, seed
         try:
-            self.panel_spec = panel if isinstance(panel, PanelSpec) else PanelSpec(**dict(panel or {}))
             if isinstance(endpoints, EndpointSpec):
                 self.spec = endpoints
             else:
                 e = dict(endpoints or {})
                 for k in ("secondary", "roles", "bin_edges"):
-                    if k in e:
+                    if k in e and not isinstance(e[k], str):
                         e[k] = tuple(e[k])
                 self.spec = EndpointSpec(**e)
-        except (TypeError, ValueError) as err:
+            if isinstance(panel, PanelSpec):
+                self.panel_spec = panel
+            else:  # the core is balanced over the endpoints' bins
+                self.panel_spec = PanelSpec(**{"core_edges": tuple(self.spec.bin_edges), **dict(panel or {})})
+        except TypeError as err:  # an unknown key
+            bad = str(err).split("argument")[-1].strip(" '")
+            raise ConfigError(
+                f"callbacks.density: unknown panel or endpoints setting {bad!r}: expected panel.{{size, top_docs, "
+                "min_zero, seed}, endpoints.{metric, secondary, exposure, roles, bin_edges, min_entities, level}"
+            ) from None
+        except ValueError as err:
             raise ConfigError(str(err).splitlines()[0]) from None
         self.regression = regression
         self.sets = None
@@ -111,7 +134,9 @@ class DensityCallback(ProbeCallback):
         self.headline: dict[str, float] = {}
         self.unit_rows: list[pd.DataFrame] = []  # the records of probes/units.parquet so far
         self._units: pd.DataFrame | None = None  # this call's units records, until add_records
-        self._positions: pd.DataFrame | None = None
+        self._positions: pd.DataFrame | None = None  # the last call's positions, written at fit end
+        self.exposure_used = self.spec.exposure
+        self._final = False
         self.dead_frac: dict[str, float] = {}
 
     @property
@@ -130,7 +155,8 @@ class DensityCallback(ProbeCallback):
             entities=_plan_entities(dm),
             canaries=getattr(dm, "canaries", None),
             panel=self.panel_spec,
-            n_control=self.windows_per_set,
+            n_seen=self.windows_per_set,
+            n_control=self.control_rows,
             seed=self.seed,
         )
         self.sets = {s.name: s for s in sets}
@@ -142,6 +168,14 @@ class DensityCallback(ProbeCallback):
             write_parquet_atomic(probe_sets_table(sets), self.output_dir / "probes" / "probe_sets.parquet")
             if self.panel is not None:
                 write_parquet_atomic(self.panel, self.output_dir / "probes" / "panel.parquet")
+
+    def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
+        """:meth:`ProbeCallback.probe`, remembering whether this is the final call (the whole panel then)."""
+        self._final = final
+        try:
+            super().probe(trainer, pl_module, final)
+        finally:
+            self._final = False
 
     def before_measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Sum the ledger over processes (a collective: every process, same step)."""
@@ -157,9 +191,15 @@ class DensityCallback(ProbeCallback):
             positions wait in ``self._units`` / ``self._positions`` for :meth:`add_records`.
         """
         ledger = self.dependency("ledger").ledger
+        full = self._final or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+        sets = dict(self.sets)
+        if not full and "panel" in sets:  # the log-spaced early calls read the panel's core only
+            sets["panel"] = sets["panel"].core()
         metrics = {
-            name: measure_density(model, s.input_ids, self.batch_size, final_positions=s.final_positions())
-            for name, s in self.sets.items()
+            name: measure_density(
+                model, s.input_ids, self.batch_size, final_positions=s.final_positions(), probed=s.probed()
+            )
+            for name, s in sets.items()
         }
         exposure = {}
         if ledger.n_entities:
@@ -173,7 +213,7 @@ class DensityCallback(ProbeCallback):
         rows, headline, positions = density_records(
             step,
             metrics,
-            self.sets,
+            sets,
             exposure,
             ledger.token_counts.cpu().numpy(),
             ledger.sequence_counts.cpu().numpy(),
@@ -181,6 +221,8 @@ class DensityCallback(ProbeCallback):
         )
         self.headline = headline
         self._positions = positions[positions["probe_set"].isin(["panel", "seen"])]
+        ends = rows[rows["exposure"] != "all"]
+        self.exposure_used = str(ends["exposure"].iloc[0]) if len(ends) else self.spec.exposure
         self._units = units = unit_records(step, metrics)
         whole = rows[(rows["role"] == "all") & (rows["estimand"] == "mean") & (rows["exposure"] == "all")]
         scalars = {
@@ -195,17 +237,13 @@ class DensityCallback(ProbeCallback):
         return rows, scalars
 
     def add_records(self, records: pd.DataFrame) -> None:
-        """Append this call's units records and rewrite ``probes/units.parquet`` and
-        ``probes/density_positions.parquet`` (atomically), then the density records
-        (:meth:`ProbeCallback.add_records`)."""
+        """Append this call's units records and rewrite ``probes/units.parquet`` (atomically), then the
+        density records (:meth:`ProbeCallback.add_records`)."""
         units, self._units = self._units, None
         if units is not None:
             self.unit_rows.append(units)
             if self.units_path is not None:
                 write_parquet_atomic(pd.concat(self.unit_rows, ignore_index=True), self.units_path)
-        positions, self._positions = self._positions, None
-        if positions is not None and self.output_dir is not None:
-            write_parquet_atomic(positions, self.output_dir / "probes" / "density_positions.parquet")
         super().add_records(records)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -223,18 +261,30 @@ class DensityCallback(ProbeCallback):
         super().on_train_start(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """After the final probe call: the covariate regression once, on the last call's positions
-        (``probes/density_regression.parquet``; rank 0; never inside a timed probe call)."""
+        """After the final probe call (rank 0, outside every timed probe call): write the last call's
+        positions (``probes/density_positions.parquet``) and run the covariate regression once on them
+        with the pre-registered metric, roles and exposure (``probes/density_regression.parquet``)."""
         parent = getattr(super(), "on_fit_end", None)
         if parent is not None:
             parent(trainer, pl_module)
-        if self.enabled and self.regression and trainer.is_global_zero and self.output_dir is not None:
-            from densitylab.probes.density_regression import write_density_regression
+        positions, self._positions = self._positions, None
+        if not (self.enabled and trainer.is_global_zero and self.output_dir is not None) or positions is None:
+            return
+        write_parquet_atomic(positions, self.output_dir / "probes" / "density_positions.parquet")
+        if not self.regression:
+            return
+        from densitylab.probes.density_regression import write_density_regression
 
-            try:
-                write_density_regression(self.output_dir)
-            except Exception as err:  # a secondary analysis never fails a finished run
-                log.warning("density regression skipped: %s", str(err).splitlines()[0])
+        try:
+            write_density_regression(
+                self.output_dir,
+                metric=self.spec.metric,
+                roles=tuple(self.spec.roles),
+                exposure=self.exposure_used,
+                level=self.spec.level,
+            )
+        except Exception as err:  # a secondary analysis never fails a finished run
+            log.warning("density regression skipped: %s", str(err).splitlines()[0])
 
     def figures(self, step: int, records: pd.DataFrame) -> dict:
         """``density/heatmap_by_bin`` (:func:`densitylab.report.density.heatmap_by_bin`)."""

@@ -17,8 +17,9 @@ units) and r the residual stream (``blocks.ℓ.hook_resid_post``, d units), befo
   the Representation", arXiv:2603.03415).
 
 Jin et al.'s own definition (their code: MingyuJ666/sparsityLLM, ``pretrain/pretrain.py``), on the
-final hidden state **after** the final layer norm ``ln_f``, at selected positions (default: the last
-position of each window), reported at layer ``n_layer - 1``:
+final hidden state **after** the final layer norm ``ln_f``, at selected positions (the probe sets'
+``pre_value`` positions, which predict an answer's first token; else the last position of each row),
+reported at layer ``n_layer - 1``:
 
 - ``jin_top5_energy`` = Σ of the k = max(1, ⌊0.05·d⌋) largest h_i² / Σ h_i²;
 - ``jin_eff_rank`` = exp(−Σ p_i ln p_i) / d with p_i = h_i² / ‖h‖².
@@ -32,15 +33,17 @@ Per layer, from the same positions (no extra forward pass), the **units table** 
 (:func:`unit_records`): each unit's firing rate (fraction of probed positions with pre-activation > 0),
 ``dead_frac`` (rate 0) and a histogram of the rates over :data:`FIRING_RATE_EDGES`.
 
-Familiarity of a position comes from the exposure ledger in three views: ``token`` (exposures of its
-input token), ``entity`` (mentions of the entity it belongs to; positions inside mentions only) and
-``sequence`` (times its window was trained). Buckets are ``floor(log2(1 + count))``; statistics use
-windows as the unit of replication (:mod:`densitylab.probes.stats`); NaN values (Hoyer of a zero
-vector, Jin metrics off their positions) are left out of a group's mean and its ``n``.
+Familiarity of a position is the exposure of its **person** (:mod:`densitylab.probes.roles`: the
+mentioned person at names, the document's subject elsewhere) from the ledger at the probe step; the
+pre-registered endpoints (:class:`EndpointSpec`, :func:`endpoint_records`) bin and regress on it with
+**persons as clusters** (design §8). Whole-set and per-role means are descriptive, with rows (windows)
+as clusters. NaN values (Hoyer of a zero vector, Jin metrics off their positions, unprobed positions)
+are left out of a group's mean and its ``n``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +58,7 @@ METRICS = ("active_frac", "active_frac_live", "zero_frac", "hoyer", "top5_energy
 POSITION_METRICS = ("active_frac", "zero_frac", "hoyer", "top5_energy", "eff_rank")
 # the final hidden state after ln_f (layer n_layer - 1), at the selected positions only
 FINAL_METRICS = ("jin_top5_energy", "jin_eff_rank")
-# one value per probe set and layer (view "all", bucket -1, no CI)
+# one value per probe set and layer (role "all", no CI)
 SET_METRICS = ("participation_ratio",)
 # firing-rate histogram of probes/units.parquet: bin 0 is [0, 0] (dead), then (e_i, e_{i+1}]
 FIRING_RATE_EDGES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, 1.0)
@@ -69,16 +72,21 @@ def active_frac(pre: torch.Tensor) -> torch.Tensor:
     return (pre > 0).float().mean(-1)
 
 
-def _hoyer_zero(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _hoyer_zero(h: torch.Tensor, nonneg: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     n = h.shape[-1]
     if n < 2:
         raise ValueError(f"hoyer needs at least 2 units, got {n}")
-    h = h.float()
-    # scale-free: divide by the largest |h_i| so tiny vectors do not underflow in h² (l2 = 0 while l1 > 0)
-    h = h / h.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
-    l1, l2 = h.abs().sum(-1), h.norm(dim=-1)
+    a = h.float() if nonneg else h.float().abs()  # nonneg: h >= 0 already (ReLU), no |h| pass
+    l1 = a.sum(-1)
+    l2 = torch.linalg.vector_norm(a, dim=-1)
     zero = l1 == 0
-    value = ((math.sqrt(n) - l1 / l2.clamp_min(torch.finfo(h.dtype).tiny)) / (math.sqrt(n) - 1)).clamp(0.0, 1.0)
+    under = (l2 == 0) & ~zero  # tiny vectors whose squares underflow: redo them divided by their max |h_i|
+    if bool(under.any()):
+        u = a[under]
+        m = u.amax(-1, keepdim=True)
+        l1[under], l2[under] = (u / m).sum(-1), torch.linalg.vector_norm(u / m, dim=-1)
+    tiny = torch.finfo(a.dtype).tiny
+    value = ((math.sqrt(n) - l1 / l2.clamp_min(tiny)) / (math.sqrt(n) - 1)).clamp(0.0, 1.0)
     return torch.where(zero, torch.full_like(value, math.nan), value), zero.float()
 
 
@@ -155,14 +163,26 @@ class _Moments:
     def __init__(self) -> None:
         self.n, self.mean, self.m2 = 0, None, None
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()  # float64: no TF32 matmul on a GPU
-        nb = x.shape[0]
-        if nb == 0:
-            return
-        mb = x.mean(0)
-        xc = x - mb
-        m2b = (xc.T @ xc).cpu()
+    def update(self, x: torch.Tensor, w: torch.Tensor | None = None) -> None:
+        """Add the rows of ``x`` (..., d), or only those where the bool mask ``w`` (...) is True."""
+        # float64 on a GPU (no TF32 in the matmul); float32 on a CPU (exact enough: d is small, each batch
+        # centred on its own mean first), combined in float64
+        x = x.reshape(-1, x.shape[-1])
+        x = x.double() if x.is_cuda else x.float()
+        if w is None:
+            nb = x.shape[0]
+            if nb == 0:
+                return
+            mb = x.mean(0)
+            xc = x - mb
+        else:
+            wf = w.reshape(-1, 1).to(x.dtype)
+            nb = int(w.sum())
+            if nb == 0:
+                return
+            mb = (x * wf).sum(0) / nb
+            xc = (x - mb) * wf  # the masked rows contribute nothing
+        m2b = (xc.T @ xc).double().cpu()
         mb = mb.double().cpu()
         if self.n == 0:
             self.n, self.mean, self.m2 = nb, mb, m2b
@@ -197,6 +217,8 @@ class ProbeSet:
             ``doc_initial`` and ``probed`` (bool: the position enters the aggregates); None for controls
             (every position probed, no roles).
         row_persons: per row, the panel persons whose held-out documents it holds (``panel`` only).
+        core_rows: ``panel`` only: its first ``core_rows`` rows hold the panel's core, the people probed at
+            every call (:meth:`core`).
     """
 
     name: str
@@ -207,6 +229,28 @@ class ProbeSet:
     targets: torch.Tensor | None = None
     labels: dict[str, np.ndarray] | None = None
     row_persons: list[list[int]] | None = None
+    core_rows: int | None = None
+
+    def core(self) -> ProbeSet:
+        """The set cut to its first ``core_rows`` rows (itself when ``core_rows`` is None)."""
+        k = self.core_rows
+        if k is None or k >= len(self.input_ids):
+            return self
+        return ProbeSet(
+            self.name,
+            self.input_ids[:k],
+            self.sample_ids[:k],
+            None,
+            None if self.window_ids is None else self.window_ids[:k],
+            None if self.targets is None else self.targets[:k],
+            None if self.labels is None else {key: v[:k] for key, v in self.labels.items()},
+            None if self.row_persons is None else self.row_persons[:k],
+            k,
+        )
+
+    def probed(self) -> torch.Tensor | None:
+        """(N, T) bool positions that are measured (``labels["probed"]``), or None: every position."""
+        return None if self.labels is None else torch.from_numpy(self.labels["probed"])
 
     def final_positions(self) -> torch.Tensor:
         """(N, T) bool: where the Jin et al. metrics are read: the probed ``pre_value`` positions of a
@@ -245,13 +289,31 @@ class DensityMeasurement:
     set_metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _residual_metrics(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k energy share, normalised effective rank) of (M, d) rows from one r² (see :func:`top_energy`,
+    :func:`effective_rank`); both 0 for a zero row."""
+    e = r.float().square()
+    total = e.sum(-1, keepdim=True)
+    ok = total.squeeze(-1) > 0
+    p = e / total.clamp_min(torch.finfo(e.dtype).tiny)
+    top = p.topk(min(k, r.shape[-1]), dim=-1).values.sum(-1)
+    ent = -torch.special.xlogy(p, p).sum(-1)
+    zero = torch.zeros_like(top)
+    return torch.where(ok, top, zero), torch.where(ok, ent.exp() / r.shape[-1], zero)
+
+
 @torch.no_grad()
 def measure_density(
-    model, input_ids: torch.Tensor, batch_size: int = 16, final_positions: torch.Tensor | None = None
+    model,
+    input_ids: torch.Tensor,
+    batch_size: int = 16,
+    final_positions: torch.Tensor | None = None,
+    probed: torch.Tensor | None = None,
 ) -> DensityMeasurement:
     """Every density metric of every layer in one streaming pass over mini-batches (activations of one
     mini-batch at a time; only the (N, T) metric values, the (n_layer, d_mlp) firing counts and one
-    (d, d) covariance per layer are kept).
+    (d, d) covariance per layer are kept). Metrics, firing counts and covariances cover the ``probed``
+    positions only (padding and masked positions run through the model, as context, and nothing else).
 
     Args:
         model: a :class:`densitylab.model.GPT` (put it in eval mode first).
@@ -259,8 +321,9 @@ def measure_density(
         batch_size: windows per forward pass.
         final_positions: (N, T) bool, the positions where the Jin et al. metrics are read on the final
             hidden state after ``ln_f``; default: the last position of each window.
+        probed: (N, T) bool, the positions measured (default: all); the others get NaN.
     Returns:
-        A :class:`DensityMeasurement`.
+        A :class:`DensityMeasurement` (``n_positions`` = probed positions).
     """
     n_layer = model.config.n_layer
     device = next(model.parameters()).device
@@ -268,25 +331,41 @@ def measure_density(
     if final_positions is None:
         final_positions = torch.zeros(N, T, dtype=torch.bool)
         final_positions[:, -1] = True
+    probed = torch.ones(N, T, dtype=torch.bool) if probed is None else torch.as_tensor(probed, dtype=torch.bool)
+    final_positions = final_positions & probed
     last = n_layer - 1
     out = {f"L{i}/{m}": [] for i in range(n_layer) for m in POSITION_METRICS}
     out.update({f"L{last}/{m}": [] for m in FINAL_METRICS})
     fires: list[torch.Tensor | int] = [0] * n_layer
     moments = [_Moments() for _ in range(n_layer)]
     current: dict[str, torch.Tensor] = {}
+    sel: dict[str, torch.Tensor | None] = {"mask": None}
+    k_top = max(1, math.ceil(0.05 * model.config.n_embd))
+    nonneg = getattr(model.config, "activation", "") in ("relu", "relu2")  # hook_post >= 0
+
+    def put(name: str, values: torch.Tensor) -> None:
+        current[name] = values  # every position (cheaper than gathering); unprobed ones become NaN at the end
 
     def hook(layer: int, kind: str):
         def fn(module, inp, act):
+            m = sel["mask"]
             if kind == "pre":
-                fired = (act > 0).float()
-                current[f"L{layer}/active_frac"] = fired.mean(-1)
-                fires[layer] = fires[layer] + fired.sum((0, 1)).long()  # exact below 2**24 positions per batch
+                fired = (act > 0).float()  # (float reductions are faster than bool ones on CPU)
+                put(f"L{layer}/active_frac", fired.mean(-1))
+                if m is None:
+                    count = fired.sum((0, 1))
+                else:  # probed positions only: a (1, B·T) x (B·T, n) product
+                    count = (m.reshape(1, -1).float() @ fired.reshape(-1, fired.shape[-1])).reshape(-1)
+                fires[layer] = fires[layer] + count.long()  # exact below 2**24 positions per batch
             elif kind == "post":
-                current[f"L{layer}/hoyer"], current[f"L{layer}/zero_frac"] = _hoyer_zero(act)
+                h, z = _hoyer_zero(act, nonneg)
+                put(f"L{layer}/hoyer", h)
+                put(f"L{layer}/zero_frac", z)
             else:
-                current[f"L{layer}/top5_energy"] = top_energy(act)
-                current[f"L{layer}/eff_rank"] = effective_rank(act)
-                moments[layer].update(act)
+                top, er = _residual_metrics(act, k_top)
+                put(f"L{layer}/top5_energy", top)
+                put(f"L{layer}/eff_rank", er)
+                moments[layer].update(act, m)
 
         return fn
 
@@ -301,6 +380,8 @@ def measure_density(
     with model.hooks(hooks):
         for s in range(0, N, batch_size):
             current.clear()
+            pm = probed[s : s + batch_size].to(device)
+            sel["mask"] = None if bool(pm.all()) else pm
             ids = input_ids[s : s + batch_size].to(device)
             resid = model(ids, stop_at_layer=n_layer)  # no lm_head: hooks and the final residual only
             mask = final_positions[s : s + batch_size].to(device)
@@ -311,10 +392,15 @@ def measure_density(
                 current[f"L{last}/{m}"] = v
             for k, v in current.items():
                 out[k].append(v.float().cpu())
+    unprobed = ~probed.numpy()
+    positions = {k: torch.cat(v).numpy() for k, v in out.items()}
+    if unprobed.any():
+        for v in positions.values():
+            v[unprobed] = np.nan
     return DensityMeasurement(
-        positions={k: torch.cat(v).numpy() for k, v in out.items()},
+        positions=positions,
         fire_counts=torch.stack([torch.as_tensor(f) for f in fires]).cpu().numpy().astype(np.int64),
-        n_positions=N * T,
+        n_positions=int(probed.sum()),
         n_windows=N,
         set_metrics={f"L{i}/participation_ratio": participation_ratio(mo.cov()) for i, mo in enumerate(moments)},
     )
@@ -413,7 +499,8 @@ class EndpointSpec:
         first {0} when ``edges`` starts 0, 1) and its difference from the first bin (zero-exposure people),
 
     with CR1 cluster-robust CIs, **persons as clusters** (t on n_persons − 1 df); a bin with fewer than
-    ``min_entities`` persons (or a contrast whose reference bin has fewer) is reported as insufficient.
+    ``min_entities`` persons (or a contrast whose reference bin has fewer) is reported as insufficient, a
+    slope over persons who all have the same exposure (step 0) as ``no_variation``.
 
     Attributes:
         metric: the primary metric (``active_frac_live``).
@@ -440,20 +527,28 @@ class EndpointSpec:
 
         where = "callbacks.density.endpoints"
         known = METRICS + FINAL_METRICS
+        for key in ("secondary", "roles", "bin_edges"):
+            v = getattr(self, key)
+            if isinstance(v, str) or not isinstance(v, (tuple, list)):
+                raise ValueError(f"{where}.{key}={v!r}: expected a list")
         for m in (self.metric, *self.secondary):
             if m not in known:
                 raise ValueError(f"{where}: metric {m!r} is not a density metric; expected one of {list(known)}")
         if self.exposure not in EXPOSURES:
             raise ValueError(f"{where}.exposure={self.exposure!r}: expected one of {list(EXPOSURES)}")
+        if not self.roles:
+            raise ValueError(f"{where}.roles=[]: expected at least one position role")
         for r in self.roles:
             if r not in ROLES:
                 raise ValueError(f"{where}.roles: {r!r} is not a position role; expected one of {list(ROLES)}")
         e = list(self.bin_edges)
-        if len(e) < 2 or any(not isinstance(x, int) or x < 0 for x in e) or e != sorted(set(e)):
+        if len(e) < 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in e) or e != sorted(set(e)):
             raise ValueError(f"{where}.bin_edges={e!r}: expected >= 2 increasing integers >= 0")
+        if e[:2] != [0, 1]:
+            raise ValueError(f"{where}.bin_edges={e!r}: expected to start 0, 1 (the reference bin is {{0}})")
         if isinstance(self.min_entities, bool) or not isinstance(self.min_entities, int) or self.min_entities < 2:
             raise ValueError(f"{where}.min_entities={self.min_entities!r}: expected an integer >= 2")
-        if not 0 < self.level < 1:
+        if isinstance(self.level, bool) or not isinstance(self.level, (int, float)) or not 0 < self.level < 1:
             raise ValueError(f"{where}.level={self.level!r}: expected a number in (0, 1)")
 
     @property
@@ -515,10 +610,12 @@ def density_positions(
         sequence_counts: (n_windows,) int64 trainings of each training window (None: all 0).
     Returns:
         Columns ``step, probe_set, row, pos, role`` (a role name, ``all`` for unlabelled controls),
-        ``person, subject, mentioned`` (int64, -1 none), ``own`` (the person is one of the row's panel
-        persons), ``doc_initial``, the four exposures of ``person`` (-1 without one), ``input_count``,
-        ``target_count`` (-1 without a target), ``window_trained``, then ``L{i}/{metric}`` float32 per
-        layer and metric (``active_frac_live`` included). Positions not probed (padding, canaries in
+        ``person, subject, mentioned`` (int64, -1 none), ``own`` (panel rows: the position belongs to the
+        panel person whose document holds it: the subject's own positions of a biography, not the names
+        of people it co-mentions; on text, the row's panel entity), ``doc_initial``, the four exposures
+        of ``person`` (-1 without one), ``input_count``, ``target_count`` (-1 without a target),
+        ``window_trained``, then ``L{i}/{metric}`` float32 per layer and metric (``active_frac_live``
+        included). Positions not probed (padding, canaries in
         ``seen``) are left out.
     """
     from densitylab.probes.roles import ROLES
@@ -552,9 +649,12 @@ def density_positions(
         keep = probed.reshape(-1)
         rows = np.repeat(np.arange(N), T)[keep]
         per = person.reshape(-1)[keep]
+        sub_flat = subject.reshape(-1)[keep]
         own = np.zeros(len(per), dtype=bool)
-        if ps.row_persons:
-            E = int(max((max(p) for p in ps.row_persons if p), default=0)) + 1
+        if ps.row_persons and (sub_flat >= 0).any():  # biographies: the subject's own positions
+            own = (per >= 0) & (per == sub_flat)
+        elif ps.row_persons:  # text: the row's panel entity
+            E = int(max(per.max(initial=0), max((max(p) for p in ps.row_persons if p), default=0))) + 1
             pairs = np.asarray([r * E + p for r, ps_ in enumerate(ps.row_persons) for p in ps_], dtype=np.int64)
             own = (per >= 0) & np.isin(rows * E + np.clip(per, 0, None), pairs)
         ids = ps.input_ids.numpy().reshape(-1)[keep]
@@ -570,7 +670,7 @@ def density_positions(
             "pos": np.tile(np.arange(T), N)[keep],
             "role": role_names[role.reshape(-1)[keep]],
             "person": per,
-            "subject": subject.reshape(-1)[keep],
+            "subject": sub_flat,
             "mentioned": mentioned.reshape(-1)[keep],
             "own": own,
             "doc_initial": doc_initial.reshape(-1)[keep],
@@ -625,22 +725,19 @@ def _grouped_ci(
     t = stats.t.ppf(0.5 + level / 2, np.maximum(k_g - 1, 1))
     half = np.where(k_g >= 2, t * se, np.inf)
     idx = uniq.to_frame(index=False, name=keys)
-    records = []
-    for j, m in enumerate(metric_cols):
-        layer, metric = m.split("/")
-        keep = n_g[:, j] > 0
-        records.append(
-            idx[keep].assign(
-                layer=int(layer[1:]),
-                metric=metric,
-                value=mean[keep, j],
-                ci_low=mean[keep, j] - half[keep, j],
-                ci_high=mean[keep, j] + half[keep, j],
-                n=n_g[keep, j].astype(np.int64),
-                k=k_g[keep, j].astype(np.int64),
-            )
-        )
-    return pd.concat(records, ignore_index=True)
+    keep = n_g > 0  # (G, metrics)
+    g, j = np.nonzero(keep)  # one record per (group, metric) with a finite value
+    layer_of = np.array([int(c.split("/")[0][1:]) for c in metric_cols])
+    metric_of = np.array([c.split("/")[1] for c in metric_cols], dtype=object)
+    out = idx.iloc[g].reset_index(drop=True)
+    out["layer"] = layer_of[j]
+    out["metric"] = metric_of[j]
+    out["value"] = mean[g, j]
+    out["ci_low"] = mean[g, j] - half[g, j]
+    out["ci_high"] = mean[g, j] + half[g, j]
+    out["n"] = n_g[g, j].astype(np.int64)
+    out["k"] = k_g[g, j].astype(np.int64)
+    return out
 
 
 def _descriptive(pos: pd.DataFrame, metric_cols: list[str], by_role: bool, level: float) -> pd.DataFrame:
@@ -663,7 +760,8 @@ def endpoint_records(pos: pd.DataFrame, spec: EndpointSpec, n_layer: int, exposu
     ``spec.roles`` and metric in ``[spec.metric, *spec.secondary]``, on the panel's own positions (the
     position's person is a panel person whose held-out document the row holds): the mean of every bin
     (estimand ``mean``), each bin against the first (``diff_vs_0``: the bin-dummy coefficient of a CR1
-    regression on the two bins' positions) and the slope on log2(1 + exposure) (``slope``), persons as clusters.
+    regression on the two bins' positions, in closed form: persons are nested in bins) and the slope on
+    log2(1 + exposure) (``slope``), persons as clusters.
 
     Args:
         pos: :func:`density_positions` rows.
@@ -673,88 +771,89 @@ def endpoint_records(pos: pd.DataFrame, spec: EndpointSpec, n_layer: int, exposu
     Returns:
         Rows with the columns of :data:`RECORD_COLUMNS` but ``step``.
     """
-    from densitylab.probes.stats import cr1_ols
+    from scipy import stats
 
     labels = spec.bin_labels
+    K = len(labels)
     src = pos[(pos["probe_set"] == "panel") & pos["own"] & pos["role"].isin(spec.roles)]
     src = src.assign(bin_index=spec.bin_of(src[exposure].to_numpy()))
     src = src[src["bin_index"] >= 0]
+    cols = [(m, i) for m in (spec.metric, *spec.secondary) for i in range(n_layer) if f"L{i}/{m}" in src]
+    nan = math.nan
+
+    @functools.cache
+    def _t(df: int) -> float:
+        return float(stats.t.ppf(0.5 + spec.level / 2, max(df, 1)))
+
+    def t(df) -> float:
+        return _t(int(df))
+
     out = []
-    base = dict(probe_set="panel", exposure=exposure)
-    for metric in (spec.metric, *spec.secondary):
-        for layer in range(n_layer):
-            col = f"L{layer}/{metric}"
-            if col not in src:
-                continue
-            for role in spec.roles:
-                sub = src[(src["role"] == role) & np.isfinite(src[col].to_numpy())]
-                y = sub[col].to_numpy(np.float64)
-                persons = sub["person"].to_numpy()
-                b = sub["bin_index"].to_numpy()
-                rec = dict(base, layer=layer, role=role, metric=metric)
-                n_per_bin = {k: int(np.unique(persons[b == k]).size) for k in range(len(labels))}
-                ok_bins = [k for k in range(len(labels)) if n_per_bin[k] >= spec.min_entities]
-                # (b) bin means
-                for k, lab in enumerate(labels):
-                    m = b == k
-                    r = dict(
-                        rec,
-                        bin=lab,
-                        bin_index=k,
-                        estimand="mean",
-                        n=int(m.sum()),
-                        n_windows=int(sub["row"][m].nunique()),
-                        n_entities=n_per_bin[k],
-                    )
-                    if k in ok_bins:
-                        beta, _, lo, hi, _, _ = cr1_ols(np.ones((int(m.sum()), 1)), y[m], persons[m], spec.level)
-                        r.update(value=beta[0], ci_low=lo[0], ci_high=hi[0], status="ok")
-                    else:
-                        r.update(value=math.nan, ci_low=math.nan, ci_high=math.nan, status="insufficient")
-                    out.append(r)
-                # each bin against the first: a two-bin regression (its persons as clusters, t on G - 1 df)
-                coef = {}
-                for k in ok_bins if 0 in ok_bins else []:
-                    if k == 0:
-                        continue
-                    m = (b == 0) | (b == k)
-                    X = np.column_stack([np.ones(int(m.sum())), (b[m] == k).astype(np.float64)])
-                    beta, _, lo, hi, _, _ = cr1_ols(X, y[m], persons[m], spec.level)
-                    coef[k] = (beta[1], lo[1], hi[1])
-                for k, lab in enumerate(labels[1:], start=1):
-                    m = (b == k) | (b == 0)
-                    r = dict(
-                        rec,
-                        bin=lab,
-                        bin_index=k,
-                        estimand="diff_vs_0",
-                        n=int(m.sum()),
-                        n_windows=int(sub["row"][m].nunique()),
-                        n_entities=n_per_bin[k] + n_per_bin[0],
-                    )
-                    if k in coef:
-                        r.update(value=coef[k][0], ci_low=coef[k][1], ci_high=coef[k][2], status="ok")
-                    else:
-                        r.update(value=math.nan, ci_low=math.nan, ci_high=math.nan, status="insufficient")
-                    out.append(r)
-                # (a) the slope on log2(1 + exposure), every person of the role
-                G = int(np.unique(persons).size)
-                r = dict(
-                    rec,
-                    bin="all",
-                    bin_index=-1,
-                    estimand="slope",
-                    n=len(y),
-                    n_windows=int(sub["row"].nunique()),
-                    n_entities=G,
-                )
-                x = np.log2(1.0 + sub[exposure].to_numpy(np.float64))
-                if G >= spec.min_entities and len(np.unique(x)) >= 2:
-                    beta, _, lo, hi, _, _ = cr1_ols(np.column_stack([np.ones(len(x)), x]), y, persons, spec.level)
-                    r.update(value=beta[1], ci_low=lo[1], ci_high=hi[1], status="ok")
+    for role in spec.roles:
+        sub = src[src["role"] == role]
+        Y = sub[[f"L{i}/{m}" for m, i in cols]].to_numpy(np.float64)
+        person_all = sub["person"].to_numpy()
+        bin_all = sub["bin_index"].to_numpy()
+        x_all = np.log2(1.0 + sub[exposure].to_numpy(np.float64))
+        row_all = sub["row"].to_numpy()
+        for j, (metric, layer) in enumerate(cols):
+            f = np.isfinite(Y[:, j])
+            y, b, x = Y[f, j], bin_all[f], x_all[f]
+            pid = pd.factorize(person_all[f])[0]
+            G_all = int(pid.max()) + 1 if len(pid) else 0
+            bin_of_person = np.zeros(G_all, dtype=np.int64)
+            bin_of_person[pid] = b  # a person's exposure, hence bin, is one value
+            n_b = np.bincount(b, minlength=K).astype(np.float64)
+            G_b = np.bincount(bin_of_person, minlength=K) if G_all else np.zeros(K, dtype=np.int64)
+            w_b = np.array([np.unique(row_all[f][b == k]).size for k in range(K)])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean_b = np.bincount(b, weights=y, minlength=K) / n_b
+                s_g = np.bincount(pid, weights=y - mean_b[b], minlength=G_all)  # per-person residual sums
+                R_b = np.bincount(bin_of_person, weights=s_g**2, minlength=K)
+                # (b) bin means: CR1 with one regressor (the factor (n - 1)/(n - p) is 1), t on G_b - 1 df
+                se_b = np.sqrt(G_b / np.maximum(G_b - 1, 1) * R_b) / n_b
+            ok = G_b >= spec.min_entities
+            rec = dict(probe_set="panel", exposure=exposure, layer=layer, role=role, metric=metric)
+            for k, lab in enumerate(labels):
+                r = dict(rec, bin=lab, bin_index=k, estimand="mean", n=int(n_b[k]), n_windows=int(w_b[k]))
+                r["n_entities"] = int(G_b[k])
+                if ok[k]:
+                    h = t(np.array(G_b[k] - 1)) * se_b[k]
+                    r.update(value=mean_b[k], ci_low=mean_b[k] - h, ci_high=mean_b[k] + h, status="ok")
                 else:
-                    r.update(value=math.nan, ci_low=math.nan, ci_high=math.nan, status="insufficient")
+                    r.update(value=nan, ci_low=nan, ci_high=nan, status="insufficient")
                 out.append(r)
+            # each bin against the first: the dummy coefficient of a CR1 regression on the two bins' positions
+            # = the difference of their means, V = c (R_k / n_k^2 + R_0 / n_0^2), c = G/(G-1) (n-1)/(n-2)
+            for k, lab in enumerate(labels[1:], start=1):
+                n2, G2 = n_b[k] + n_b[0], int(G_b[k] + G_b[0])
+                r = dict(rec, bin=lab, bin_index=k, estimand="diff_vs_0", n=int(n2), n_entities=G2)
+                r["n_windows"] = int(np.unique(row_all[f][(b == k) | (b == 0)]).size)
+                if ok[k] and ok[0] and n2 > 2:
+                    c = G2 / (G2 - 1) * (n2 - 1) / (n2 - 2)
+                    d = mean_b[k] - mean_b[0]
+                    h = t(np.array(G2 - 1)) * math.sqrt(c * (R_b[k] / n_b[k] ** 2 + R_b[0] / n_b[0] ** 2))
+                    r.update(value=d, ci_low=d - h, ci_high=d + h, status="ok")
+                else:
+                    r.update(value=nan, ci_low=nan, ci_high=nan, status="insufficient")
+                out.append(r)
+            # (a) the slope on log2(1 + exposure), every person of the role
+            n = len(y)
+            r = dict(rec, bin="all", bin_index=-1, estimand="slope", n=n, n_entities=G_all)
+            r["n_windows"] = int(np.unique(row_all[f]).size)
+            xc = x - x.mean() if n else x
+            sxx = float((xc**2).sum())
+            if G_all >= spec.min_entities and sxx > 1e-12 and n > 2:
+                beta = float((xc * (y - y.mean())).sum() / sxx)
+                e = (y - y.mean()) - beta * xc
+                score = np.bincount(pid, weights=xc * e, minlength=G_all)
+                c = G_all / (G_all - 1) * (n - 1) / (n - 2)
+                h = float(t(np.array(G_all - 1))) * math.sqrt(c * float((score**2).sum())) / sxx
+                r.update(value=beta, ci_low=beta - h, ci_high=beta + h, status="ok")
+            else:  # too few persons, or every person at the same exposure (e.g. step 0): no slope
+                status = "insufficient" if G_all < spec.min_entities else "no_variation"
+                r.update(value=nan, ci_low=nan, ci_high=nan, status=status)
+            out.append(r)
     return pd.DataFrame(out)
 
 
@@ -782,6 +881,8 @@ def density_records(
 
         - whole-set rows (role ``all``) and per-role rows of every labelled set: estimand ``mean``,
           windows as clusters, status ``descriptive``; :data:`SET_METRICS` one value per set, CI NaN;
+          whole-set rows of ``panel_core`` (the panel's first ``core_rows`` rows: the people probed at
+          every call, so their curve over training compares like with like);
         - the endpoint rows of :func:`endpoint_records` (probe_set ``panel``, persons as clusters).
 
         ``headline`` maps ``L{i}/{role}/slope`` (and ``_ci_low``, ``_ci_high``, ``_n_entities``) and
@@ -793,6 +894,10 @@ def density_records(
     pos = density_positions(step, metrics, sets, exposure, token_counts, sequence_counts)
     metric_cols = [c for c in pos.columns if c.startswith("L") and "/" in c]
     parts = [_descriptive(pos, metric_cols, False, spec.level), _descriptive(pos, metric_cols, True, spec.level)]
+    panel = sets.get("panel")
+    if panel is not None and panel.core_rows:  # the core's whole-set means: the same people at every call
+        core = pos[(pos["probe_set"] == "panel") & (pos["row"] < panel.core_rows)].assign(probe_set="panel_core")
+        parts.append(_descriptive(core, metric_cols, False, spec.level))
     whole_set = [
         dict(
             layer=int(key.split("/")[0][1:]),

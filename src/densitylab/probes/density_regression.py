@@ -51,20 +51,9 @@ import pandas as pd
 import statsmodels.api as sm
 
 from densitylab.io import write_parquet_atomic
+from densitylab.probes.roles import ROLES
 
-# Position roles of the spec (densitylab.probes.roles.ROLES, issue 14); kept here so that this module
-# does not depend on a file under active edit.
-KNOWN_ROLES = (
-    "name_first",
-    "name_inner",
-    "name_last",
-    "pre_value",
-    "value",
-    "template",
-    "eos",
-    "canary",
-    "other",
-)
+KNOWN_ROLES = ROLES  # the position roles of densitylab.probes.roles
 
 COLUMNS = [
     "layer",
@@ -294,16 +283,23 @@ def density_regression(
     return out
 
 
-def write_density_regression(run_dir: Path) -> Path | None:
-    """Run :func:`density_regression` (defaults) on ``run_dir/probes/density_positions.parquet``.
+def write_density_regression(run_dir: Path, **kwargs) -> Path | None:
+    """Run :func:`density_regression` on ``run_dir/probes/density_positions.parquet``.
 
-    Writes ``run_dir/probes/density_regression.parquet`` atomically and returns its path; returns
-    ``None`` (writes nothing) when the positions table does not exist.
+    Args:
+        run_dir: the run folder.
+        **kwargs: :func:`density_regression`'s ``metric``, ``roles``, ``probe_set``, ``exposure``, ``level``
+            (the density callback passes its pre-registered endpoints').
+    Returns:
+        The path of ``run_dir/probes/density_regression.parquet`` (written atomically), or ``None`` (nothing
+        written) when the positions table does not exist.
+    Raises:
+        ValueError: see :func:`density_regression`.
     """
     src = Path(run_dir) / "probes" / "density_positions.parquet"
     if not src.is_file():
         return None
-    out = density_regression(pd.read_parquet(src))
+    out = density_regression(pd.read_parquet(src), **kwargs)
     dst = src.with_name("density_regression.parquet")
     write_parquet_atomic(out, dst)
     return dst

@@ -8,7 +8,8 @@ the training seed, the shuffling or anything the ledger counts.
 On the synthetic corpus the panel is stratified by **planned training documents** (the generator's
 ``planned_docs``):
 
-- every person with ``planned_docs >= top_docs`` (15 people at the defaults: ranks 1-15 of 2,000);
+- every person with ``planned_docs >= top_docs`` (15 people at the defaults: ranks 1-15 of 2,000), or a
+  log-even sample of them when there are more than ``size - min_zero`` (the panel never exceeds ``size``);
 - at least ``min_zero`` zero-exposure people (all of them when there are fewer);
 - the rest of ``size`` as a log-even sample of the others: an equal share per octave
   ``[2^k, 2^(k+1))`` of planned documents, each octave capped at the people it has and the leftover
@@ -21,7 +22,8 @@ Each panel person is probed on **their held-out document** (never trained on): f
 ``heldout`` biography, zero-exposure people on their ``unfamiliar`` one; on text data, the held-out
 window holding the entity's first held-out mention. The panel's documents are packed like the training
 stream, ``<|endoftext|>``-separated, each whole in one row of ``T`` inputs (a document longer than ``T``
-is cut at ``T``); positions of a row outside its panel documents (padding) are not probed.
+is cut at ``T``; documents are placed first-fit decreasing); positions of a row outside its panel
+documents (padding) are not probed.
 """
 
 from __future__ import annotations
@@ -48,15 +50,21 @@ class PanelSpec:
         top_docs: every person with at least this many planned documents is in the panel.
         min_zero: at least this many zero-exposure people (all when there are fewer).
         seed: the panel's own seed (not the training seed: the same people in every run on one corpus).
+        core: people of the panel's **core**, probed at every call; the rest only at the periodic calls
+            and the end (density: the log-spaced early calls read the core alone). An equal share per
+            bin of planned documents (``core_edges``), drawn after the panel from the same stream.
+        core_edges: lower edges of the bins the core is balanced over (the endpoints' bins).
     """
 
     size: int = 320
     top_docs: int = 64
     min_zero: int = 48
     seed: int = 0
+    core: int = 64
+    core_edges: tuple[int, ...] = (0, 1, 4, 16, 64)
 
     def __post_init__(self) -> None:
-        for name in ("size", "top_docs", "min_zero"):
+        for name in ("size", "top_docs", "min_zero", "core"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"callbacks.density.panel.{name}={v!r}: expected an integer >= 1")
@@ -94,15 +102,18 @@ def draw_panel(exposure_plan: pd.DataFrame, spec: PanelSpec) -> pd.DataFrame:
             training documents; on text data training mentions).
         spec: the panel's size, strata and seed.
     Returns:
-        The panel: ``entity_id``, ``planned``, ``stratum`` (``top``, ``zero`` or ``log_even``), sorted by
-        ``entity_id``.
+        The panel, at most ``spec.size`` people: ``entity_id``, ``planned``, ``stratum`` (``top``, ``zero``
+        or ``log_even``) and ``core`` (bool: in the core, see :class:`PanelSpec`), sorted by ``entity_id``.
     """
     rng = np.random.default_rng([spec.seed, PANEL_STREAM])
     plan = exposure_plan.sort_values("entity_id", ignore_index=True)
     ids, planned = plan["entity_id"].to_numpy(np.int64), plan["planned"].to_numpy(np.int64)
     top = ids[planned >= spec.top_docs]
     zeros = ids[planned == 0]
-    n_zero = min(len(zeros), spec.min_zero)
+    n_zero = min(len(zeros), spec.min_zero, spec.size)
+    cap = max(spec.size - n_zero, 0)
+    if len(top) > cap:  # (text data: many entities above top_docs) a log-even sample keeps the panel at size
+        top = _log_even(rng, top, planned[planned >= spec.top_docs], cap)
     zero = np.sort(rng.choice(zeros, size=n_zero, replace=False)) if n_zero else zeros[:0]
     rest = (planned > 0) & (planned < spec.top_docs)
     n_rest = max(spec.size - len(top) - len(zero), 0)
@@ -117,7 +128,27 @@ def draw_panel(exposure_plan: pd.DataFrame, spec: PanelSpec) -> pd.DataFrame:
     ]
     out = pd.concat(frames, ignore_index=True)
     out["planned"] = pd.Series(planned, index=ids).loc[out["entity_id"]].to_numpy()
-    return out.sort_values("entity_id", ignore_index=True)[["entity_id", "planned", "stratum"]]
+    out = out.sort_values("entity_id", ignore_index=True)[["entity_id", "planned", "stratum"]]
+    # the core: an equal share of min(core, size) per bin of planned documents (water filling), same stream
+    b = np.searchsorted(np.asarray(spec.core_edges), out["planned"].to_numpy(), side="right") - 1
+    have = np.bincount(np.clip(b, 0, None), minlength=len(spec.core_edges))
+    take = np.zeros_like(have)
+    left = min(spec.core, len(out))
+    while left > 0:
+        open_ = np.flatnonzero(take < have)
+        share = max(left // len(open_), 1)
+        for j in open_:
+            add = min(share, have[j] - take[j], left)
+            take[j] += add
+            left -= add
+            if left == 0:
+                break
+    core = np.zeros(len(out), dtype=bool)
+    for j, n in enumerate(take):
+        if n:
+            core[rng.choice(np.flatnonzero(b == j), size=int(n), replace=False)] = True
+    out["core"] = core
+    return out
 
 
 def doc_subjects(labels: StreamLabels, packed: PackedSplit) -> np.ndarray:
@@ -150,25 +181,38 @@ class Rows:
     row_persons: list[list[int]]
 
 
-def pack_documents_into_rows(pieces: list[tuple[PackedSplit, StreamLabels, int, int]], T: int, eos_id: int) -> Rows:
+def pack_documents_into_rows(
+    pieces: list[tuple[PackedSplit, StreamLabels, int, int]], T: int, eos_id: int, groups: list[int] | None = None
+) -> Rows:
     """Pack documents (each a ``(packed split, its labels, doc index, person)``) into rows of ``T`` inputs.
 
     Each row starts with ``<|endoftext|>`` (the context every document has in the training stream) and
-    holds whole documents, each followed by its own ``<|endoftext|>``; a document that does not fit in
-    the row's room starts a new row, one longer than a row is cut. Padding (``<|endoftext|>``) is not
-    probed, nor is the leading ``<|endoftext|>``.
+    holds whole documents, each followed by its own ``<|endoftext|>``, placed first-fit decreasing (the
+    longest first, each into the first row with room, so few rows are padded); a document longer than a
+    row is cut at ``T`` tokens. Padding (``<|endoftext|>``) is not probed, nor is the leading
+    ``<|endoftext|>``. With ``groups`` (one integer per piece) each group gets rows of its own, in group
+    order (the panel's core rows come first).
     """
-    rows: list[list[tuple[PackedSplit, StreamLabels, int, int, int]]] = []
-    room = 0
+    # first-fit decreasing: longest documents first, each into the first row with room (fewer rows to probe)
+    items = []
     for packed, labels, d, person in pieces:
         a, b = int(packed.doc_offsets[d]), int(packed.doc_offsets[d + 1])  # b - 1 is the document's EOS
-        n = b - a
-        if not rows or n > room:
+        items.append((packed, labels, a, min(b - a, T), person))  # T + 1 tokens per row, one the leading EOS
+    grp = list(groups) if groups is not None else [0] * len(items)
+    order = sorted(range(len(items)), key=lambda i: (grp[i], -items[i][3], i))
+    rows: list[list[tuple[PackedSplit, StreamLabels, int, int, int]]] = []
+    room: list[int] = []
+    row_group: list[int] = []
+    for i in order:
+        n = items[i][3]
+        r = next((j for j, left in enumerate(room) if left >= n and row_group[j] == grp[i]), None)
+        if r is None:
             rows.append([])
-            room = T  # T + 1 tokens per row (inputs and the last target), one of them the leading EOS
-        take = min(n, room)
-        rows[-1].append((packed, labels, a, take, person))
-        room -= take
+            room.append(T)
+            row_group.append(grp[i])
+            r = len(rows) - 1
+        rows[r].append(items[i])
+        room[r] -= n
     N = len(rows)
     ids = np.full((N, T + 1), eos_id, dtype=np.int64)
     role = np.full((N, T + 1), ROLE_CODE["eos"], dtype=np.int8)

@@ -68,8 +68,9 @@ def panel_set(
     """The ``panel`` probe set: every panel person's held-out document (module :mod:`densitylab.probes.panel`).
 
     Returns:
-        The probe set (None when no panel person has a held-out document) and the panel table with the
-        columns ``split`` and ``doc`` (packed document, -1 when the person has none) and ``row`` added.
+        The probe set (None when no panel person has a held-out document; its first ``core_rows`` rows hold
+        the panel's core) and the panel table with the columns ``split`` and ``doc`` (packed document, on
+        text data the held-out window; -1 when the person has none) and ``row`` added.
     """
     T = splits["heldout"].block_size
     panel = panel.copy()
@@ -83,15 +84,17 @@ def panel_set(
             subj = doc_subjects(labels[split], splits[split])
             for d in np.flatnonzero(subj >= 0)[::-1]:  # the first document of each subject wins
                 where[int(subj[d])] = (split, int(d))
-        pieces = []
+        pieces, groups = [], []
+        core = panel["core"].to_numpy() if "core" in panel else np.zeros(len(panel), dtype=bool)
         for i, e in enumerate(panel["entity_id"].tolist()):
             if e in where:
                 split, d = where[e]
                 panel.loc[i, ["split", "doc"]] = split, d
                 pieces.append((splits[split], labels[split], d, e))
+                groups.append(0 if core[i] else 1)
         if not pieces:
             return None, panel
-        rows = pack_documents_into_rows(pieces, T, eos_id)
+        rows = pack_documents_into_rows(pieces, T, eos_id, groups)  # the core's rows first
         for r, persons in enumerate(rows.row_persons):
             panel.loc[panel["entity_id"].isin(persons), "row"] = r
     else:  # text: the held-out window holding each entity's first held-out mention
@@ -107,12 +110,17 @@ def panel_set(
         panel.loc[have, "doc"] = np.where(full, windows, -1)
         keep = panel.index[have][full]
         windows = windows[full]
+        if "core" in panel:  # the core's rows first
+            order = np.argsort(~panel.loc[keep, "core"].to_numpy(), kind="stable")
+            keep, windows = keep[order], windows[order]
         if not len(windows):
             return None, panel
         rows = windows_rows(held, labels["heldout"], windows)
         rows.row_persons = [[int(e)] for e in panel.loc[keep, "entity_id"]]
         panel.loc[keep, "row"] = np.arange(len(windows))
     n = len(rows.input_ids)
+    core_ids = set(panel.loc[panel["core"], "entity_id"].tolist()) if "core" in panel else set()
+    n_core = sum(1 for p in rows.row_persons if p and set(p) <= core_ids)  # the first rows, by construction
     probe = ProbeSet(
         "panel",
         rows.input_ids,
@@ -120,6 +128,7 @@ def panel_set(
         targets=rows.targets,
         labels=_labels(rows),
         row_persons=rows.row_persons,
+        core_rows=n_core,
     )
     return probe, panel
 
@@ -132,14 +141,15 @@ def build_probe_sets(
     entities: pd.DataFrame | None = None,
     canaries: pd.DataFrame | None = None,
     panel: PanelSpec | None = None,
-    n_control: int = 16,
+    n_seen: int = 16,
+    n_control: int = 8,
     seed: int = 0,
 ) -> tuple[list[ProbeSet], pd.DataFrame | None]:
     """Draw the density probe sets once, at fit start, from the data alone (never the ledger).
 
     - ``panel``: the person panel's held-out documents, every position labelled with its role and
       person (:mod:`densitylab.probes.panel`, :mod:`densitylab.probes.roles`); never trained on;
-    - ``seen``: ``n_control`` training windows (``sample_ids`` = their windows), labelled the same way,
+    - ``seen``: ``n_seen`` training windows (``sample_ids`` = their windows), labelled the same way,
       canary positions masked; the trained side of the trained-vs-held-out contrast;
     - ``shuffled``: the first ``n_control`` panel rows with their tokens permuted within each row (same
       unigram content, no order);
@@ -154,16 +164,18 @@ def build_probe_sets(
         entities: the entity table (``planned_docs`` on synthetic data), or None (no panel).
         canaries: the canary table (their positions in ``seen`` get role ``canary``), or None.
         panel: how the panel is drawn (default :class:`PanelSpec`).
-        n_control: windows (rows) per control set and in ``seen``.
+        n_seen: training windows in ``seen``.
+        n_control: rows per control set.
         seed: seed of the control sets' draws (the panel has its own, ``panel.seed``).
     Returns:
         ``(sets, panel_table)``: the sets in the order above (``panel`` and ``shuffled`` only when the
         data have a panel) and the panel table (:func:`panel_set`; None without entities).
     Raises:
-        ValueError: if ``n_control`` < 1.
+        ValueError: if ``n_seen`` or ``n_control`` < 1.
     """
-    if isinstance(n_control, bool) or not isinstance(n_control, int) or n_control < 1:
-        raise ValueError(f"callbacks.density.windows_per_set={n_control!r}: expected an integer >= 1")
+    for key, v in (("windows_per_set", n_seen), ("control_rows", n_control)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"callbacks.density.{key}={v!r}: expected an integer >= 1")
     spec = panel or PanelSpec()
     rng = np.random.default_rng(seed)
     train = splits["train"]
@@ -180,7 +192,7 @@ def build_probe_sets(
         probe, table = panel_set(splits, labels, table, eos_id)
         if probe is not None:
             sets.append(probe)
-    w = draw_windows(train, n_control, rng)
+    w = draw_windows(train, n_seen, rng)
     rows = windows_rows(train, labels["train"], w)
     sets.append(
         ProbeSet(

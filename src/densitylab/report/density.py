@@ -240,8 +240,8 @@ def plot_vs_familiarity(
     """``density_vs_familiarity.png``: the pre-registered familiarity bins at one step.
 
     Grid: one column per layer, one row per endpoint role (``name_last``, ``pre_value``). x: the bins
-    ``0``, ``1-3``, ``4-15``, ``16-63``, ``64+`` of the endpoint exposure (``distinct_docs``: documents that
-    mention the person) in ``bin_index`` order; y: the panel mean of ``metric`` (default ``active_frac_live``,
+    ``0``, ``1-3``, ``4-15``, ``16-63``, ``64+`` of the endpoint exposure (``distinct_docs``: documents about the
+    person trained at least once) in ``bin_index`` order; y: the panel mean of ``metric`` (default ``active_frac_live``,
     fraction of live MLP units active per position) with its CI as error bars: within a run CR1 with persons as
     clusters (t on ``n_entities - 1`` df), across runs the t interval across runs. Each bin is annotated with
     ``n_entities`` (persons, under its tick label); a bin with ``status == "insufficient"`` (< ``min_entities``
@@ -325,16 +325,18 @@ def plot_over_training(df: pd.DataFrame, units: pd.DataFrame | None, path: Path,
     """``density_over_training.png``: per layer (columns), against training step (symlog x):
 
     - ``active_frac`` (fraction of MLP units with pre-activation > 0 per position) and ``active_frac_live``
-      (the same over live units only) of the ``panel`` set, whole-set mean (role ``all``, exposure ``all``,
-      bin ``all``), with CI bands (descriptive within a run: clustered by window; across runs: t across runs);
+      (the same over live units only) of the panel's core (``panel_core``: the people probed at every call;
+      ``panel`` when a table has no core rows), whole-set mean (role ``all``, exposure ``all``, bin ``all``),
+      with CI bands (descriptive within a run: clustered by window; across runs: t across runs);
     - ``dead_frac`` (fraction of units that never fire on any probed position; ``probes/units.parquet``,
       ``probe_set == "all"``), with a band across runs when there are several.
 
     ``units`` may be None or empty (then no ``dead_frac`` line).
     """
     plt = pyplot()
+    src = "panel_core" if (df["probe_set"] == "panel_core").any() else "panel"
     whole = df[
-        (df["probe_set"] == "panel")
+        (df["probe_set"] == src)
         & (df["role"] == "all")
         & (df["exposure"] == "all")
         & (df["bin"] == "all")
@@ -351,7 +353,7 @@ def plot_over_training(df: pd.DataFrame, units: pd.DataFrame | None, path: Path,
         for metric in ("active_frac", "active_frac_live"):
             d = whole[(whole["layer"] == layer) & (whole["metric"] == metric)].sort_values("step")
             if len(d):
-                ax.plot(d["step"], d["value"], marker=".", color=styles[metric], label=f"{metric} (panel)")
+                ax.plot(d["step"], d["value"], marker=".", color=styles[metric], label=f"{metric} ({src})")
                 _finite_band(ax, d["step"], d["ci_low"], d["ci_high"], styles[metric])
         u = units[units["layer"] == layer].sort_values("step")
         if len(u):
@@ -511,7 +513,8 @@ def density_report(paths: list[str | Path], out_dir: str | Path | None = None) -
             out_dir = common / "report"
     out = Path(out_dir)
     n = f"{len(runs)} runs, mean ± 95% t CI across runs" if len(runs) > 1 else "95% CI, CR1 over persons"
-    plot_over_training(df, units, out / "density_over_training.png", title=f"density over training ({n})")
+    over = n if len(runs) > 1 else "panel means, 95% CI over rows (descriptive)"
+    plot_over_training(df, units, out / "density_over_training.png", title=f"density over training ({over})")
     plot_vs_familiarity(df, out / "density_vs_familiarity.png", note=n)
     table = headline_table(df)
     out.mkdir(parents=True, exist_ok=True)
