@@ -498,3 +498,17 @@ def test_text_data_panel_uses_held_out_mentions_and_the_mentions_exposure(model)
     assert 10 <= nl["n_entities"].min() <= nl["n_entities"].max() <= 12 and (nl["status"] == "ok").all()
     assert (ends.loc[ends["role"] == "pre_value", "status"] == "insufficient").all()  # no attribute values on text
     assert "L0/name_last/slope" in headline
+
+
+def test_pool_rows_count_firing_over_the_first_rows_alone(model):
+    """Live and dead units come from the pool (the panel's core at a whole-panel call): its counts equal a
+    measurement of those rows alone, and a core of 0 rows means the whole set."""
+    ids = torch.randint(0, 64, (10, 16), generator=torch.Generator().manual_seed(8))
+    probed = torch.rand(10, 16, generator=torch.Generator().manual_seed(9)) < 0.7
+    whole = measure_density(model, ids, batch_size=3, probed=probed, pool_rows=4)
+    alone = measure_density(model, ids[:4], batch_size=3, probed=probed[:4])
+    assert np.array_equal(whole.pool[0], alone.fire_counts) and whole.pool[1] == alone.n_positions
+    assert whole.n_positions == int(probed.sum()) and not np.array_equal(whole.fire_counts, alone.fire_counts)
+    assert np.isnan(whole.positions["L0/hoyer"][~probed.numpy()]).all()
+    s = ProbeSet("panel", ids, torch.full((10,), -1), core_rows=0)
+    assert s.core() is s

@@ -294,3 +294,15 @@ def test_density_report_writes_plots_and_headline_for_one_run_and_for_seeds(tmp_
         old / "probes" / "density.parquet"
     )
     assert main([str(old)]) == 2 and "view/bucket" in capsys.readouterr().err
+
+
+def test_aggregate_runs_keeps_no_variation_slopes_out_of_the_estimates():
+    """A slope with no variation in exposure (step 0) in any run stays no_variation with NaN, never "ok"."""
+    a, b = density_frame(steps=(0,)), density_frame(steps=(0,))
+    flat = (a["estimand"] == "slope") & (a["layer"] == 0)
+    a.loc[flat, ["value", "ci_low", "ci_high"]] = np.nan
+    a.loc[flat, "status"] = "no_variation"
+    out = rd.aggregate_runs([a, b])
+    s = _pick(out, layer=0, role="name_last", estimand="slope")
+    assert (s["status"] == "no_variation").all() and s[["value", "ci_low", "ci_high"]].isna().all().all()
+    assert (_pick(out, layer=1, role="name_last", estimand="slope")["status"] == "ok").all()

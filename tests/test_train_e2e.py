@@ -375,9 +375,14 @@ def test_smoke_density_records_every_layer_set_role_and_step(smoke_run: Path):
     assert steps == [0, 1, 4, 16, 20, 40, 60, 80]
     assert sorted(df["step"].unique()) == steps
     assert {"role", "exposure", "bin", "estimand", "n_entities", "status"} <= set(df.columns)
-    assert set(df["probe_set"]) == {"panel", "seen", "shuffled", "random", "random_seen"}
+    assert set(df["probe_set"]) == {"panel", "panel_core", "seen", "shuffled", "random", "random_seen"}
     sets = pd.read_parquet(smoke_run / "probes" / "probe_sets.parquet")
-    assert set(sets["probe_set"]) == set(df["probe_set"])
+    assert set(sets["probe_set"]) | {"panel_core"} == set(df["probe_set"])  # panel_core: the panel's first rows
+    core = df[(df["probe_set"] == "panel_core") & (df["metric"] == "active_frac") & (df["layer"] == 0)]
+    assert sorted(core["step"]) == steps and core["n_entities"].nunique() == 1  # the same people at every call
+    panel_n = df[(df["probe_set"] == "panel") & (df["role"] == "all") & (df["metric"] == "active_frac")]
+    panel_n = panel_n[panel_n["layer"] == 0].set_index("step")["n_entities"]
+    assert panel_n.loc[1] == panel_n.loc[4] < panel_n.loc[0] == panel_n.loc[20] == panel_n.loc[80]  # core early
     panel_rows = sets[sets["probe_set"] == "panel"]
     assert {"roles", "persons", "panel_persons"} <= set(sets.columns)
     assert sorted(p for ps in panel_rows["panel_persons"] for p in ps) == sorted(

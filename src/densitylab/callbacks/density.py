@@ -113,7 +113,7 @@ class DensityCallback(ProbeCallback):
             else:
                 e = dict(endpoints or {})
                 for k in ("secondary", "roles", "bin_edges"):
-                    if k in e and not isinstance(e[k], str):
+                    if k in e and e[k] is not None and not isinstance(e[k], str):
                         e[k] = tuple(e[k])
                 self.spec = EndpointSpec(**e)
             if isinstance(panel, PanelSpec):
@@ -124,7 +124,7 @@ class DensityCallback(ProbeCallback):
             bad = str(err).split("argument")[-1].strip(" '")
             raise ConfigError(
                 f"callbacks.density: unknown panel or endpoints setting {bad!r}: expected panel.{{size, top_docs, "
-                "min_zero, seed}, endpoints.{metric, secondary, exposure, roles, bin_edges, min_entities, level}"
+                "min_zero, seed, core}, endpoints.{metric, secondary, exposure, roles, bin_edges, min_entities, level}"
             ) from None
         except ValueError as err:
             raise ConfigError(str(err).splitlines()[0]) from None
@@ -191,13 +191,24 @@ class DensityCallback(ProbeCallback):
             positions wait in ``self._units`` / ``self._positions`` for :meth:`add_records`.
         """
         ledger = self.dependency("ledger").ledger
-        full = self._final or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+        max_steps = getattr(trainer, "max_steps", -1) or -1
+        full = (
+            self._final
+            or step == 0
+            or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+            or (max_steps > 0 and step >= max_steps)  # a scheduled call at the last step reads the whole panel
+        )
         sets = dict(self.sets)
         if not full and "panel" in sets:  # the log-spaced early calls read the panel's core only
             sets["panel"] = sets["panel"].core()
-        metrics = {
+        metrics = {  # live and dead units from the same positions at every call: the core, seen, the controls
             name: measure_density(
-                model, s.input_ids, self.batch_size, final_positions=s.final_positions(), probed=s.probed()
+                model,
+                s.input_ids,
+                self.batch_size,
+                final_positions=s.final_positions(),
+                probed=s.probed(),
+                pool_rows=s.core_rows or None,
             )
             for name, s in sets.items()
         }

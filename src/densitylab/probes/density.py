@@ -7,7 +7,8 @@ units) and r the residual stream (``blocks.ℓ.hook_resid_post``, d units), befo
   ReLU the nonzero fraction of h, for GELU the units on the positive branch, for SwiGLU the gate).
   Li et al., "The Lazy Neuron Phenomenon", arXiv:2210.06313.
 - ``active_frac_live`` = the same count over the *live* units only (units that fire on at least one
-  probed position of this probe call, all probe sets together): active_frac · d_mlp / n_live.
+  pool position of this probe call, all probe sets together; the pool is every probed position, or
+  the density probe's fixed pool: the panel's core, ``seen``, the controls): active_frac · d_mlp / n_live.
   Dead units: Voita et al. 2023, "Neurons in Large Language Models: Dead, N-gram, Positional".
 - ``zero_frac`` = 1 where h is the all-zero vector, else 0 (its mean is the share of such positions).
 - ``hoyer`` = (√n − ‖h‖₁/‖h‖₂) / (√n − 1) (Hoyer 2004): 1 for a one-hot h, 0 for a flat one; a
@@ -80,7 +81,8 @@ def _hoyer_zero(h: torch.Tensor, nonneg: bool = False) -> tuple[torch.Tensor, to
     l1 = a.sum(-1)
     l2 = torch.linalg.vector_norm(a, dim=-1)
     zero = l1 == 0
-    under = (l2 == 0) & ~zero  # tiny vectors whose squares underflow: redo them divided by their max |h_i|
+    # tiny or huge vectors whose squares underflow or overflow: redo them divided by their max |h_i|
+    under = ((l2 < 1e-18) | (l2 > 1e18) | ~torch.isfinite(l2)) & ~zero
     if bool(under.any()):
         u = a[under]
         m = u.amax(-1, keepdim=True)
@@ -232,9 +234,10 @@ class ProbeSet:
     core_rows: int | None = None
 
     def core(self) -> ProbeSet:
-        """The set cut to its first ``core_rows`` rows (itself when ``core_rows`` is None)."""
+        """The set cut to its first ``core_rows`` rows (itself when ``core_rows`` is None or 0); ``spans``
+        (unused by the density probe) is dropped."""
         k = self.core_rows
-        if k is None or k >= len(self.input_ids):
+        if not k or k >= len(self.input_ids):  # no core rows (e.g. text data without them): the whole set
             return self
         return ProbeSet(
             self.name,
@@ -275,11 +278,12 @@ class DensityMeasurement:
         positions: ``"L{i}/{metric}"`` -> (N, T) float32 per-position values for every layer i and metric in
             :data:`POSITION_METRICS`, plus ``"L{n_layer-1}/{metric}"`` for :data:`FINAL_METRICS` (NaN off
             the selected positions).
-        fire_counts: (n_layer, d_mlp) int64: on how many of the N·T positions each MLP unit's
+        fire_counts: (n_layer, d_mlp) int64: on how many of the probed positions each MLP unit's
             pre-activation was > 0.
-        n_positions: N·T, the positions probed.
+        n_positions: the positions probed (N·T when every position is).
         n_windows: N.
         set_metrics: ``"L{i}/participation_ratio"`` -> float (one value for the whole set).
+        pool_fire_counts, pool_positions: the same counts over the ``pool_rows`` only (None: every row).
     """
 
     positions: dict[str, np.ndarray]
@@ -287,6 +291,16 @@ class DensityMeasurement:
     n_positions: int
     n_windows: int
     set_metrics: dict[str, float] = field(default_factory=dict)
+    pool_fire_counts: np.ndarray | None = None
+    pool_positions: int | None = None
+
+    @property
+    def pool(self) -> tuple[np.ndarray, int]:
+        """``(fire counts, positions)`` of the rows in the fixed pool (``pool_rows`` of
+        :func:`measure_density`; default every row): what live and dead units are counted on."""
+        if self.pool_fire_counts is None:
+            return self.fire_counts, self.n_positions
+        return self.pool_fire_counts, int(self.pool_positions)
 
 
 def _residual_metrics(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,6 +323,7 @@ def measure_density(
     batch_size: int = 16,
     final_positions: torch.Tensor | None = None,
     probed: torch.Tensor | None = None,
+    pool_rows: int | None = None,
 ) -> DensityMeasurement:
     """Every density metric of every layer in one streaming pass over mini-batches (activations of one
     mini-batch at a time; only the (N, T) metric values, the (n_layer, d_mlp) firing counts and one
@@ -322,6 +337,8 @@ def measure_density(
         final_positions: (N, T) bool, the positions where the Jin et al. metrics are read on the final
             hidden state after ``ln_f``; default: the last position of each window.
         probed: (N, T) bool, the positions measured (default: all); the others get NaN.
+        pool_rows: also count firing over the first ``pool_rows`` rows alone (the density probe's panel
+            core, probed at every call, so live / dead units come from the same positions at every call).
     Returns:
         A :class:`DensityMeasurement` (``n_positions`` = probed positions).
     """
@@ -337,9 +354,10 @@ def measure_density(
     out = {f"L{i}/{m}": [] for i in range(n_layer) for m in POSITION_METRICS}
     out.update({f"L{last}/{m}": [] for m in FINAL_METRICS})
     fires: list[torch.Tensor | int] = [0] * n_layer
+    pool_fires: list[torch.Tensor | int] = [0] * n_layer
     moments = [_Moments() for _ in range(n_layer)]
     current: dict[str, torch.Tensor] = {}
-    sel: dict[str, torch.Tensor | None] = {"mask": None}
+    sel: dict[str, torch.Tensor | None] = {"mask": None, "pool": None}
     k_top = max(1, math.ceil(0.05 * model.config.n_embd))
     nonneg = getattr(model.config, "activation", "") in ("relu", "relu2")  # hook_post >= 0
 
@@ -357,6 +375,12 @@ def measure_density(
                 else:  # probed positions only: a (1, B·T) x (B·T, n) product
                     count = (m.reshape(1, -1).float() @ fired.reshape(-1, fired.shape[-1])).reshape(-1)
                 fires[layer] = fires[layer] + count.long()  # exact below 2**24 positions per batch
+                pm = sel["pool"]
+                if pm is not None:  # the pool rows of this batch (probed positions only)
+                    pool_fires[layer] = (
+                        pool_fires[layer]
+                        + (pm.reshape(1, -1).float() @ fired.reshape(-1, fired.shape[-1])).reshape(-1).long()
+                    )
             elif kind == "post":
                 h, z = _hoyer_zero(act, nonneg)
                 put(f"L{layer}/hoyer", h)
@@ -382,6 +406,9 @@ def measure_density(
             current.clear()
             pm = probed[s : s + batch_size].to(device)
             sel["mask"] = None if bool(pm.all()) else pm
+            if pool_rows is not None:
+                in_pool = (torch.arange(s, s + len(pm), device=device) < pool_rows).unsqueeze(1)
+                sel["pool"] = pm & in_pool
             ids = input_ids[s : s + batch_size].to(device)
             resid = model(ids, stop_at_layer=n_layer)  # no lm_head: hooks and the final residual only
             mask = final_positions[s : s + batch_size].to(device)
@@ -403,12 +430,17 @@ def measure_density(
         n_positions=int(probed.sum()),
         n_windows=N,
         set_metrics={f"L{i}/participation_ratio": participation_ratio(mo.cov()) for i, mo in enumerate(moments)},
+        pool_fire_counts=None
+        if pool_rows is None
+        else torch.stack([torch.as_tensor(f) for f in pool_fires]).cpu().numpy().astype(np.int64),
+        pool_positions=None if pool_rows is None else int(probed[:pool_rows].sum()),
     )
 
 
 def live_units(measurements: Mapping[str, DensityMeasurement]) -> np.ndarray:
-    """(n_layer, d_mlp) bool: units with pre-activation > 0 on at least one position of any probe set."""
-    return np.sum([m.fire_counts for m in measurements.values()], axis=0) > 0
+    """(n_layer, d_mlp) bool: units with pre-activation > 0 on at least one position of the pool of any probe
+    set (:attr:`DensityMeasurement.pool`: every probed position, or the pool rows when given)."""
+    return np.sum([m.pool[0] for m in measurements.values()], axis=0) > 0
 
 
 # ----------------------------------------------------------------------------- units table
@@ -446,8 +478,10 @@ def unit_records(step: int, measurements: Mapping[str, DensityMeasurement]) -> p
         measurements: probe set name -> :func:`measure_density` output.
     Returns:
         One row per (layer, probe_set, bin) with columns :data:`UNIT_COLUMNS`: ``probe_set`` ``all`` pools
-        every set's positions (the dead / live split of ``active_frac_live`` and the logged
-        ``dead_frac``), the others are each set alone; ``bin_low``/``bin_high`` the bin of
+        every set's pool positions (:attr:`DensityMeasurement.pool`: in the density probe the panel's core,
+        ``seen`` and the controls, the positions probed at every call; the dead / live split of
+        ``active_frac_live`` and the logged ``dead_frac``), the others are each set alone (all its probed
+        positions); ``bin_low``/``bin_high`` the bin of
         :data:`FIRING_RATE_EDGES` (the first bin is [0, 0]); ``count`` units in that bin; ``n_units``
         (d_mlp), ``n_positions``, ``n_dead`` and ``dead_frac`` = n_dead / n_units repeated on every bin
         row of the (layer, probe_set).
@@ -456,8 +490,8 @@ def unit_records(step: int, measurements: Mapping[str, DensityMeasurement]) -> p
     low, high = np.concatenate([[0.0], edges[:-1]]), edges
     groups = {
         "all": (
-            np.sum([m.fire_counts for m in measurements.values()], axis=0),
-            sum(m.n_positions for m in measurements.values()),
+            np.sum([m.pool[0] for m in measurements.values()], axis=0),
+            sum(m.pool[1] for m in measurements.values()),
         )
     }
     groups.update({name: (m.fire_counts, m.n_positions) for name, m in measurements.items()})

@@ -70,6 +70,9 @@ class PanelSpec:
                 raise ValueError(f"callbacks.density.panel.{name}={v!r}: expected an integer >= 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"callbacks.density.panel.seed={self.seed!r}: expected an integer >= 0")
+        e = list(self.core_edges)
+        if not e or e[0] != 0 or any(isinstance(x, bool) or not isinstance(x, int) for x in e) or e != sorted(set(e)):
+            raise ValueError(f"panel core_edges={e!r}: expected increasing integers starting at 0")
 
 
 def _log_even(rng: np.random.Generator, ids: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:

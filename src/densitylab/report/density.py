@@ -58,7 +58,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
-STATUS_RANK = {"ok": 0, "descriptive": 1, "insufficient": 2}  # across runs the worst status wins
+# across runs the worst status wins; an unknown status ranks as insufficient (never silently "ok")
+STATUS_RANK = {"ok": 0, "descriptive": 1, "no_variation": 2, "insufficient": 3}
 
 
 def aggregate_runs(frames: list[pd.DataFrame], level: float = 0.95) -> pd.DataFrame:
@@ -91,7 +92,7 @@ def aggregate_runs(frames: list[pd.DataFrame], level: float = 0.95) -> pd.DataFr
     if len(frames) == 1:
         return frames[0].assign(n_runs=1)
     df = pd.concat(frames, ignore_index=True)
-    df["status_rank"] = df["status"].map(STATUS_RANK).fillna(0).astype("int64")
+    df["status_rank"] = df["status"].map(STATUS_RANK).fillna(STATUS_RANK["insufficient"]).astype("int64")
     g = df.groupby(KEYS, sort=False, dropna=False)
     out = g.agg(
         value=("value", "mean"),
@@ -108,7 +109,7 @@ def aggregate_runs(frames: list[pd.DataFrame], level: float = 0.95) -> pd.DataFr
     t = stats.t.ppf(0.5 + level / 2, np.clip(k - 1, 1, None))
     half = np.where(k >= 2, t * out["sd"].to_numpy(float) / np.sqrt(np.clip(k, 1, None)), np.nan)
     out["ci_low"], out["ci_high"] = out["value"] - half, out["value"] + half
-    bad = out["status"] == "insufficient"
+    bad = out["status"].isin(["insufficient", "no_variation"])
     out.loc[bad, ["value", "ci_low", "ci_high"]] = np.nan
     out = out[[*COLUMNS, "n_runs"]].astype({"n": "int64", "n_windows": "int64", "n_entities": "int64"})
     return out.sort_values(["step", "layer", "probe_set", "role", "metric", "estimand", "bin_index"], ignore_index=True)
