@@ -278,6 +278,37 @@ def probe_call_cost(dm, device, repeats: int = 3) -> dict:
     }
 
 
+def knowledge_call_cost(dm, device, persons: int = 64, repeats: int = 3) -> dict:
+    """Seconds to score ``persons`` × 5 closed-set items (densitylab.probes.knowledge) on the tiny model with the
+    default run's tokenizer: each prompt once, the candidates from its cached keys and values; and the naive
+    reference (every candidate re-reads the prompt) on the first 20 items for the speed-up."""
+    import pandas as pd
+
+    from densitylab.probes.knowledge import knowledge_prompts, measure_knowledge, score_candidates_naive
+
+    people = pd.read_parquet(Path(dm.ground_truth_dir) / "people.parquet")
+    prompts = knowledge_prompts(people, people["entity_id"].tolist()[:persons])
+    model = GPT(GPTConfig(**dict(MODEL, vocab_size=dm.vocab_size, block_size=dm.block_size))).to(device).eval()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        items = measure_knowledge(model, dm.tokenizer, prompts)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for p in prompts[:20]:
+        ids = dm.tokenizer.encode(p.text, add_special_tokens=False).ids
+        cands = [dm.tokenizer.encode(c, add_special_tokens=False).ids for c in p.candidates]
+        score_candidates_naive(model, ids, cands)
+    naive_20 = time.perf_counter() - t0
+    return {
+        "items": len(prompts),
+        "call_s": float(np.median(times)),
+        "tokens": int(items["prompt_tokens"].sum() + items["candidate_tokens"].sum()),
+        "naive_per_item_s": naive_20 / 20,
+        "cached_per_item_s": float(np.median(times)) / len(prompts),
+    }
+
+
 def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tuple[float, int, int]:
     """Seconds of one modularity probe call (every head and MLP group mean-ablated, every task) on the
     tiny model; returns (seconds, components, tasks)."""
@@ -337,6 +368,7 @@ def main() -> None:
     ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default mmap thresholds")
     ap.add_argument("--json", help="also write the numbers to this file")
     ap.add_argument("--only-density", action="store_true", help="time the density probe call only")
+    ap.add_argument("--only-knowledge", action="store_true", help="time closed-set knowledge scoring only")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
@@ -344,6 +376,10 @@ def main() -> None:
 
         tune_malloc()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.only_knowledge:
+        with tempfile.TemporaryDirectory() as cache:
+            print(json.dumps(knowledge_call_cost(synthetic_datamodule(cache), device), indent=2))
+        return
     if args.only_density:
         with tempfile.TemporaryDirectory() as cache:
             probe = probe_call_cost(synthetic_datamodule(cache), device)

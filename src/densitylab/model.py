@@ -120,26 +120,46 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.hook_z = HookPoint()
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        use_cache: bool = False,
+    ):
         """Attend causally.
 
         Args:
             x: (B, T, d) normalised residual stream.
             head_mask: None, (H,) or (B, H) multipliers on each head's output.
+            past: cached ``(k, v)`` of earlier positions, each (B, H, P, d_head) (HF GPT-2's
+                ``layer_past``); the T new positions attend to them and causally to each other.
+            use_cache: also return this layer's ``(k, v)`` over all P + T positions.
         Returns:
-            (B, T, d) attention output (after ``c_proj``).
+            (B, T, d) attention output (after ``c_proj``), and with ``use_cache`` the ``(k, v)`` pair.
         """
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.d_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if past is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
+        else:  # new positions P..P+T-1 see every cached position and the new ones up to themselves
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            P = k.shape[2] - T
+            allowed = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            )
         z = y.transpose(1, 2)  # (B, T, H, d_head)
         if head_mask is not None:
             z = z * head_mask.to(z.dtype).view(-1, 1, self.n_head, 1)
         z = self.hook_z(z)
-        return self.resid_dropout(self.c_proj(z.reshape(B, T, C)))
+        out = self.resid_dropout(self.c_proj(z.reshape(B, T, C)))
+        return (out, (k, v)) if use_cache else out
 
 
 class MLP(nn.Module):
@@ -191,11 +211,21 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Map the residual stream (B, T, d) -> (B, T, d)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        use_cache: bool = False,
+    ):
+        """Map the residual stream (B, T, d) -> (B, T, d); with ``use_cache`` also return the attention's
+        ``(k, v)`` (see :meth:`CausalSelfAttention.forward`)."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_1(x), head_mask)))
-        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln_2(x))))
+        a = self.attn(self.ln_1(x), head_mask, past, use_cache)
+        a, present = a if use_cache else (a, None)
+        x = self.hook_resid_mid(x + self.hook_attn_out(a))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln_2(x))))
+        return (x, present) if use_cache else x
 
 
 class GPT(nn.Module):
@@ -275,38 +305,54 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.d_head * T
 
     def forward(
-        self, idx: torch.Tensor, head_mask: torch.Tensor | None = None, stop_at_layer: int | None = None
-    ) -> torch.Tensor:
+        self,
+        idx: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        stop_at_layer: int | None = None,
+        past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool = False,
+    ):
         """Compute next-token logits.
 
         Args:
-            idx: (B, T) int64 token ids, T <= ``block_size``.
+            idx: (B, T) int64 token ids, P + T <= ``block_size`` (P = cached positions).
             head_mask: optional (L, H) or (B, L, H) multipliers on each head's output
                 (1 keeps a head, 0 zero-ablates it; HF GPT-2's ``head_mask`` convention).
             stop_at_layer: run only blocks ``0 .. stop_at_layer-1`` and return the residual stream
                 (B, T, d) after them, skipping ``ln_f`` and ``lm_head`` (TransformerLens semantics;
                 probes that only read hooks use it).
+            past_key_values: per layer the cached ``(k, v)`` of P earlier positions, each
+                (B, H, P, d_head), as returned with ``use_cache`` (HF GPT-2's ``past_key_values``); ``idx``
+                continues them at positions P.. (inference only: scoring continuations of one prompt).
+            use_cache: also return the per-layer ``(k, v)`` over all P + T positions.
         Returns:
             (B, T, vocab_size) logits (float32 unless run under autocast), or the (B, T, d) residual
-            stream with ``stop_at_layer``.
+            stream with ``stop_at_layer``; with ``use_cache`` a pair ``(output, past_key_values)``.
         Raises:
-            ValueError: if T exceeds ``block_size``.
+            ValueError: if P + T exceeds ``block_size``.
         """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds model.net.block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        P = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if P + T > self.config.block_size:
+            raise ValueError(f"sequence length {P + T} exceeds model.net.block_size={self.config.block_size}")
+        pos = torch.arange(P, P + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        presents = []
         for i, block in enumerate(self.transformer.h):
             if stop_at_layer is not None and i >= stop_at_layer:
-                return x
+                return (x, presents) if use_cache else x
             mask = None
             if head_mask is not None:
                 mask = head_mask[i] if head_mask.dim() == 2 else head_mask[:, i]
-            x = block(x, mask)
+            if past_key_values is None and not use_cache:
+                x = block(x, mask)  # the training path, unchanged
+            else:
+                x, present = block(x, mask, None if past_key_values is None else past_key_values[i], True)
+                presents.append(present)
         if stop_at_layer is not None:
-            return x
-        return self.lm_head(self.transformer.ln_f(x))
+            return (x, presents) if use_cache else x
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return (logits, presents) if use_cache else logits
 
     @contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str, Callable]]) -> Iterator[GPT]:
