@@ -145,3 +145,21 @@ def test_measure_knowledge_scores_every_item_with_a_real_tokenizer(model):
     assert (items["p_true"].between(0, 1)).all() and (items["candidate_tokens"] > 0).all()
     for it in items.itertuples():
         assert it.predicted in {c.strip() for p in prompts if p.attribute == it.attribute for c in p.candidates}
+    for p, it in zip(prompts, items.itertuples()):  # the batched path equals one prompt at a time
+        ids = tok.encode(p.text, add_special_tokens=False).ids
+        cands = [tok.encode(c, add_special_tokens=False).ids for c in p.candidates]
+        alone = item_scores(score_candidates(small, ids, cands), p.candidates.index(" " + p.answer))
+        assert it.p_true == pytest.approx(alone["p_true"], abs=1e-5) and it.correct == alone["correct"]
+
+
+def test_batched_prompts_score_as_each_prompt_alone(model):
+    from densitylab.probes.knowledge import score_candidates_batch
+
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 97, (7,), generator=g).tolist() for _ in range(5)]
+    cands = [torch.randint(0, 97, (int(n),), generator=g).tolist() for n in (2, 1, 4)]
+    batch = score_candidates_batch(model, prompts, cands, max_rows=6)  # 2 prompts per candidate pass
+    alone = np.stack([score_candidates(model, p, cands) for p in prompts])
+    assert batch.shape == (5, 3) and np.allclose(batch, alone, atol=1e-4)
+    with pytest.raises(ValueError, match="expected one length"):
+        score_candidates_batch(model, [[1, 2], [3]], cands)

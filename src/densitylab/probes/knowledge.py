@@ -159,6 +159,50 @@ def score_candidates(model, prompt_ids: Sequence[int], candidate_ids: Sequence[S
 
 
 @torch.no_grad()
+def score_candidates_batch(
+    model, prompt_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[int]], max_rows: int = 2048
+) -> np.ndarray:
+    """:func:`score_candidates` for B prompts of **equal length** sharing one candidate list: the prompts run
+    as one batch, and B·C continuations (at most ``max_rows`` rows per forward) continue from their caches.
+
+    Args:
+        model: a :class:`densitylab.model.GPT` in eval mode.
+        prompt_ids: B prompts, each P >= 1 token ids (the same P).
+        candidate_ids: C candidates, each >= 1 token ids.
+        max_rows: rows per candidate forward pass (memory: rows × longest candidate × vocabulary logits).
+    Returns:
+        (B, C) float64 log-probabilities (nats), equal to :func:`score_candidates` prompt by prompt.
+    Raises:
+        ValueError: for prompts of different lengths, or an empty prompt or candidate.
+    """
+    lengths = {len(p) for p in prompt_ids}
+    if len(lengths) != 1 or 0 in lengths or any(not len(c) for c in candidate_ids):
+        raise ValueError(f"score_candidates_batch: prompts of lengths {sorted(lengths)}: expected one length >= 1")
+    device = next(model.parameters()).device
+    B, C, L = len(prompt_ids), len(candidate_ids), max(len(c) for c in candidate_ids)
+    prompts = torch.as_tensor([list(p) for p in prompt_ids], dtype=torch.int64, device=device)
+    ids = torch.zeros(C, L, dtype=torch.int64, device=device)
+    real = torch.zeros(C, L, dtype=torch.bool, device=device)
+    for j, c in enumerate(candidate_ids):
+        ids[j, : len(c)] = torch.as_tensor(list(c), device=device)
+        real[j, : len(c)] = True
+    out = np.zeros((B, C), dtype=np.float64)
+    per = max(1, max_rows // C)  # prompts per candidate pass
+    for s in range(0, B, per):
+        chunk = prompts[s : s + per]
+        b = len(chunk)
+        logits, past = model(chunk, use_cache=True)
+        total = torch.log_softmax(logits[:, -1].float(), -1)[:, ids[:, 0]].double()  # (b, C)
+        if L > 1:
+            past_c = [(k.repeat_interleave(C, 0), v.repeat_interleave(C, 0)) for k, v in past]
+            cont = model(ids[:, :-1].repeat(b, 1), past_key_values=past_c)  # (b·C, L-1, V), prompt-major
+            logp = torch.log_softmax(cont.float(), -1).gather(-1, ids[:, 1:].repeat(b, 1)[..., None])[..., 0]
+            total = total + (logp.double() * real[:, 1:].repeat(b, 1)).sum(1).view(b, C)
+        out[s : s + b] = total.cpu().numpy()
+    return out
+
+
+@torch.no_grad()
 def score_candidates_naive(model, prompt_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """The same log-probabilities as :func:`score_candidates`, one full forward pass of prompt + candidate per
     candidate (the reference the cached version is tested against)."""
@@ -222,8 +266,9 @@ ITEM_COLUMNS = [
 
 def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt]) -> pd.DataFrame:
     """Score every closed-set item: tokenize each prompt and its candidates (``tokenizer.encode(...).ids``,
-    a ``tokenizers.Tokenizer``), score the candidates from the cached prompt (:func:`score_candidates`) and
-    summarise (:func:`item_scores`). Candidate token ids are encoded once per attribute.
+    a ``tokenizers.Tokenizer``), score the candidates from the cached prompts, batched over the prompts of
+    one length and candidate list (:func:`score_candidates_batch`), and summarise (:func:`item_scores`).
+    Candidate token ids are encoded once per attribute.
 
     Args:
         model: a :class:`densitylab.model.GPT` in eval mode.
@@ -234,14 +279,24 @@ def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt]) -> pd.DataFra
         ``prompt_tokens`` / ``candidate_tokens`` the tokens the item cost (prompt + Σ candidates).
     """
     cache: dict[tuple[str, ...], list[list[int]]] = {}
-    rows = []
+    encoded = []
     for p in prompts:
         if p.candidates not in cache:
             cache[p.candidates] = [tokenizer.encode(c, add_special_tokens=False).ids for c in p.candidates]
+        encoded.append(tokenizer.encode(p.text, add_special_tokens=False).ids)
+    # one batch per (candidate list, prompt length): the prompts run together, their continuations too
+    groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+    for i, (p, ids) in enumerate(zip(prompts, encoded)):
+        groups.setdefault((p.candidates, len(ids)), []).append(i)
+    logps: list[np.ndarray | None] = [None] * len(prompts)
+    for (cands, _), members in groups.items():
+        scores = score_candidates_batch(model, [encoded[i] for i in members], cache[cands])
+        for i, row in zip(members, scores):
+            logps[i] = row
+    rows = []
+    for p, ids, logp in zip(prompts, encoded, logps):
         cand = cache[p.candidates]
-        ids = tokenizer.encode(p.text, add_special_tokens=False).ids
-        truth = p.candidates.index(" " + p.answer)
-        s = item_scores(score_candidates(model, ids, cand), truth)
+        s = item_scores(logp, p.candidates.index(" " + p.answer))
         rows.append(
             {
                 "entity_id": p.entity_id,
