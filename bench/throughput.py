@@ -70,13 +70,19 @@ def make_datamodule(args, cache: str) -> DataModule:
                 "tinyshakespeare.txt, or use --data random"
             )
         files = str(text_dir / "tinyshakespeare.txt")
+    source = TextSource(files=files, cache_dir=str(Path(cache) / "hf_datasets"))
+    return prepared_datamodule(cache, source, CapitalizedEntities(), args.block, args.batch, None)
+
+
+def prepared_datamodule(cache: str, source, entities, block_size: int, batch_size: int, canaries) -> DataModule:
+    """The real DataModule (byte-level BPE, vocab 4096, seed 0) over ``source``, prepared and set up in ``cache``."""
     dm = DataModule(
-        source=TextSource(files=files, cache_dir=str(Path(cache) / "hf_datasets")),
+        source=source,
         tokenizer=TrainedBPE(vocab_size=4096, min_frequency=2),
-        entities=CapitalizedEntities(),
-        block_size=args.block,
-        batch_size=args.batch,
-        canaries=None,
+        entities=entities,
+        block_size=block_size,
+        batch_size=batch_size,
+        canaries=canaries,
         seed=0,
         cache_dir=cache,
         progress=False,
@@ -200,20 +206,8 @@ def synthetic_datamodule(cache: str) -> DataModule:
     """The default run's data (conf/data/synthetic.yaml: 2,000 people, BPE 4096, T = 128, the default canaries)."""
     from densitylab.data import SyntheticEntities, SyntheticSource
 
-    dm = DataModule(
-        source=SyntheticSource(),
-        tokenizer=TrainedBPE(vocab_size=4096, min_frequency=2),
-        entities=SyntheticEntities(),
-        block_size=128,
-        batch_size=32,
-        canaries={"repetitions": [1, 2, 4, 8, 16, 32], "per_group": 4, "length": 64, "alphabet_size": 256},
-        seed=0,
-        cache_dir=cache,
-        progress=False,
-    )
-    dm.prepare_data()
-    dm.setup()
-    return dm
+    canaries = {"repetitions": [1, 2, 4, 8, 16, 32], "per_group": 4, "length": 64, "alphabet_size": 256}
+    return prepared_datamodule(cache, SyntheticSource(), SyntheticEntities(), 128, 32, canaries)
 
 
 def probe_call_cost(dm, device, repeats: int = 3) -> dict:

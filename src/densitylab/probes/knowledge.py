@@ -126,7 +126,8 @@ def score_candidates(model, prompt_ids: Sequence[int], candidate_ids: Sequence[S
     """Log-probability (nats) of each candidate token sequence as the continuation of the prompt.
 
     The prompt runs once (``use_cache``); all candidates continue from its cached keys and values in one
-    batch, right-padded (a causal model's earlier positions never see the padding).
+    batch, right-padded (a causal model's earlier positions never see the padding):
+    :func:`score_candidates_batch` with one prompt.
 
     Args:
         model: a :class:`densitylab.model.GPT` in eval mode.
@@ -139,23 +140,7 @@ def score_candidates(model, prompt_ids: Sequence[int], candidate_ids: Sequence[S
     """
     if not len(prompt_ids) or any(not len(c) for c in candidate_ids):
         raise ValueError("score_candidates: the prompt and every candidate need at least one token")
-    device = next(model.parameters()).device
-    prompt = torch.as_tensor([list(prompt_ids)], dtype=torch.int64, device=device)
-    logits, past = model(prompt, use_cache=True)
-    first = torch.log_softmax(logits[0, -1].float(), -1)  # predicts each candidate's first token
-    C, L = len(candidate_ids), max(len(c) for c in candidate_ids)
-    ids = torch.zeros(C, L, dtype=torch.int64, device=device)
-    real = torch.zeros(C, L, dtype=torch.bool, device=device)
-    for j, c in enumerate(candidate_ids):
-        ids[j, : len(c)] = torch.as_tensor(list(c), device=device)
-        real[j, : len(c)] = True
-    total = first[ids[:, 0]].double()
-    if L > 1:
-        past_c = [(k.expand(C, -1, -1, -1), v.expand(C, -1, -1, -1)) for k, v in past]
-        cont = model(ids[:, :-1], past_key_values=past_c)  # position t predicts candidate token t + 1
-        logp = torch.log_softmax(cont.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-        total = total + (logp.double() * real[:, 1:]).sum(1)
-    return total.cpu().numpy()
+    return score_candidates_batch(model, [prompt_ids], candidate_ids)[0]
 
 
 @torch.no_grad()

@@ -75,15 +75,12 @@ class PanelSpec:
             raise ValueError(f"panel core_edges={e!r}: expected increasing integers starting at 0")
 
 
-def _log_even(rng: np.random.Generator, ids: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
-    """``n`` of ``ids`` (counts >= 1), an equal share per octave of ``counts`` (water filling)."""
-    if n <= 0 or not len(ids):
-        return np.zeros(0, dtype=np.int64)
-    octave = np.floor(np.log2(counts)).astype(np.int64)
-    levels = np.unique(octave)
-    have = np.array([(octave == k).sum() for k in levels])
-    take = np.zeros(len(levels), dtype=np.int64)
-    left = min(n, int(have.sum()))
+def _water_fill(have: np.ndarray, n: int) -> np.ndarray:
+    """How many to take from each stratum: an equal share of ``n`` per stratum, each capped at what it ``has``,
+    the leftover spread over the strata that still have some (water filling). (K,) int64 in, (K,) int64 out."""
+    have = np.asarray(have, dtype=np.int64)
+    take = np.zeros_like(have)
+    left = min(int(n), int(have.sum()))
     while left > 0:
         open_ = np.flatnonzero(take < have)
         share = max(left // len(open_), 1)
@@ -93,6 +90,16 @@ def _log_even(rng: np.random.Generator, ids: np.ndarray, counts: np.ndarray, n: 
             left -= add
             if left == 0:
                 break
+    return take
+
+
+def _log_even(rng: np.random.Generator, ids: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of ``ids`` (counts >= 1), an equal share per octave of ``counts`` (water filling)."""
+    if n <= 0 or not len(ids):
+        return np.zeros(0, dtype=np.int64)
+    octave = np.floor(np.log2(counts)).astype(np.int64)
+    levels = np.unique(octave)
+    take = _water_fill(np.array([(octave == k).sum() for k in levels]), n)
     out = [rng.choice(ids[octave == k], size=int(t), replace=False) for k, t in zip(levels, take) if t]
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
@@ -134,18 +141,7 @@ def draw_panel(exposure_plan: pd.DataFrame, spec: PanelSpec) -> pd.DataFrame:
     out = out.sort_values("entity_id", ignore_index=True)[["entity_id", "planned", "stratum"]]
     # the core: an equal share of min(core, size) per bin of planned documents (water filling), same stream
     b = np.searchsorted(np.asarray(spec.core_edges), out["planned"].to_numpy(), side="right") - 1
-    have = np.bincount(np.clip(b, 0, None), minlength=len(spec.core_edges))
-    take = np.zeros_like(have)
-    left = min(spec.core, len(out))
-    while left > 0:
-        open_ = np.flatnonzero(take < have)
-        share = max(left // len(open_), 1)
-        for j in open_:
-            add = min(share, have[j] - take[j], left)
-            take[j] += add
-            left -= add
-            if left == 0:
-                break
+    take = _water_fill(np.bincount(np.clip(b, 0, None), minlength=len(spec.core_edges)), min(spec.core, len(out)))
     core = np.zeros(len(out), dtype=bool)
     for j, n in enumerate(take):
         if n:
