@@ -273,12 +273,23 @@ def probe_call_cost(dm, device, repeats: int = 3) -> dict:
 
 
 def knowledge_call_cost(dm, device, persons: int = 64, repeats: int = 3) -> dict:
-    """Seconds to score ``persons`` × 5 closed-set items (densitylab.probes.knowledge) on the tiny model with the
-    default run's tokenizer: each prompt once, the candidates from its cached keys and values; and the naive
-    reference (every candidate re-reads the prompt) on the first 20 items for the speed-up."""
+    """Seconds of the knowledge probe on the default run's data and tokenizer with the tiny model, after one epoch
+    of ledger counts: scoring ``persons`` × 5 closed-set items alone (each prompt once, the candidates from its
+    cached keys and values) against the naive reference (every candidate re-reads the prompt; first 20 items);
+    one ``KnowledgeCallback`` call on the panel's core (64 people: scoring, exposure, sources, leak null,
+    curve and hallucination rows) and the last-step call on the whole panel (320 people, core rows too); the
+    end-of-run analysis (GLM slope, 1000-replicate person bootstrap of the AUROCs), outside every timed call;
+    and the default run's total (900 steps: calls at 0, 16, 64, 256 on the core, the whole panel at 900)."""
     import pandas as pd
 
+    from densitylab.callbacks.density import _plan_entities
+    from densitylab.callbacks.knowledge import KnowledgeCallback
+    from densitylab.ledger import ExposureLedger
+    from densitylab.probes import hallucination as H
+    from densitylab.probes import knowledge as K
     from densitylab.probes.knowledge import knowledge_prompts, measure_knowledge, score_candidates_naive
+    from densitylab.probes.panel import PanelSpec, draw_panel
+    from densitylab.probes.sets import exposure_plan
 
     people = pd.read_parquet(Path(dm.ground_truth_dir) / "people.parquet")
     prompts = knowledge_prompts(people, people["entity_id"].tolist()[:persons])
@@ -294,12 +305,40 @@ def knowledge_call_cost(dm, device, persons: int = 64, repeats: int = 3) -> dict
         cands = [dm.tokenizer.encode(c, add_special_tokens=False).ids for c in p.candidates]
         score_candidates_naive(model, ids, cands)
     naive_20 = time.perf_counter() - t0
+    train = dm.splits["train"]
+    led = ExposureLedger.from_packed(train, dm.vocab_size, len(dm.entity_table), device)
+    w = torch.arange(train.n_windows)
+    for s in range(0, len(w), 256):  # one epoch
+        led.update(train.windows()[w[s : s + 256], :-1], w[s : s + 256], 1)
+    led.sync()
+    cb = KnowledgeCallback(seed=0)
+    cb.tokenizer = dm.tokenizer
+    cb.setup_people(people, draw_panel(exposure_plan(dm.splits, _plan_entities(dm)), PanelSpec()))
+    core_s, panel_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cb.measure_with(model, 16, led, final=False)
+        core_s.append(time.perf_counter() - t0)
+    for _ in range(max(1, repeats - 1)):
+        t0 = time.perf_counter()
+        records, _ = cb.measure_with(model, 900, led, final=True)
+        panel_s.append(time.perf_counter() - t0)
+    last = records[records["scope"] == "panel"]
+    t0 = time.perf_counter()
+    K.knowledge_slope(last)
+    H.bootstrap_rows(last, n_boot=1000)
+    end_s = time.perf_counter() - t0
+    core, panel = float(np.median(core_s)), float(np.median(panel_s))
     return {
         "items": len(prompts),
-        "call_s": float(np.median(times)),
+        "scoring_s": float(np.median(times)),
         "tokens": int(items["prompt_tokens"].sum() + items["candidate_tokens"].sum()),
         "naive_per_item_s": naive_20 / 20,
         "cached_per_item_s": float(np.median(times)) / len(prompts),
+        "core_call_s": core,
+        "panel_call_s": panel,
+        "end_analysis_s": end_s,
+        "default_run_s": 4 * core + panel,
     }
 
 

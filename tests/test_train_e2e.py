@@ -99,18 +99,85 @@ def test_wandb_offline_run_holds_train_loss(smoke_run: Path):
     assert any("val/loss" in r for r in history)
 
 
+def test_smoke_knowledge_probe_tables_at_every_scheduled_step(smoke_run: Path):
+    """The knowledge probe of the smoke run: items, curve and hallucination tables at steps 0, 16, 64 (the core)
+    and 80 (the core and the whole panel), scalars in metrics.csv and W&B, plots, and the end analysis."""
+    from densitylab.probes.hallucination import HALLUCINATION_COLUMNS
+    from densitylab.probes.knowledge import CURVE_COLUMNS, RECORD_COLUMNS
+
+    probes = smoke_run / "probes"
+    items = pd.read_parquet(probes / "knowledge.parquet")
+    assert list(items.columns) == RECORD_COLUMNS
+    calls = items.groupby(["step", "scope"]).size().to_dict()
+    assert calls == {(0, "core"): 160, (16, "core"): 160, (64, "core"): 160, (80, "core"): 160, (80, "panel"): 320}
+    panel = pd.read_parquet(probes / "panel.parquet")  # the density probe's panel: the same people
+    assert set(items.loc[items["scope"] == "panel", "entity_id"]) == set(panel["entity_id"])
+    assert set(items.loc[items["scope"] == "core", "entity_id"]) == set(panel.loc[panel["core"], "entity_id"])
+    wrong = ~items["correct"]
+    assert (items.loc[~wrong, "source"] == "correct").all()
+    assert set(items.loc[wrong, "source"]) <= {"leak_comention", "prior", "other"}
+    assert items["known"].between(0, 1).all() and items["p_true"].between(0, 1).all()
+    curve = pd.read_parquet(probes / "knowledge_curve.parquet")
+    hall = pd.read_parquet(probes / "hallucination.parquet")
+    assert list(curve.columns) == CURVE_COLUMNS and list(hall.columns) == HALLUCINATION_COLUMNS
+    assert set(curve["step"]) == set(hall["step"]) == {0, 16, 64, 80}
+    slope = curve[curve["estimand"] == "slope"]
+    assert len(slope) == 1 and slope["step"].iloc[0] == 80 and slope["scope"].iloc[0] == "panel"
+    boot = hall[hall["method"] == "bootstrap"]
+    assert set(boot["statistic"]) == {"auroc_confidence", "auroc_exposure", "auroc_exposure_minus_confidence"}
+    m = pd.read_csv(smoke_run / "metrics.csv")
+    for key in ("knowledge/acc", "hallucination/auroc_confidence", "hallucination/leak_chance_rate"):
+        assert m[key].notna().sum() == 4, key  # one value per call
+    assert m["knowledge/panel/acc"].notna().sum() == 1
+    assert m["perf/knowledge_probe_seconds"].notna().any()
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["knowledge/probe_calls"] == 4 and "hallucination/panel/auroc_exposure_ci_low" in summary
+    history = _wandb_history(smoke_run)
+    assert sum("knowledge/acc" in r for r in history) == 4
+    assert any("hallucination/panel/auroc_confidence" in r for r in history)
+    for name in ("knowledge_vs_exposure.png", "knowledge_over_training.png", "hallucination_auroc.png"):
+        assert (smoke_run / "plots" / name).stat().st_size > 5000, name
+    assert (probes / "knowing_density.parquet").is_file()
+
+
 def test_text_data_trains_on_tinyshakespeare(tmp_path, cache_dir):
     shakespeare = real_text("tinyshakespeare.txt")  # skips when DENSITYLAB_TEXT_DIR has no such file
     run_dir = tmp_path / "run"
+    facts = tmp_path / "facts.jsonl"  # lines of the play: who speaks, and one made-up pair never in the text
+    facts.write_text(
+        "\n".join(
+            json.dumps(f)
+            for f in (
+                {"prompt": "First Citizen:\nBefore we proceed any further, hear me", "answer": "speak",
+                 "entity": "First Citizen"},
+                {"prompt": "ROMEO:\nO, she doth teach the torches to burn", "answer": "bright", "entity": "ROMEO"},
+                {"prompt": "MENENIUS:\nEither you must confess yourselves wondrous", "answer": "malicious",
+                 "entity": "MENENIUS"},
+                {"prompt": "Zanzibar Quixote was born in", "answer": "Paris", "candidates": ["Paris", "speak"]},
+            )
+        )
+        + "\n"
+    )  # fmt: skip
     proc = run_train(
         "experiment=smoke",
         "data=text",
         f"data.source.files={shakespeare}",
         "logger=csv",
+        f"callbacks.knowledge.facts={facts}",
         f"hydra.run.dir={run_dir}",
         cache_dir=cache_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    items = pd.read_parquet(run_dir / "probes" / "knowledge.parquet")
+    assert set(items["scope"]) == {"facts"} and set(items["step"]) == {0, 16, 64, 80}
+    assert (items.groupby("step").size() == 4).all()
+    last = items[items["step"] == 80].set_index("answer")
+    assert last.loc["speak", "exposure"] > 0  # "First Citizen" names trained windows
+    assert math.isnan(last.loc["Paris", "exposure"]) and math.isnan(last.loc["Paris", "cooccurrence"])
+    # co-occurrence of the subject and the answered value, counted in trained windows
+    assert (items.loc[items["entity"] != "", "cooccurrence"] >= 0).all()
+    hall = pd.read_parquet(run_dir / "probes" / "hallucination.parquet")
+    assert "auroc_cooccurrence" in set(hall["statistic"])
     m = pd.read_csv(run_dir / "metrics.csv")
     val = m.dropna(subset=["val/loss"])["val/loss"].to_numpy()
     vocab = json.loads((run_dir / "data.json").read_text())["vocab_size"]
@@ -200,7 +267,14 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "block_size larger than corpus": (["data=text", f"data.source.files={tmp}/tiny.txt"], "block_size"),
         "unknown hub id offline": (["data=hub", "data.source.name=nobody/no-such-dataset"], "nobody/no-such-dataset"),
         "missing checkpoint": ([f"ckpt_path={tmp}/nope.ckpt"], "nope.ckpt"),
+        "bad facts file": ([f"callbacks.knowledge.facts={_bad_facts(tmp)}"], "line 2: field 'answer'"),
     }
+
+
+def _bad_facts(tmp: Path) -> Path:
+    path = tmp / "facts.jsonl"
+    path.write_text('{"prompt": "Paris is the capital of", "answer": "France"}\n{"prompt": "Rome is in"}\n')
+    return path
 
 
 BAD_INPUT_CASES = [
@@ -212,6 +286,7 @@ BAD_INPUT_CASES = [
     "block_size larger than corpus",
     "unknown hub id offline",
     "missing checkpoint",
+    "bad facts file",
 ]
 
 

@@ -267,6 +267,14 @@ def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
 
         plots, table = density_report([output_dir])
         log.info("density report in %s:\n%s", plots, format_table(table))
+    if (output_dir / "probes" / "knowledge_curve.parquet").is_file():
+        from densitylab.report.knowledge import knowledge_headline, knowledge_report
+
+        try:
+            if knowledge_report(output_dir):
+                log.info("knowledge report in %s:\n%s", output_dir / "plots", knowledge_headline(output_dir))
+        except ValueError as err:  # a report never fails a finished run
+            log.warning("knowledge report skipped: %s", str(err).splitlines()[0])
     if (output_dir / "probes" / "modularity.parquet").is_file():
         from densitylab.report.modularity import plot_modularity
 

@@ -6,6 +6,7 @@ its ``cfg.callbacks`` key, resolved by :func:`~densitylab.callbacks.base.connect
 
 from densitylab.callbacks.base import ProbeCallback, connect_callbacks
 from densitylab.callbacks.density import DensityCallback
+from densitylab.callbacks.knowledge import KnowledgeCallback
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.callbacks.memorization import MemorizationCallback
 from densitylab.callbacks.modularity import ModularityCallback
@@ -14,6 +15,7 @@ from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
 __all__ = [
     "DensityCallback",
     "FiniteLossGuard",
+    "KnowledgeCallback",
     "LedgerCallback",
     "MemorizationCallback",
     "ModularityCallback",

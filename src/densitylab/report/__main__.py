@@ -1,4 +1,4 @@
-"""``python -m densitylab.report [density|capacity|compare] RUN_DIR [RUN_DIR ...] [--out DIR]``
+"""``python -m densitylab.report [density|knowledge|capacity|compare] RUN_DIR [RUN_DIR ...] [--out DIR]``
 
 ``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run
 folders or a
@@ -6,6 +6,11 @@ Hydra multirun folder (seeds), mean ± 95% CI across runs (written to ``--out``,
 ``<common parent>/report``). Prints, per layer and endpoint role (``name_last``, ``pre_value``), the final slope of
 ``active_frac_live`` per doubling of exposure and the ``64+`` vs ``0`` bin difference with CIs (persons are the unit:
 CR1 within a run, t across runs; bins with < 10 persons are insufficient).
+
+``knowledge``: per run folder, the knowledge probe's plots (``knowledge_vs_exposure.png``,
+``knowledge_over_training.png``, ``hallucination_auroc.png``, in ``RUN_DIR/plots/`` or ``--out``) and its
+headline: accuracy per exposure bin with person-clustered CIs beside chance and the popularity prior, the GLM
+slope, the confident-error rate on zero-exposure people, the leak rate against its chance rate, the AUROCs.
 
 ``capacity``: from an ``experiment=capacity`` multirun folder (or its run folders), each model's
 capacity (plateau of memorized bits over dataset size) and bits per parameter α with a 95% CI
@@ -29,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "density"
-    if argv and argv[0] in ("density", "capacity", "compare"):
+    if argv and argv[0] in ("density", "knowledge", "capacity", "compare"):
         command, argv = argv[0], argv[1:]
     ap = argparse.ArgumentParser(
         prog="python -m densitylab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return _capacity(args)
     if command == "compare":
         return _compare(args)
+    if command == "knowledge":
+        return _knowledge(args)
     from densitylab.report.density import density_report, format_table
 
     try:
@@ -52,6 +59,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {out}/density_over_training.png, {out}/density_vs_familiarity.png, {out}/density_headline.csv")
     print(format_table(table))
+    return 0
+
+
+def _knowledge(args) -> int:
+    from pathlib import Path
+
+    from densitylab.report.knowledge import knowledge_headline, knowledge_report
+
+    try:
+        runs = []
+        for p in map(Path, args.runs):
+            if not p.exists():
+                raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
+            runs += sorted(f.parent.parent for f in p.rglob("probes/knowledge_curve.parquet"))
+        if not runs:
+            raise FileNotFoundError(f"no run folder with probes/knowledge_curve.parquet under {args.runs}")
+        for run in runs:
+            out = None if args.out is None or len(runs) == 1 else Path(args.out) / Path(run).name
+            paths = knowledge_report(run, args.out if len(runs) == 1 else out)
+            print(f"{run}: wrote " + ", ".join(str(p) for p in paths))
+            print(knowledge_headline(run))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

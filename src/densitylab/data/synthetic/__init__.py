@@ -1,8 +1,9 @@
 """The synthetic familiarity corpus: bioS-style biographies with Zipf-distributed exposure.
 
 This module generates, deterministically from a seed and without any network access, a corpus of
-short synthetic biographies in the style of the bioS data set of Allen-Zhu & Li, "Physics of
-Language Models: Part 3.3, Knowledge Capacity Scaling Laws" (arXiv:2404.05405).
+short synthetic biographies in the style of the bioS data set introduced by Allen-Zhu & Li, "Physics of
+Language Models: Part 3.1, Knowledge Storage and Extraction" (arXiv:2309.14316; Part 3.3, arXiv:2404.05405,
+is the knowledge-capacity paper that reuses it).
 
 The corpus
 ----------

@@ -129,8 +129,8 @@ def generate_synthetic(
 ) -> Corpus:
     """Generate the synthetic familiarity corpus (bioS-style biographies, Zipf exposure).
 
-    Biographies follow bioS of Allen-Zhu & Li, "Physics of Language Models: Part 3.3"
-    (arXiv:2404.05405): six attributes per person, one sentence per attribute from six
+    Biographies follow bioS of Allen-Zhu & Li, "Physics of Language Models: Part 3.1"
+    (arXiv:2309.14316): six attributes per person, one sentence per attribute from six
     paraphrase templates, shuffled sentence order, plus a co-mention sentence naming other
     people. See :mod:`densitylab.data.synthetic` for the full description. The defaults equal
     ``conf/data/source/synthetic.yaml`` (checked by ``tests/test_data_config.py``).

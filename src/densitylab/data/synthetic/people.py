@@ -37,7 +37,7 @@ def zipf_doc_counts(n: int, exponent: float, max_docs: int, min_docs: int = 1) -
 
     For ranks ``r = 1..n`` returns ``max(min_docs, round(max_docs * r ** -exponent))`` (round
     half to even, as Python's ``round``), the exposure schedule of the synthetic familiarity
-    corpus (bioS-style data of Allen-Zhu & Li, arXiv:2404.05405, with Zipf-distributed
+    corpus (bioS-style data of Allen-Zhu & Li, Physics of LMs 3.1, arXiv:2309.14316, with Zipf-distributed
     exposure instead of a fixed count).
 
     Args:
