@@ -105,7 +105,7 @@ class KnowledgeCallback(ProbeCallback):
         tau: float = 0.5,
         known_threshold: float = 0.5,
         n_boot: int = 1000,
-        seed: int = 0,
+        seed: int,
         facts: str | None = None,
     ) -> None:
         super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs={"ledger": ledger})
@@ -488,6 +488,19 @@ class KnowledgeCallback(ProbeCallback):
             level=self.level,
         )
         write_parquet_atomic(table, path)
+
+    def figures(self, step: int, records: pd.DataFrame) -> dict:
+        """``knowledge/vs_exposure`` (accuracy against exposure at the steps so far) and ``knowledge/auroc``
+        (the AUROCs and confident errors over training) as W&B images
+        (:mod:`densitylab.report.knowledge`)."""
+        from densitylab.report.knowledge import plot_hallucination_auroc, plot_knowledge_vs_exposure
+
+        if not self.curve_rows:
+            return {}
+        return {
+            "knowledge/vs_exposure": plot_knowledge_vs_exposure(pd.concat(self.curve_rows, ignore_index=True), None),
+            "knowledge/auroc": plot_hallucination_auroc(pd.concat(self.halluc_rows, ignore_index=True), None),
+        }
 
     def final_metrics(self) -> dict[str, float]:
         """``summary.json``: the last call's scalars (the whole panel's at the last step), the end analysis'

@@ -11,9 +11,10 @@ only), ``facts`` (a user facts file). Exposure bins are those of the density pro
 here): the unit of replication is the **person**: accuracy rows are cluster means with a CR1 t interval (persons
 as clusters); a bin with < 10 persons is ``status == "insufficient"`` and no claim is made from it (drawn hollow,
 labelled ``n<10``); the AUROC CIs are a person bootstrap (last step only; ``point`` rows have NaN CIs).
-Accuracy against exposure follows Allen-Zhu & Li, "Physics of Language Models 3.1/3.3" (knowledge storage and
-capacity per exposure); the confident-error (hallucination) and AUROC statistics follow Kadavath et al. 2022,
-"Language Models (Mostly) Know What They Know" (calibration of confidence against correctness).
+Accuracy against exposure follows Kandpal et al. 2023, "Large Language Models Struggle to Learn Long-Tail
+Knowledge" (arXiv:2211.08411; on the bioS biographies of Allen-Zhu & Li, "Physics of Language Models: Part 3.1",
+arXiv:2309.14316); the AUROC of the model's confidence against a data statistic for telling wrong answers is
+QuCo-RAG's comparison (Min et al. 2025, arXiv:2512.19134).
 """
 
 from __future__ import annotations
@@ -209,8 +210,13 @@ def _pooled(rows: pd.DataFrame, col: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------------- plots
-def plot_knowledge_vs_exposure(curve: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """``knowledge_vs_exposure.png``: accuracy of the multiple-choice knowledge probe against the exposure bin.
+def _save(fig, path):
+    """``path=None``: the figure itself (the caller closes it: a W&B image); else write it and return ``path``."""
+    return fig if path is None else save_figure(fig, path)
+
+
+def plot_knowledge_vs_exposure(curve: pd.DataFrame, path: str | Path | None, title: str = ""):
+    """``knowledge_vs_exposure.png``: accuracy of the closed-set knowledge probe against the exposure bin.
 
     x: the exposure bins (``0``, ``1-3``, ``4-15``, ``16-63``, ``64+`` of ``distinct_docs``: documents about the
     person trained on) in ``bin_index`` order, each tick annotated with the reference rows' ``n_entities``
@@ -220,17 +226,17 @@ def plot_knowledge_vs_exposure(curve: pd.DataFrame, path: str | Path, title: str
     plus the last step's ``panel`` scope drawn thick in black. A bin with ``status == "insufficient"``
     (< 10 persons) is a hollow grey marker labelled ``n<10``, not joined to the line, without an error bar (at the
     bottom when its value is NaN). Dashed: the chance level (mean 1/n_candidates) and the popularity prior
-    (always answering each attribute's most common value, Allen-Zhu & Li's "prior" baseline), per bin as step
+    (always answering each attribute's most common value across people), per bin as step
     lines, of the reference rows (last panel step, else the last line step). The title ends with the reference
     rows' ``n_entities``. No rows: a figure saying so.
 
     Args:
         curve: rows of ``probes/knowledge_curve.parquet`` (other estimands / attributes are ignored).
-        path: the PNG to write (its folder is created).
+        path: the PNG to write (its folder is created); None: return the matplotlib Figure instead.
         title: the start of the title (default ``"accuracy against exposure"``).
 
     Returns:
-        ``path``.
+        ``path`` (the Figure when ``path`` is None).
     Raises:
         ValueError: if a non-empty ``curve`` lacks a key column (see the module docstring).
     """
@@ -240,7 +246,7 @@ def plot_knowledge_vs_exposure(curve: pd.DataFrame, path: str | Path, title: str
     line_scope = _first_scope(binned, ("core", "facts"))
     panel = binned[binned["scope"] == "panel"]
     if line_scope is None and not len(panel):
-        return save_figure(_empty_figure(plt, "no accuracy rows by exposure bin (core / panel / facts)"), path)
+        return _save(_empty_figure(plt, "no accuracy rows by exposure bin (core / panel / facts)"), path)
     labels = bin_labels(binned)
     n = len(labels)
     lines = binned[binned["scope"] == line_scope] if line_scope else binned.iloc[:0]
@@ -305,10 +311,10 @@ def plot_knowledge_vs_exposure(curve: pd.DataFrame, path: str | Path, title: str
         f"{title or 'accuracy against exposure'} ({ref_scope} step {ref_step}: n_entities={n_ent})", fontsize=9
     )
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
-def plot_knowledge_over_training(curve: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+def plot_knowledge_over_training(curve: pd.DataFrame, path: str | Path | None, title: str = ""):
     """``knowledge_over_training.png``: accuracy of the ``core`` scope (the persons probed at every call; ``facts``
     when a run has no core rows) against training step (symlog x, linthresh 1).
 
@@ -319,11 +325,11 @@ def plot_knowledge_over_training(curve: pd.DataFrame, path: str | Path, title: s
 
     Args:
         curve: rows of ``probes/knowledge_curve.parquet`` (estimand ``accuracy``, attribute ``all`` are used).
-        path: the PNG to write.
+        path: the PNG to write; None: return the matplotlib Figure instead.
         title: the title (default ``"knowledge over training (<scope>, 95% CI over persons)"``).
 
     Returns:
-        ``path``.
+        ``path`` (the Figure when ``path`` is None).
     Raises:
         ValueError: if a non-empty ``curve`` lacks a key column.
     """
@@ -331,7 +337,7 @@ def plot_knowledge_over_training(curve: pd.DataFrame, path: str | Path, title: s
     acc = _accuracy(_normalize(curve, CURVE_COLUMNS, "estimand"))
     scope = _first_scope(acc, ("core", "facts"))
     if scope is None:
-        return save_figure(_empty_figure(plt, "no core (or facts) accuracy rows over training"), path)
+        return _save(_empty_figure(plt, "no core (or facts) accuracy rows over training"), path)
     d = acc[acc["scope"] == scope]
     labels = bin_labels(d[d["bin_index"] >= 0]) if (d["bin_index"] >= 0).any() else []
     fig, ax = plt.subplots(figsize=(9.5, 4.6), dpi=110)
@@ -369,14 +375,14 @@ def plot_knowledge_over_training(curve: pd.DataFrame, path: str | Path, title: s
         title or f"knowledge over training ({scope}, 95% CI over persons; hollow: n<{MIN_ENTITIES})", fontsize=9
     )
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def _stat_rows(h: pd.DataFrame, statistic: str, bins: tuple[str, ...]) -> pd.DataFrame:
     return h[(h["statistic"] == statistic) & h["bin"].isin(bins)]
 
 
-def plot_hallucination_auroc(halluc: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+def plot_hallucination_auroc(halluc: pd.DataFrame, path: str | Path | None, title: str = ""):
     """``hallucination_auroc.png``: can the model tell when it is wrong, and how often it is confidently wrong.
 
     Left: AUROC (in [0, 1]; 0.5 = no discrimination, dashed) of ``1 - confidence`` (``auroc_confidence``,
@@ -393,18 +399,18 @@ def plot_hallucination_auroc(halluc: pd.DataFrame, path: str | Path, title: str 
 
     Args:
         halluc: rows of ``probes/hallucination.parquet``.
-        path: the PNG to write.
+        path: the PNG to write; None: return the matplotlib Figure instead.
         title: the figure title (default: a description of both panels).
 
     Returns:
-        ``path``.
+        ``path`` (the Figure when ``path`` is None).
     Raises:
         ValueError: if a non-empty ``halluc`` lacks a key column.
     """
     plt = pyplot()
     h = _normalize(halluc, HALLUC_COLUMNS, "statistic")
     if not len(h):
-        return save_figure(_empty_figure(plt, "no hallucination rows"), path)
+        return _save(_empty_figure(plt, "no hallucination rows"), path)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4), dpi=110)
     styles = {"core": "-", "facts": ":"}
     markers = {"panel": "D", "facts": "s"}
@@ -489,7 +495,7 @@ def plot_hallucination_auroc(halluc: pd.DataFrame, path: str | Path, title: str 
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(title or "hallucination: does the model know when it does not know?", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------------- table
