@@ -297,7 +297,7 @@ def knowledge_call_cost(dm, device, persons: int = 64, repeats: int = 3) -> dict
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        items = measure_knowledge(model, dm.tokenizer, prompts)
+        items = measure_knowledge(model, dm.tokenizer, prompts, [dm.eos_id])
         times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     for p in prompts[:20]:
@@ -312,7 +312,7 @@ def knowledge_call_cost(dm, device, persons: int = 64, repeats: int = 3) -> dict
         led.update(train.windows()[w[s : s + 256], :-1], w[s : s + 256], 1)
     led.sync()
     cb = KnowledgeCallback(seed=0)
-    cb.tokenizer = dm.tokenizer
+    cb.tokenizer, cb.prefix = dm.tokenizer, [dm.eos_id]
     cb.setup_people(people, draw_panel(exposure_plan(dm.splits, _plan_entities(dm)), PanelSpec()))
     core_s, panel_s = [], []
     for _ in range(repeats):

@@ -52,20 +52,29 @@ def test_leak_chance_is_the_zero_exposure_answers_mass_on_the_partners_values_of
         ]
     )
     null = H.null_answers(zero, np.ones(4, dtype=bool))
-    assert null["birth_city"].to_dict() == {"Oslo": 0.5, "Lima": 0.25, "Rome": 0.25}
+    assert dict(null["birth_city"]) == {"Oslo": 2, "Lima": 1, "Rome": 1}
     partners = {"birth_city": {0: frozenset({"Oslo", "Rome"}), 1: frozenset()}}
     items = _items(
         [
             (0, "birth_city", "Rome", "Oslo", False),  # truth Rome: off-truth mass 0.75, partners' off-truth = Oslo 0.5
             (0, "birth_city", "Kyiv", "Lima", False),  # truth Kyiv (no null mass): partners Oslo + Rome = 0.75
-            (1, "birth_city", "Rome", "Lima", False),  # no partners: chance 0
+            (1, "birth_city", "Rome", "Lima", False),  # no partners: no leak possible, left out
             (0, "birth_city", "Rome", "Rome", True),  # right: no chance
         ]
     )
     chance = H.leak_chance(items, partners, null)
     assert chance[0] == pytest.approx(0.5 / 0.75)
     assert chance[1] == pytest.approx(0.75)
-    assert chance[2] == 0.0 and math.isnan(chance[3])
+    assert math.isnan(chance[2]) and math.isnan(chance[3])
+    # a zero-exposure subject is left out of its own null: all answers Oslo 2, Lima 2, Rome 1; person 5 answered
+    # Oslo and Lima, so its null is Oslo 1, Lima 1, Rome 1: with truth Kyiv and partners {Oslo} the chance is
+    # 1/3 (2/5 with its own answers in)
+    both = pd.concat([zero, _items([(5, "birth_city", "Kyiv", "Lima", False)])], ignore_index=True)
+    z = np.ones(5, dtype=bool)
+    null5 = H.null_answers(both, z)
+    loo = H.leak_chance(both, {"birth_city": {5: frozenset({"Oslo"})}}, null5, z)
+    assert loo[0] == pytest.approx(1 / 3) and loo[4] == pytest.approx(1 / 3)
+    assert H.leak_chance(both, {"birth_city": {5: frozenset({"Oslo"})}}, null5)[0] == pytest.approx(2 / 5)
 
 
 def test_auroc_on_a_known_case_and_with_ties():
@@ -173,12 +182,18 @@ def test_hallucination_rows_confident_errors_and_leaks_by_bin():
     leak = np.where(items["entity_id"] % 2 == 0, "leak_comention", "other")
     items["source"] = np.where(items["correct"], "correct", leak)
     items["leak_chance"] = np.where(items["correct"], np.nan, 0.25)
+    items["shortest"] = items["entity_id"] % 3 == 0
+    items["shortest_chance"] = 0.2
     rows = H.hallucination_rows(items, ["0", "1-3", "4-15", "16-63", "64+"]).set_index(["statistic", "bin"])
     zero = items[items["bin_index"] == 0]
     assert rows.loc[("confident_error_rate", "0"), "value"] == pytest.approx(zero["confident_error"].mean())
     wrong = items[~items["correct"]]
     assert rows.loc[("leak_rate", "all"), "value"] == pytest.approx((wrong["source"] == "leak_comention").mean())
     assert rows.loc[("leak_chance_rate", "all"), "value"] == pytest.approx(0.25)
+    assert rows.loc[("shortest_answer_rate", "all"), "value"] == pytest.approx(items["shortest"].mean())
+    assert rows.loc[("shortest_chance_rate", "all"), "value"] == pytest.approx(0.2)
+    shares = rows[rows["method"] == "cluster_wilson"]
+    assert (shares["ci_low"] >= 0).all() and (shares["ci_high"] <= 1).all()
     excess = rows.loc[("leak_excess", "all")]
     assert excess["value"] == pytest.approx(rows.loc[("leak_rate", "all"), "value"] - 0.25)
     auc = rows.loc[("auroc_exposure", "all")]
@@ -222,3 +237,52 @@ def test_knowing_against_density_within_a_bin():
     for r in table.itertuples():
         assert r.n_known == 10 and r.n_unknown == 10 and r.status == "ok"
         assert r.ci_low < 0.10 < r.ci_high and r.diff == pytest.approx(r.known_mean - r.unknown_mean)
+
+
+def test_cluster_proportion_ci_stays_in_the_unit_interval_and_is_never_zero_width():
+    from densitylab.probes.stats import cluster_mean_ci, cluster_proportion_ci
+
+    persons = np.repeat(np.arange(15), 5)
+    p, lo, hi, n, k = cluster_proportion_ci(np.ones(75), persons)  # 15 persons, all right
+    assert p == 1.0 and hi == 1.0 and 0.7 < lo < 0.8 and (n, k) == (75, 15)
+    assert cluster_mean_ci(np.ones(75), persons)[1:3] == (1.0, 1.0)  # the CR1 interval has zero width there
+    p, lo, hi, *_ = cluster_proportion_ci(np.zeros(75), persons)
+    assert p == 0.0 and lo == 0.0 and 0.2 < hi < 0.3
+    # inside (0, 1) it follows the CR1 standard error: close to the CR1 interval when p is far from the bounds
+    rng = np.random.default_rng(0)
+    v = (rng.random(400) < 0.5).astype(float)
+    g = np.repeat(np.arange(80), 5)
+    w = cluster_proportion_ci(v, g)
+    c = cluster_mean_ci(v, g)
+    assert abs(w[1] - c[1]) < 0.01 and abs(w[2] - c[2]) < 0.01
+    # coverage of the true proportion with correlated items: 400 replications of 20 persons x 5 items, each
+    # person right with their own probability (mean 0.9, near the bound where the CR1 interval fails)
+    truth = np.clip(np.random.default_rng(1).normal(0.9, 0.08, 10**6), 0, 1).mean()
+    hits = cr1 = 0
+    for r in range(400):
+        rr = np.random.default_rng(100 + r)
+        person_p = np.clip(rr.normal(0.9, 0.08, 20), 0, 1)
+        x = (rr.random((20, 5)) < person_p[:, None]).astype(float).ravel()
+        _, lo, hi, *_ = cluster_proportion_ci(x, np.repeat(np.arange(20), 5))
+        hits += lo <= truth <= hi
+        _, lo, hi, *_ = cluster_mean_ci(x, np.repeat(np.arange(20), 5))
+        cr1 += lo <= truth <= hi
+    assert hits / 400 >= 0.92 and hits >= cr1  # at least nominal-ish, and no worse than CR1
+
+
+def test_stratified_bootstrap_draws_persons_within_their_stratum():
+    rng = np.random.default_rng(3)
+    persons = np.repeat(np.arange(30), 4)
+    strata = np.where(persons < 10, "top", "rest")
+    score = rng.normal(size=120)
+    wrong = rng.random(120) < 0.5
+    lo, hi = H.bootstrap_auroc(score, wrong, persons, n_boot=300, strata=strata)
+    point = H.auroc(score, wrong)
+    assert lo <= point <= hi
+    # a stratum holding every wrong answer keeps its share in every replicate: the interval is narrower than
+    # when the share of that stratum may vary
+    wrong2 = persons < 10
+    score2 = np.where(wrong2, 0.5, 0.0) + rng.normal(0, 1, 120)
+    a = np.subtract(*H.bootstrap_auroc(score2, wrong2, persons, n_boot=400, strata=strata)[::-1])
+    b = np.subtract(*H.bootstrap_auroc(score2, wrong2, persons, n_boot=400)[::-1])
+    assert a < b

@@ -109,10 +109,18 @@ def test_smoke_knowledge_probe_tables_at_every_scheduled_step(smoke_run: Path):
     items = pd.read_parquet(probes / "knowledge.parquet")
     assert list(items.columns) == RECORD_COLUMNS
     calls = items.groupby(["step", "scope"]).size().to_dict()
-    assert calls == {(0, "core"): 160, (16, "core"): 160, (64, "core"): 160, (80, "core"): 160, (80, "panel"): 320}
+    assert set(calls) == {(0, "core"), (16, "core"), (64, "core"), (80, "core"), (80, "panel")}
+    n_core = calls[(0, "core")]  # 32 people x 5 attributes, less items whose prompt names a candidate
+    assert 150 <= n_core <= 160 and {calls[(s, "core")] for s in (16, 64, 80)} == {n_core}
+    assert 310 <= calls[(80, "panel")] <= 320
     panel = pd.read_parquet(probes / "panel.parquet")  # the density probe's panel: the same people
     assert set(items.loc[items["scope"] == "panel", "entity_id"]) == set(panel["entity_id"])
     assert set(items.loc[items["scope"] == "core", "entity_id"]) == set(panel.loc[panel["core"], "entity_id"])
+    last = items[items["step"] == 80]  # the core's rows at the last step are the panel's rows of those people
+    cols = ["entity_id", "attribute", "predicted", "p_true"]
+    core_rows = last[last["scope"] == "core"][cols].sort_values(cols[:2]).reset_index(drop=True)
+    panel_rows = last[(last["scope"] == "panel") & last["entity_id"].isin(core_rows["entity_id"])][cols]
+    pd.testing.assert_frame_equal(core_rows, panel_rows.sort_values(cols[:2]).reset_index(drop=True))
     wrong = ~items["correct"]
     assert (items.loc[~wrong, "source"] == "correct").all()
     assert set(items.loc[wrong, "source"]) <= {"leak_comention", "prior", "other"}
@@ -125,6 +133,8 @@ def test_smoke_knowledge_probe_tables_at_every_scheduled_step(smoke_run: Path):
     assert len(slope) == 1 and slope["step"].iloc[0] == 80 and slope["scope"].iloc[0] == "panel"
     boot = hall[hall["method"] == "bootstrap"]
     assert set(boot["statistic"]) == {"auroc_confidence", "auroc_exposure", "auroc_exposure_minus_confidence"}
+    shares = hall[hall["method"] == "cluster_wilson"].dropna(subset=["ci_low"])
+    assert (shares["ci_low"] >= 0).all() and (shares["ci_high"] <= 1).all()
     m = pd.read_csv(smoke_run / "metrics.csv")
     for key in ("knowledge/acc", "hallucination/auroc_confidence", "hallucination/leak_chance_rate"):
         assert m[key].notna().sum() == 4, key  # one value per call
@@ -268,12 +278,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "unknown hub id offline": (["data=hub", "data.source.name=nobody/no-such-dataset"], "nobody/no-such-dataset"),
         "missing checkpoint": ([f"ckpt_path={tmp}/nope.ckpt"], "nope.ckpt"),
         "bad facts file": ([f"callbacks.knowledge.facts={_bad_facts(tmp)}"], "line 2: field 'answer'"),
+        "facts prompt too long": ([f"callbacks.knowledge.facts={_long_fact(tmp)}"], "line 1: field 'prompt'"),
     }
 
 
 def _bad_facts(tmp: Path) -> Path:
     path = tmp / "facts.jsonl"
     path.write_text('{"prompt": "Paris is the capital of", "answer": "France"}\n{"prompt": "Rome is in"}\n')
+    return path
+
+
+def _long_fact(tmp: Path) -> Path:  # longer than the smoke model's 64-token context
+    path = tmp / "long.jsonl"
+    path.write_text(json.dumps({"prompt": "the cat sat on the mat " * 40, "answer": "a", "candidates": ["a", "b"]}))
     return path
 
 
@@ -287,6 +304,7 @@ BAD_INPUT_CASES = [
     "unknown hub id offline",
     "missing checkpoint",
     "bad facts file",
+    "facts prompt too long",
 ]
 
 

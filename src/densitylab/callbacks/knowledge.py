@@ -79,6 +79,8 @@ class KnowledgeCallback(ProbeCallback):
         n_boot: person-bootstrap replicates of the AUROC intervals (at the end).
         seed: the bootstrap's seed.
         facts: a facts file (JSON lines: ``prompt``, ``answer``, optional ``candidates``, ``entity``).
+        prefix_eos: put ``<|endoftext|>`` before every prompt, so it starts a document as the training
+            biographies do.
 
     Raises:
         ConfigError: at construction, for a bad setting or a bad facts file (one line naming the line and the
@@ -107,6 +109,7 @@ class KnowledgeCallback(ProbeCallback):
         n_boot: int = 1000,
         seed: int,
         facts: str | None = None,
+        prefix_eos: bool = True,
     ) -> None:
         super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs={"ledger": ledger})
         where = "callbacks.knowledge"
@@ -150,6 +153,10 @@ class KnowledgeCallback(ProbeCallback):
         self.edges, self.labels, self.exposure = tuple(e), _bin_labels(e), exposure
         self.min_entities, self.level, self.tau, self.known_threshold = min_entities, level, tau, known_threshold
         self.n_boot, self.seed = n_boot, seed
+        if not isinstance(prefix_eos, bool):
+            raise ConfigError(f"{where}.prefix_eos={prefix_eos!r}: expected true or false")
+        self.prefix_eos = prefix_eos
+        self.prefix: list[int] = []
         self.facts_path = None if facts in (None, "") else Path(str(facts))
         self.facts = None
         if self.facts_path is not None:
@@ -157,6 +164,8 @@ class KnowledgeCallback(ProbeCallback):
 
             self.facts = load_facts(self.facts_path)  # ConfigError: one line, the line number and the field
         self.mode = "off"
+        self.exposure_used = exposure
+        self.strata: dict[int, str] = {}
         self.prompts: dict[str, list[K.Prompt]] = {}
         self.curve_rows: list[pd.DataFrame] = []
         self.halluc_rows: list[pd.DataFrame] = []
@@ -184,6 +193,7 @@ class KnowledgeCallback(ProbeCallback):
         turn the probe off with one line when there is neither."""
         dm = trainer.datamodule
         self.tokenizer = dm.tokenizer
+        self.prefix = [int(dm.eos_id)] if self.prefix_eos else []
         if self.facts is not None:
             self._prepare_facts(dm)
             return
@@ -220,6 +230,8 @@ class KnowledgeCallback(ProbeCallback):
             panel: the person panel (``entity_id``, ``core``; :func:`~densitylab.probes.panel.draw_panel`).
         """
         self.mode = "synthetic"
+        self.exposure_used = self.exposure
+        self.strata = dict(zip(panel["entity_id"].tolist(), panel["stratum"].tolist())) if "stratum" in panel else {}
         ids = panel["entity_id"].to_numpy(np.int64)
         core = ids[panel["core"].to_numpy(bool)]
         self.prompts = {
@@ -238,7 +250,16 @@ class KnowledgeCallback(ProbeCallback):
         from densitylab.probes.facts import facts_prompts, string_windows
 
         self.mode = "facts"
+        self.exposure_used = "entity_windows"  # trained windows holding the entity (documents are not known here)
         prompts = facts_prompts(self.facts)
+        for fact, p in zip(self.facts, prompts):  # prompt + the longest candidate must fit the model's context
+            n = len(self.prefix) + len(dm.tokenizer.encode(p.text, add_special_tokens=False).ids)
+            n += max(len(dm.tokenizer.encode(c, add_special_tokens=False).ids) for c in p.candidates)
+            if n > dm.block_size:
+                raise ConfigError(
+                    f"callbacks.knowledge.facts={self.facts_path} line {fact.line}: field 'prompt' with its longest "
+                    f"candidate is {n} tokens: expected at most data.block_size={dm.block_size}"
+                )
         self.prompts = {"facts": prompts}
         strings = sorted({p.entity for p in prompts if p.entity} | {c.strip() for p in prompts for c in p.candidates})
         self.windows = string_windows(dm.splits["train"], dm.tokenizer, strings)
@@ -279,8 +300,6 @@ class KnowledgeCallback(ProbeCallback):
             partners: dict = {}
         else:
             name = self.exposure
-            if name == "distinct_docs" and not ledger.n_docs:
-                name = "mentions"  # no document subjects (never on generator data, kept for symmetry)
             counts = getattr(ledger, f"entity_{name}")().cpu().numpy()
             exposure = counts[e].astype(np.float64)
             partners = H.partner_values(
@@ -296,8 +315,9 @@ class KnowledgeCallback(ProbeCallback):
         items["bin_index"] = np.where(np.isfinite(exposure), b, -1).astype(np.int64)
         items["known"] = K.person_known(items)
         items["source"] = H.classify_sources(items, partners, self.prior_docs)
-        null = H.null_answers(items, exposure == 0)
-        items["leak_chance"] = H.leak_chance(items, partners, null) if partners else math.nan
+        zero = exposure == 0
+        null = H.null_answers(items, zero)
+        items["leak_chance"] = H.leak_chance(items, partners, null, zero) if partners else math.nan
         items["confident_error"] = ~items["correct"].to_numpy(bool) & (items["confidence"].to_numpy() > self.tau)
         items["cooccurrence"] = cooc
         return items[K.RECORD_COLUMNS]
@@ -308,7 +328,7 @@ class KnowledgeCallback(ProbeCallback):
             items,
             self.labels,
             self.prior_people,
-            exposure=self.exposure,
+            exposure=self.exposure_used,
             min_entities=self.min_entities,
             level=self.level,
         )
@@ -331,6 +351,8 @@ class KnowledgeCallback(ProbeCallback):
             ("confident_error_rate", self.labels[0]): "confident_error_rate",
             ("leak_rate", "all"): "leak_rate",
             ("leak_chance_rate", "all"): "leak_chance_rate",
+            ("leak_excess", "all"): "leak_excess",
+            ("shortest_answer_rate", "all"): "shortest_answer_rate",
             ("auroc_confidence", "all"): "auroc_confidence",
             ("auroc_exposure", "all"): "auroc_exposure",
             ("auroc_cooccurrence", "all"): "auroc_cooccurrence",
@@ -340,8 +362,15 @@ class KnowledgeCallback(ProbeCallback):
             if key is None or not math.isfinite(r.value) or r.status == "insufficient":
                 continue
             out[f"hallucination/{prefix}{key}"] = r.value
-            if r.method == "cluster_mean":
+            if r.method in ("cluster_mean", "cluster_wilson"):
                 out[f"hallucination/{prefix}{key}_n_entities"] = float(r.n_entities)
+                if key == "leak_excess":  # the paired test of leak against its chance rate
+                    out.update(
+                        {
+                            f"hallucination/{prefix}{key}_ci_low": r.ci_low,
+                            f"hallucination/{prefix}{key}_ci_high": r.ci_high,
+                        }
+                    )
         return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, model, step: int) -> ProbeResult:
@@ -362,12 +391,12 @@ class KnowledgeCallback(ProbeCallback):
         frames = []
         if self.mode == "facts":
             items = self._annotate(
-                K.measure_knowledge(model, self.tokenizer, self.prompts["facts"]), step, "facts", ledger
+                K.measure_knowledge(model, self.tokenizer, self.prompts["facts"], self.prefix), step, "facts", ledger
             )
             frames.append(items)
         else:
             prompts = self.prompts["panel" if final else "core"]
-            raw = K.measure_knowledge(model, self.tokenizer, prompts)
+            raw = K.measure_knowledge(model, self.tokenizer, prompts, self.prefix)
             if final:
                 frames.append(self._annotate(raw, step, "panel", ledger))
                 core = {p.entity_id for p in self.prompts["core"]}
@@ -436,8 +465,11 @@ class KnowledgeCallback(ProbeCallback):
         self.end_seconds = time.perf_counter() - t0
 
     def _end_analysis(self, trainer: L.Trainer, items: pd.DataFrame, step: int, scope: str) -> None:
-        slope = pd.DataFrame([K.knowledge_slope(items, exposure=self.exposure, level=self.level)])
-        boot = H.bootstrap_rows(items, n_boot=self.n_boot, level=self.level, seed=self.seed)
+        slope = pd.DataFrame([K.knowledge_slope(items, exposure=self.exposure_used, level=self.level)])
+        strata = None  # the panel's design strata: persons are resampled within them
+        if self.mode == "synthetic" and self.strata:
+            strata = np.array([self.strata.get(int(e), "") for e in items["entity_id"]], dtype=object)
+        boot = H.bootstrap_rows(items, n_boot=self.n_boot, level=self.level, seed=self.seed, strata=strata)
         for df in (slope, boot):
             df.insert(0, "scope", scope)
             df.insert(0, "step", step)
@@ -467,6 +499,7 @@ class KnowledgeCallback(ProbeCallback):
             self.log_scalars(trainer, step, scalars)
         if self.mode == "synthetic":
             self._knowing_density(trainer, items)
+        self.log_figures(trainer, step, items)  # the last step's images again, with the bootstrap intervals
 
     def _knowing_density(self, trainer: L.Trainer, items: pd.DataFrame) -> None:
         from densitylab.callbacks.density import DensityCallback

@@ -29,13 +29,14 @@ bootstrap over persons, run once at the end of a run (never in a timed per-step 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from densitylab.probes.stats import cluster_mean_ci
+from densitylab.probes.stats import cluster_mean_ci, cluster_proportion_ci
 
 #: Sources of an answer: right, or where a wrong one comes from.
 SOURCES = ("correct", "leak_comention", "prior", "other")
@@ -118,49 +119,66 @@ def classify_sources(
     return out
 
 
-def null_answers(items: pd.DataFrame, zero: np.ndarray) -> dict[str, pd.Series]:
-    """The null distribution of answers: per attribute, the share of each predicted value among the items of
-    zero-exposure people.
+def null_answers(items: pd.DataFrame, zero: np.ndarray) -> dict[str, Counter]:
+    """The null distribution of answers: per attribute, how often each value was answered for zero-exposure
+    people (counts; :func:`leak_chance` normalises them, leaving the subject's own answers out).
 
     Args:
         items: ``attribute``, ``predicted`` per item.
         zero: (n,) bool, the item's subject has zero exposure.
     Returns:
-        attribute -> Series value -> probability (sums to 1); attributes without zero-exposure items are absent.
+        attribute -> Counter value -> answers; attributes without zero-exposure items are absent.
     """
     z = items[np.asarray(zero, dtype=bool)]
-    return {a: g["predicted"].value_counts(normalize=True) for a, g in z.groupby("attribute")}
+    return {a: Counter(g["predicted"].tolist()) for a, g in z.groupby("attribute")}
 
 
 def leak_chance(
     items: pd.DataFrame,
     partners: Mapping[str, Mapping[int, frozenset[str]]],
-    null: Mapping[str, pd.Series],
+    null: Mapping[str, Counter],
+    zero: np.ndarray | None = None,
 ) -> np.ndarray:
     """Chance probability that each wrong answer is a partner's value, under the zero-exposure null:
-    Σ_{v ∈ V_s \\ {truth}} Q_a(v) / Σ_{v ≠ truth} Q_a(v), with V_s the partners' values of subject s and
-    Q_a the null distribution of attribute a (:func:`null_answers`).
+    Σ_{v ∈ V_s, v ≠ truth} Q_a(v) / Σ_{v ≠ truth} Q_a(v), with V_s the partners' values of subject s and
+    Q_a the null distribution of attribute a (:func:`null_answers`), leaving out subject s's own answers when s
+    is one of the zero-exposure people the null is built from (leave one person out).
 
     Args:
-        items: ``entity_id``, ``attribute``, ``answer``, ``correct`` per item.
+        items: ``entity_id``, ``attribute``, ``answer``, ``predicted``, ``correct`` per item.
         partners: :func:`partner_values`.
         null: :func:`null_answers`.
+        zero: (n,) bool, the item's subject is in the null (None: none is).
     Returns:
-        (n,) float64; NaN for right answers and where the null puts no mass off the truth.
+        (n,) float64; NaN for right answers, for subjects without a co-mention partner yet (no leak is
+        possible: they are left out of the leak rates) and where the null puts no mass off the truth.
     """
     out = np.full(len(items), math.nan)
-    qs = {a: q.to_dict() for a, q in null.items()}
+    zero = np.zeros(len(items), dtype=bool) if zero is None else np.asarray(zero, dtype=bool)
+    own: dict[tuple[int, str], Counter] = {}
+    for e, a, pred, z in zip(items["entity_id"], items["attribute"], items["predicted"], zero):
+        if z:
+            own.setdefault((int(e), a), Counter())[pred] += 1
     cols = (items["entity_id"], items["attribute"], items["answer"], items["correct"])
     for k, (e, a, t, ok) in enumerate(zip(*cols)):
-        q = qs.get(a)
-        if ok or q is None:
-            continue
-        off = 1.0 - float(q.get(t, 0.0))
-        if off <= 1e-12:
-            continue
+        q = null.get(a)
         v = partners.get(a, {}).get(int(e), frozenset())
-        out[k] = sum(q.get(x, 0.0) for x in v if x != t) / off
+        if ok or q is None or not v:
+            continue
+        q = q - own.get((int(e), a), Counter()) if zero[k] else q
+        total = sum(q.values())
+        off = total - q.get(t, 0)
+        if off <= 0:
+            continue
+        out[k] = sum(q.get(x, 0) for x in v if x != t) / off
     return out
+
+
+def shortest_candidates(candidate_tokens: Sequence[int]) -> np.ndarray:
+    """(C,) bool: the candidates of minimum token length. Summed log-probabilities favour them, most of all
+    early in training; the share of answers among them against their share of the candidates shows how much."""
+    lengths = np.asarray(candidate_tokens)
+    return lengths == lengths.min()
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -207,6 +225,7 @@ def bootstrap_auroc(
     level: float = 0.95,
     seed: int = 0,
     reference: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile interval of :func:`auroc` from a bootstrap over clusters (persons): each replicate draws
     the persons with replacement and weights every item by its person's multiplicity. Vectorised over
@@ -220,27 +239,36 @@ def bootstrap_auroc(
         seed: the replicates' RNG seed.
         reference: (n,) a second score: the interval is then of AUROC(score) − AUROC(reference), both on
             the same replicates (a paired comparison; items where either is NaN are left out).
+        strata: (n,) the design stratum of each item's person (the panel's ``top`` / ``zero`` / ``log_even``):
+            persons are drawn with replacement within their stratum, as the panel was drawn (None: one stratum).
     Returns:
         ``(ci_low, ci_high)``; NaNs with fewer than two persons or without both classes.
     """
     s = np.asarray(score, dtype=np.float64)
     y = np.asarray(positive, dtype=bool)
     g = np.asarray(clusters)
+    st = np.zeros(len(s), dtype=np.int64) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1]
     ok = np.isfinite(s)
     r = None
     if reference is not None:
         r = np.asarray(reference, dtype=np.float64)
         ok &= np.isfinite(r)
         r = r[ok]
-    s, y, g = s[ok], y[ok], g[ok]
+    s, y, g, st = s[ok], y[ok], g[ok], st[ok]
     if not s.size:
         return math.nan, math.nan
-    _, inv = np.unique(g, return_inverse=True)
-    G = int(inv.max()) + 1
+    _, first, inv = np.unique(g, return_index=True, return_inverse=True)
+    G = len(first)
     if G < 2 or y.all() or not y.any():
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    mult = np.stack([np.bincount(rng.integers(0, G, G), minlength=G) for _ in range(n_boot)])  # (B, G)
+    cluster_stratum = st[first]  # (G,)
+    members = [np.flatnonzero(cluster_stratum == k) for k in np.unique(cluster_stratum)]
+    flat = []
+    for idx in members:  # draw each stratum's persons with replacement, as many as it has
+        draws = idx[rng.integers(0, len(idx), (n_boot, len(idx)))]  # (B, G_k)
+        flat.append((draws + (np.arange(n_boot) * G)[:, None]).ravel())
+    mult = np.bincount(np.concatenate(flat), minlength=n_boot * G).reshape(n_boot, G)  # (B, G) multiplicities
     a = _replicates(s, y, inv, mult)
     if r is not None:
         a = a - _replicates(r, y, inv, mult)
@@ -257,12 +285,14 @@ def item_clusters(items: pd.DataFrame) -> np.ndarray:
     return np.where(e >= 0, e, -2 - np.arange(len(e)))
 
 
-def _rate(values: np.ndarray, clusters: np.ndarray, level: float, min_entities: int) -> dict:
-    m, lo, hi, n, k = cluster_mean_ci(values, clusters, level)
-    status = "ok" if k >= min_entities else "insufficient"
-    if n == 0:
-        status = "insufficient"
-    return {"value": m, "ci_low": lo, "ci_high": hi, "n_items": n, "n_entities": k, "status": status}
+def _rate(values: np.ndarray, clusters: np.ndarray, level: float, min_entities: int, share: bool = True) -> dict:
+    """A share (0/1 values: Wilson on the design-effect n, method ``cluster_wilson``) or a mean (CR1 t interval,
+    ``cluster_mean``) with persons as clusters."""
+    ci = cluster_proportion_ci if share else cluster_mean_ci
+    m, lo, hi, n, k = ci(np.asarray(values, dtype=np.float64), clusters, level)
+    status = "ok" if k >= min_entities and n else "insufficient"
+    method = "cluster_wilson" if share else "cluster_mean"
+    return {"value": m, "ci_low": lo, "ci_high": hi, "n_items": n, "n_entities": k, "method": method, "status": status}
 
 
 def wrong_score(items: pd.DataFrame, statistic: str) -> np.ndarray:
@@ -299,14 +329,18 @@ def hallucination_rows(
     """The per-call hallucination statistics of one scope's items (:data:`HALLUCINATION_COLUMNS` but ``step``
     and ``scope``).
 
-    Per exposure bin and pooled (``all``), persons as clusters (CR1 t interval): ``confident_error_rate``
-    (share of all items that are confident errors), and over the wrong items ``leak_rate``,
-    ``leak_chance_rate`` (its null, :func:`leak_chance`), ``leak_excess`` (leak minus chance, item by item),
-    ``prior_rate`` and ``other_rate``. Pooled only: the point AUROCs (:func:`auroc`, method ``point``).
+    Per exposure bin and pooled (``all``), persons as clusters: the shares (Wilson interval on the CR1
+    design-effect sample size, :func:`~densitylab.probes.stats.cluster_proportion_ci`) ``confident_error_rate``
+    (share of all items that are confident errors), ``shortest_answer_rate`` (share of answers that are a
+    candidate of minimum token length) beside ``shortest_chance_rate`` (the mean share of such candidates: what
+    a length-blind answer would give), over the wrong items ``prior_rate`` and ``other_rate``, and over the
+    wrong items of subjects with at least one trained co-mention partner ``leak_rate``; the means (CR1 t
+    interval) ``leak_chance_rate`` (its null, :func:`leak_chance`) and ``leak_excess`` (leak minus chance, item
+    by item: the paired comparison). Pooled only: the point AUROCs (:func:`auroc`, method ``point``).
 
     Args:
         items: one scope's items with ``entity_id, correct, confident_error, source, leak_chance, bin_index,
-            confidence, exposure`` (and ``cooccurrence``).
+            confidence, exposure, shortest, shortest_chance`` (and ``cooccurrence``).
         labels: bin labels, by bin index.
         min_entities: fewer persons: status ``insufficient``.
         level: confidence level.
@@ -316,20 +350,26 @@ def hallucination_rows(
     groups = [("all", -1, np.ones(len(items), dtype=bool))]
     groups += [(lab, b, items["bin_index"].to_numpy() == b) for b, lab in enumerate(labels)]
     wrong = ~items["correct"].to_numpy(bool)
-    leak = (items["source"] == "leak_comention").to_numpy()
+    leak = (items["source"] == "leak_comention").to_numpy(np.float64)
     chance = items["leak_chance"].to_numpy(np.float64)
+    ce = items["confident_error"].to_numpy(np.float64)
+    short, short_chance = items["shortest"].to_numpy(np.float64), items["shortest_chance"].to_numpy(np.float64)
     for lab, b, m in groups:
-        base = {"bin": lab, "bin_index": b, "method": "cluster_mean"}
-        ce = items["confident_error"].to_numpy(np.float64)
-        rows.append({"statistic": "confident_error_rate", **base, **_rate(ce[m], g_all[m], level, min_entities)})
+        base = {"bin": lab, "bin_index": b}
+
+        def add(name, v, mask, share=True, base=base):
+            rows.append({"statistic": name, **base, **_rate(v[mask], g_all[mask], level, min_entities, share)})
+
+        add("confident_error_rate", ce, m)
+        add("shortest_answer_rate", short, m)
+        add("shortest_chance_rate", short_chance, m, share=False)
         w = m & wrong
         for name, src in (("prior_rate", "prior"), ("other_rate", "other")):
-            v = (items["source"] == src).to_numpy(np.float64)
-            rows.append({"statistic": name, **base, **_rate(v[w], g_all[w], level, min_entities)})
-        c = w & np.isfinite(chance)  # leak and its null on the same wrong answers
-        rows.append({"statistic": "leak_rate", **base, **_rate(leak[c].astype(float), g_all[c], level, min_entities)})
-        rows.append({"statistic": "leak_chance_rate", **base, **_rate(chance[c], g_all[c], level, min_entities)})
-        rows.append({"statistic": "leak_excess", **base, **_rate(leak[c] - chance[c], g_all[c], level, min_entities)})
+            add(name, (items["source"] == src).to_numpy(np.float64), w)
+        c = w & np.isfinite(chance)  # leak and its null on the same wrong answers (subjects with partners)
+        add("leak_rate", leak, c)
+        add("leak_chance_rate", chance, c, share=False)
+        add("leak_excess", leak - chance, c, share=False)
     for name in auroc_statistics(items):
         s = wrong_score(items, name)
         ok = np.isfinite(s)
@@ -350,7 +390,9 @@ def hallucination_rows(
     return pd.DataFrame(rows, columns=[c for c in HALLUCINATION_COLUMNS if c not in ("step", "scope")])
 
 
-def bootstrap_rows(items: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def bootstrap_rows(
+    items: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0, strata: np.ndarray | None = None
+) -> pd.DataFrame:
     """The AUROCs of :func:`hallucination_rows` with person-bootstrap intervals (method ``bootstrap``), and
     for each data statistic ``{statistic}_minus_confidence`` (e.g. ``auroc_exposure_minus_confidence``): the
     paired difference, the data statistic's AUROC minus the model's, its interval from the same replicates
@@ -361,6 +403,7 @@ def bootstrap_rows(items: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.
         n_boot: bootstrap replicates.
         level: confidence level.
         seed: the replicates' seed.
+        strata: (n,) each item's design stratum (:func:`bootstrap_auroc`).
     """
     wrong = ~items["correct"].to_numpy(bool)
     g = item_clusters(items)
@@ -368,7 +411,7 @@ def bootstrap_rows(items: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.
     for name in auroc_statistics(items):
         s = wrong_score(items, name)
         ok = np.isfinite(s)
-        lo, hi = bootstrap_auroc(s, wrong, g, n_boot, level, seed)
+        lo, hi = bootstrap_auroc(s, wrong, g, n_boot, level, seed, strata=strata)
         value = auroc(s, wrong)
         k = len(np.unique(g[ok]))
         rows.append(
@@ -389,7 +432,7 @@ def bootstrap_rows(items: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.
     for name in auroc_statistics(items)[1:]:  # the data statistic minus the model's confidence, paired
         s = wrong_score(items, name)
         ok = np.isfinite(s) & np.isfinite(conf)
-        lo, hi = bootstrap_auroc(s, wrong, g, n_boot, level, seed, reference=conf)
+        lo, hi = bootstrap_auroc(s, wrong, g, n_boot, level, seed, reference=conf, strata=strata)
         rows.append(
             {
                 "statistic": f"{name}_minus_confidence",

@@ -34,7 +34,7 @@ import torch
 from densitylab.data.synthetic.render import TEMPLATES
 from densitylab.data.synthetic.vocab import MONTHS
 from densitylab.probes.hallucination import item_clusters
-from densitylab.probes.stats import cluster_mean_ci
+from densitylab.probes.stats import cluster_proportion_ci
 
 #: Attributes the knowledge probe asks about (``employer_city`` follows from the employer).
 KNOWLEDGE_ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer")
@@ -97,7 +97,8 @@ def knowledge_prompts(
         attributes: attributes to ask (default :data:`KNOWLEDGE_ATTRIBUTES`).
     Returns:
         The prompts, person by person, attribute by attribute. Pronoun fields in a template (``{his}``) are
-        filled from the person's ``gender`` when the table has it.
+        filled from the person's ``gender`` when the table has it. An item whose prompt holds one of its
+        attribute's candidate values (:func:`prompt_names_a_candidate`) is left out.
     Raises:
         ValueError: for an unknown attribute or a person not in the table.
     """
@@ -122,9 +123,19 @@ def knowledge_prompts(
             options = with_name_templates(attribute)
             i, prefix = options[int(p) % len(options)]  # by person: the same prompt in every subset
             text = prefix.format(name=row["entity"], **pronouns)
+            if prompt_names_a_candidate(text, values[attribute]):
+                continue  # e.g. the middle name Sydney asked for a birth city: the prompt itself offers an answer
             answer = _answer(attribute, str(row[attribute]))
             out.append(Prompt(int(p), attribute, text, answer, values[attribute], i, str(row["entity"])))
     return out
+
+
+def prompt_names_a_candidate(text: str, candidates: Sequence[str]) -> bool:
+    """True when a candidate value (as whole words) appears in the prompt: such an item is left out, since the
+    prompt would offer that answer to be copied (a middle name that is also a city: "Deborah Sydney Allen is a
+    native of")."""
+    words = f" {' '.join(text.replace('.', ' ').replace(',', ' ').split())} "
+    return any(f" {c.strip()} " in words for c in candidates)
 
 
 @torch.no_grad()
@@ -155,8 +166,8 @@ def score_candidates_batch(
 ) -> np.ndarray:
     """:func:`score_candidates` for B prompts of **equal length** sharing one candidate list: the prompts run
     as one batch, and B·C continuations (at most ``max_rows`` rows per forward) continue from their caches,
-    grouped by candidate length so no position is padding. Each next-token log-probability is a gathered logit
-    minus the logsumexp over the vocabulary (no full log-softmax tensor).
+    grouped by candidate length so no position is padding. A continuation's next-token log-probability is a
+    gathered logit minus the logsumexp over the vocabulary (no log-softmax tensor of the continuations).
 
     Args:
         model: a :class:`densitylab.model.GPT` in eval mode.
@@ -262,10 +273,12 @@ ITEM_COLUMNS = [
     "prompt_tokens",
     "candidate_tokens",
     "n_candidates",
+    "shortest",
+    "shortest_chance",
 ]
 
 
-def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt]) -> pd.DataFrame:
+def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt], prefix_ids: Sequence[int] = ()) -> pd.DataFrame:
     """Score every closed-set item: tokenize each prompt and its candidates (``tokenizer.encode(...).ids``,
     a ``tokenizers.Tokenizer``), score the candidates from the cached prompts, batched over the prompts of
     one length and candidate list (:func:`score_candidates_batch`), and summarise (:func:`item_scores`).
@@ -275,16 +288,21 @@ def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt]) -> pd.DataFra
         model: a :class:`densitylab.model.GPT` in eval mode.
         tokenizer: the run's tokenizer.
         prompts: the items (:func:`knowledge_prompts`).
+        prefix_ids: token ids put before every prompt: ``[eos_id]`` makes the prompt start a document, as every
+            training biography does after its ``<|endoftext|>`` (without it the first token is a position the
+            model never saw a name at).
     Returns:
         One row per item with :data:`ITEM_COLUMNS`; ``predicted`` is the predicted value (no leading space),
-        ``prompt_tokens`` / ``candidate_tokens`` the tokens the item cost (prompt + Σ candidates).
+        ``prompt_tokens`` / ``candidate_tokens`` the tokens the item cost (prompt + Σ candidates), ``shortest``
+        whether the answer is a candidate of minimum token length and ``shortest_chance`` the share of such
+        candidates (summed log-probabilities favour short candidates).
     """
     cache: dict[tuple[str, ...], list[list[int]]] = {}
     encoded = []
     for p in prompts:
         if p.candidates not in cache:
             cache[p.candidates] = [tokenizer.encode(c, add_special_tokens=False).ids for c in p.candidates]
-        encoded.append(tokenizer.encode(p.text, add_special_tokens=False).ids)
+        encoded.append(list(prefix_ids) + tokenizer.encode(p.text, add_special_tokens=False).ids)
     # one batch per (candidate list, prompt length): the prompts run together, their continuations too
     groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
     for i, (p, ids) in enumerate(zip(prompts, encoded)):
@@ -294,6 +312,9 @@ def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt]) -> pd.DataFra
         scores = score_candidates_batch(model, [encoded[i] for i in members], cache[cands])
         for i, row in zip(members, scores):
             logps[i] = row
+    from densitylab.probes.hallucination import shortest_candidates
+
+    short = {c: shortest_candidates([len(t) for t in ids]) for c, ids in cache.items()}
     rows = []
     for p, ids, logp in zip(prompts, encoded, logps):
         cand = cache[p.candidates]
@@ -310,6 +331,8 @@ def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt]) -> pd.DataFra
                 "prompt_tokens": len(ids),
                 "candidate_tokens": sum(len(c) for c in cand),
                 "n_candidates": len(cand),
+                "shortest": bool(short[p.candidates][s["predicted"]]),
+                "shortest_chance": float(short[p.candidates].mean()),
             }
         )
     return pd.DataFrame(rows, columns=ITEM_COLUMNS)
@@ -395,9 +418,10 @@ def accuracy_curve(
     min_entities: int = 10,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Accuracy per exposure bin and pooled, overall and per attribute, persons as clusters (CR1 t interval,
-    :func:`densitylab.probes.stats.cluster_mean_ci`), with the chance level (mean 1 / candidates) and the
-    popularity prior (accuracy of always answering the attribute's most common value) on the same items
+    """Accuracy per exposure bin and pooled, overall and per attribute, persons as clusters (the Wilson interval
+    on the CR1 design-effect sample size, :func:`densitylab.probes.stats.cluster_proportion_ci`), with the chance
+    level (mean 1 / candidates) and the popularity prior (accuracy of always answering the attribute's most
+    common value) on the same items
     (Kandpal et al. 2023, arXiv:2211.08411: recall against the number of relevant training documents).
 
     Args:
@@ -408,7 +432,8 @@ def accuracy_curve(
         min_entities: fewer persons in a row: status ``insufficient`` (the value is kept, descriptive only).
         level: confidence level.
     Returns:
-        :data:`CURVE_COLUMNS` rows without ``step`` and ``scope`` (estimand ``accuracy``).
+        :data:`CURVE_COLUMNS` rows without ``step`` and ``scope`` (estimand ``accuracy``, method
+        ``cluster_wilson``).
     """
     rows = []
     g = item_clusters(items)
@@ -421,7 +446,7 @@ def accuracy_curve(
         am = np.ones(len(items), dtype=bool) if attribute == "all" else attrs == attribute
         for b, lab in [(-1, "all"), *enumerate(labels)]:
             m = am if b < 0 else am & (bins == b)
-            mean, lo, hi, n, k = cluster_mean_ci(correct[m], g[m], level)
+            mean, lo, hi, n, k = cluster_proportion_ci(correct[m], g[m], level)
             rows.append(
                 {
                     "attribute": attribute,
@@ -436,7 +461,7 @@ def accuracy_curve(
                     "n_entities": k,
                     "chance": float(chance[m].mean()) if n else math.nan,
                     "prior": float(is_prior[m].mean()) if n else math.nan,
-                    "method": "cluster_mean",
+                    "method": "cluster_wilson",
                     "status": "ok" if k >= min_entities else "insufficient",
                 }
             )

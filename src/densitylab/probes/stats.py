@@ -89,3 +89,36 @@ def cr1_ols(
     se = np.sqrt(np.clip(np.diag(V), 0.0, None))
     h = _t(G, level) * se
     return beta, se, beta - h, beta + h, n, G
+
+
+def cluster_proportion_ci(
+    values: np.ndarray, clusters: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float, int, int]:
+    """A proportion (mean of 0/1 ``values``) with a cluster-aware interval inside [0, 1]: the Wilson score
+    interval on the design-effect effective sample size n_eff = p(1 − p) / se², se the CR1 standard error of
+    :func:`cluster_mean_ci` (capped at n; n_eff = k, the number of clusters, when p is 0 or 1, where se = 0),
+    with the t quantile on k − 1 degrees of freedom for z (Kish 1965's design effect; Korn & Graubard 1998,
+    "Confidence intervals for proportions with small expected number of positive counts estimated from survey
+    data"; Dean & Pagano 2015, "Evaluating confidence interval methods for binomial proportions in clustered
+    surveys"). Unlike the CR1 interval it never leaves [0, 1] and never has zero width at p = 0 or 1 (15 persons
+    all right: [0.77, 1]).
+
+    Args:
+        values: (n,) 0/1 (bool or float) per item.
+        clusters: (n,) cluster (person) id of each item.
+        level: confidence level.
+    Returns:
+        ``(p, ci_low, ci_high, n, k)``; ``(p, 0, 1, n, k)`` with fewer than two clusters; NaNs when n == 0.
+    """
+    p, lo, hi, n, k = cluster_mean_ci(values, clusters, level)
+    if n == 0:
+        return p, lo, hi, n, k
+    if k < 2:
+        return p, 0.0, 1.0, n, k
+    z = _t(k, level)
+    se = (hi - p) / z
+    n_eff = float(k) if p <= 0.0 or p >= 1.0 or se <= 0 else min(float(n), p * (1 - p) / se**2)
+    d = 1 + z * z / n_eff
+    center = (p + z * z / (2 * n_eff)) / d
+    half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff)) / d
+    return p, max(0.0, center - half), min(1.0, center + half), n, k

@@ -6,15 +6,15 @@ value, ci_low, ci_high, n_items, n_entities, chance, prior, method, status) and 
 ``plots/knowledge_vs_exposure.png``, ``plots/knowledge_over_training.png`` and ``plots/hallucination_auroc.png``.
 
 Scopes: ``core`` (the fixed subset of persons probed at every knowledge call), ``panel`` (the whole panel, last step
-only), ``facts`` (a user facts file). Exposure bins are those of the density probe (``0``, ``1-3``, ``4-15``,
-``16-63``, ``64+`` of ``distinct_docs``; bin_index 0..4, ``all`` = -1). Inference rule (made by the probe, kept
-here): the unit of replication is the **person**: accuracy rows are cluster means with a CR1 t interval (persons
-as clusters); a bin with < 10 persons is ``status == "insufficient"`` and no claim is made from it (drawn hollow,
-labelled ``n<10``); the AUROC CIs are a person bootstrap (last step only; ``point`` rows have NaN CIs).
-Accuracy against exposure follows Kandpal et al. 2023, "Large Language Models Struggle to Learn Long-Tail
-Knowledge" (arXiv:2211.08411; on the bioS biographies of Allen-Zhu & Li, "Physics of Language Models: Part 3.1",
-arXiv:2309.14316); the AUROC of the model's confidence against a data statistic for telling wrong answers is
-QuCo-RAG's comparison (Min et al. 2025, arXiv:2512.19134).
+only), ``facts`` (a user facts file). Exposure bins are those of the density probe (``0``, ``1-3``, ``4-15``, ``16-63``,
+``64+`` of ``distinct_docs``; bin_index 0..4, ``all`` = -1). Inference rule (made by the probe, kept here): the unit of
+replication is the **person**: accuracy rows are cluster means with a Wilson interval on the CR1 design-effect sample
+size (persons as clusters); a bin with < 10 persons is ``status == "insufficient"`` and no claim is made from it (drawn
+hollow, labelled ``n<10``); the AUROC CIs are a person bootstrap (last step only; ``point`` rows have NaN CIs). Accuracy
+against exposure follows Kandpal et al. 2023, "Large Language Models Struggle to Learn Long-Tail Knowledge"
+(arXiv:2211.08411; on the bioS biographies of Allen-Zhu & Li, "Physics of Language Models: Part 3.1", arXiv:2309.14316);
+the AUROC of the model's confidence against a data statistic for telling wrong answers is QuCo-RAG's comparison (Min et
+al. 2025, arXiv:2512.19134).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ TABLE_COLUMNS = [
     "status",
 ]
 AUROCS = ("auroc_confidence", "auroc_exposure", "auroc_cooccurrence")
+AUROC_DIFFS = ("auroc_exposure_minus_confidence", "auroc_cooccurrence_minus_confidence")
 AUROC_COLORS = {"auroc_confidence": "tab:blue", "auroc_exposure": "tab:orange", "auroc_cooccurrence": "tab:green"}
 # headline scope preference: the whole panel (last step), else the core subset, else a user facts file
 SCOPE_ORDER = ("panel", "core", "facts")
@@ -218,17 +219,16 @@ def _save(fig, path):
 def plot_knowledge_vs_exposure(curve: pd.DataFrame, path: str | Path | None, title: str = ""):
     """``knowledge_vs_exposure.png``: accuracy of the closed-set knowledge probe against the exposure bin.
 
-    x: the exposure bins (``0``, ``1-3``, ``4-15``, ``16-63``, ``64+`` of ``distinct_docs``: documents about the
-    person trained on) in ``bin_index`` order, each tick annotated with the reference rows' ``n_entities``
-    (persons); y: accuracy (estimand ``accuracy``, attribute ``all``; share of items answered correctly, in [0, 1])
-    with the 95% CI (CR1, persons as clusters) as error bars. One line per step of the ``core`` scope (up to five
-    steps evenly spread, first and last included; ``facts`` when a run has no core rows), coloured early → late,
-    plus the last step's ``panel`` scope drawn thick in black. A bin with ``status == "insufficient"``
-    (< 10 persons) is a hollow grey marker labelled ``n<10``, not joined to the line, without an error bar (at the
-    bottom when its value is NaN). Dashed: the chance level (mean 1/n_candidates) and the popularity prior
-    (always answering each attribute's most common value across people), per bin as step
-    lines, of the reference rows (last panel step, else the last line step). The title ends with the reference
-    rows' ``n_entities``. No rows: a figure saying so.
+    x: the exposure bins (``0``, ``1-3``, ``4-15``, ``16-63``, ``64+`` of ``distinct_docs``: documents about the person
+    trained on) in ``bin_index`` order, each tick annotated with the reference rows' ``n_entities`` (persons); y:
+    accuracy (estimand ``accuracy``, attribute ``all``; share of items answered correctly, in [0, 1]) with the 95% CI
+    (Wilson on the CR1 design-effect n, persons as clusters) as error bars. One line per step of the ``core`` scope (up
+    to five steps evenly spread, first and last included; ``facts`` when a run has no core rows), coloured early → late,
+    plus the last step's ``panel`` scope drawn thick in black. A bin with ``status == "insufficient"`` (< 10 persons) is
+    a hollow grey marker labelled ``n<10``, not joined to the line, without an error bar (at the bottom when its value
+    is NaN). Dashed: the chance level (mean 1/n_candidates) and the popularity prior (always answering each attribute's
+    most common value across people), per bin as step lines, of the reference rows (last panel step, else the last line
+    step). The title ends with the reference rows' ``n_entities``. No rows: a figure saying so.
 
     Args:
         curve: rows of ``probes/knowledge_curve.parquet`` (other estimands / attributes are ignored).
@@ -318,10 +318,10 @@ def plot_knowledge_over_training(curve: pd.DataFrame, path: str | Path | None, t
     """``knowledge_over_training.png``: accuracy of the ``core`` scope (the persons probed at every call; ``facts``
     when a run has no core rows) against training step (symlog x, linthresh 1).
 
-    One line per exposure bin (bin label and its persons at the last step in the legend) with its 95% CI band
-    (CR1, persons as clusters); insufficient points (< 10 persons) are hollow and not joined; the pooled ``all``
-    line in black; dashed: the chance level (mean 1/n_candidates), dotted: the popularity prior, both of the pooled
-    rows per step. y: accuracy in [0, 1]. No rows: a figure saying so.
+    One line per exposure bin (bin label and its persons at the last step in the legend) with its 95% CI band (Wilson on
+    the CR1 design-effect n, persons as clusters); insufficient points (< 10 persons) are hollow and not joined; the
+    pooled ``all`` line in black; dashed: the chance level (mean 1/n_candidates), dotted: the popularity prior, both of
+    the pooled rows per step. y: accuracy in [0, 1]. No rows: a figure saying so.
 
     Args:
         curve: rows of ``probes/knowledge_curve.parquet`` (estimand ``accuracy``, attribute ``all`` are used).
@@ -538,15 +538,19 @@ def knowledge_table(curve: pd.DataFrame | None, halluc: pd.DataFrame | None) -> 
     Rows (the whole ``panel`` at its last step; else the ``core`` scope, else ``facts``, at its last step):
 
     - ``accuracy`` per exposure bin (``bin_index`` order) and pooled (bin ``all``, last): share of items answered
-      correctly with the 95% CR1 CI (persons as clusters), ``n_items``, ``n_entities`` (persons), ``chance``
+      correctly with the 95% CI (Wilson on the CR1 design-effect n, persons as clusters), ``n_items``,
+      ``n_entities`` (persons), ``chance``
       (mean 1/n_candidates), ``prior`` (popularity baseline), ``status`` (``insufficient``: < 10 persons);
     - ``slope`` (when the run has it): log-odds of a correct answer per doubling of 1 + exposure (cluster GLM);
     - ``confident_error_rate`` on bin ``0``: the share of zero-exposure persons' items answered wrongly with
       confidence > tau (the hallucination rate; Kadavath et al. 2022);
+    - ``shortest_answer_rate`` against ``shortest_chance_rate`` (bin ``all``): answers that are a candidate of
+      minimum token length, against the share of such candidates (the length bias of summed log-probabilities);
     - ``leak_rate`` and ``leak_chance_rate`` (bin ``all``): wrong answers that are a co-mention partner's value,
-      observed vs expected by chance;
+      observed vs expected by chance, and ``leak_excess``, their paired difference (the test);
     - ``auroc_confidence``, ``auroc_exposure`` (and ``auroc_cooccurrence`` when present): the ``bootstrap`` row
-      (person bootstrap CI) of the last step when there is one, else the ``point`` row (NaN CI).
+      (person bootstrap CI) of the last step when there is one, else the ``point`` row (NaN CI); and the paired
+      ``auroc_exposure_minus_confidence`` (``auroc_cooccurrence_minus_confidence``) from the same replicates.
 
     A quantity without rows is left out; ``None`` or empty inputs give an empty table (with the columns). The
     ``chance``/``prior``/``exposure`` of hallucination rows are NaN/"".
@@ -569,12 +573,19 @@ def knowledge_table(curve: pd.DataFrame | None, halluc: pd.DataFrame | None) -> 
             slope = slope[slope["attribute"] == "all"] if (slope["attribute"] == "all").any() else slope
             rows.append(_table_row("slope", slope[slope["step"] == slope["step"].max()].iloc[-1]))
     h = _normalize(halluc, HALLUC_COLUMNS, "statistic")
-    specs = [("confident_error_rate", ("0",)), ("leak_rate", ("all",)), ("leak_chance_rate", ("all",))]
+    specs = [
+        ("confident_error_rate", ("0",)),
+        ("shortest_answer_rate", ("all",)),
+        ("shortest_chance_rate", ("all",)),
+        ("leak_rate", ("all",)),
+        ("leak_chance_rate", ("all",)),
+        ("leak_excess", ("all",)),
+    ]
     for stat, bins in specs:
         r = _pick(_stat_rows(h, stat, bins))
         if r is not None:
             rows.append(_table_row(stat, r))
-    for stat in AUROCS:
+    for stat in AUROCS + AUROC_DIFFS:
         r = _pick(_stat_rows(h, stat, ("all",)), prefer_bootstrap=True)
         if r is not None:
             rows.append(_table_row(stat, r))
@@ -651,14 +662,24 @@ def format_knowledge_table(df: pd.DataFrame) -> str:
             f"  confident errors on zero-exposure persons (bin {r['bin']}, {r['scope']} step {r['step']}): "
             f"{_est(r)} ({r['n_entities']} persons)"
         )
+    if "shortest_answer_rate" in by_q:
+        r = by_q["shortest_answer_rate"]
+        chance = by_q.get("shortest_chance_rate")
+        base = f" vs {chance['value']:.3f} of the candidates" if chance is not None else ""
+        lines.append(f"  answers that are a shortest candidate (in tokens): {_est(r)}{base}")
     if "leak_rate" in by_q or "leak_chance_rate" in by_q:
         leak = _est(by_q["leak_rate"]) if "leak_rate" in by_q else "n/a"
         chance = _est(by_q["leak_chance_rate"]) if "leak_chance_rate" in by_q else "n/a"
-        lines.append(f"  leak rate (wrong answers = a co-mention partner's value) {leak} vs chance {chance}")
+        excess = f"; excess {_est(by_q['leak_excess'], sign=True)}" if "leak_excess" in by_q else ""
+        lines.append(f"  leak rate (wrong answers = a co-mention partner's value) {leak} vs chance {chance}{excess}")
     au = [(q, by_q[q]) for q in AUROCS if q in by_q]
     if au:
         parts = [f"{q[6:]} {_fmt(r['value'], r['ci_low'], r['ci_high'])} ({r['method']}, {r['scope']})" for q, r in au]
         lines.append("  AUROC for a wrong answer: " + "; ".join(parts))
+    for q in AUROC_DIFFS:
+        if q in by_q:
+            r = by_q[q]
+            lines.append(f"  {q[6:].replace('_minus_', ' minus ')} AUROC: {_est(r, sign=True)} (paired, {r['method']})")
     return "\n".join(lines) if lines else "knowledge: no probe rows"
 
 
