@@ -136,8 +136,10 @@ def test_smoke_knowledge_probe_tables_at_every_scheduled_step(smoke_run: Path):
     shares = hall[hall["method"] == "cluster_wilson"].dropna(subset=["ci_low"])
     assert (shares["ci_low"] >= 0).all() and (shares["ci_high"] <= 1).all()
     m = pd.read_csv(smoke_run / "metrics.csv")
-    for key in ("knowledge/acc", "hallucination/auroc_confidence", "hallucination/leak_chance_rate"):
+    for key in ("knowledge/acc", "hallucination/auroc_confidence", "hallucination/shortest_answer_rate"):
         assert m[key].notna().sum() == 4, key  # one value per call
+    # no co-mention partner is trained at step 0, so no leak is possible then: from step 16 on
+    assert m.loc[m["hallucination/leak_chance_rate"].notna(), "step"].tolist() == [16, 64, 80]
     assert m["knowledge/panel/acc"].notna().sum() == 1
     assert m["perf/knowledge_probe_seconds"].notna().any()
     summary = json.loads((smoke_run / "summary.json").read_text())
