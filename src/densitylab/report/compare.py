@@ -4,7 +4,8 @@
 
 Reads each run's ``metrics.csv`` (every logged scalar), ``summary.json`` and ``.hydra/config.yaml``
 / ``overrides.yaml``; draws loss curves, the density slopes ``density/L{i}/{role}/slope`` per layer and
-endpoint role (``name_last``, ``pre_value``), modularity and memorization over training; tabulates the final
+endpoint role (``name_last``, ``pre_value``), modularity, memorization and the knowledge probe's accuracy
+(``knowledge/acc``, the panel's core) over training; tabulates the final
 numbers and the config values that differ between runs; and, when one numeric config value varies (or
 ``--by KEY``), draws the final numbers against it (e.g. loss, density slope and modularity against
 ``model.net.n_layer`` for the depth-against-width experiment).
@@ -138,6 +139,10 @@ FINAL_KEYS = [
     "modularity/score_minus_control",
     "memorization/bits_total",
     "memorization/extractable_frac",
+    "knowledge/panel/acc",
+    "knowledge/slope",
+    "hallucination/panel/auroc_confidence",
+    "hallucination/panel/auroc_exposure",
     "perf/tokens_per_sec",
     "wall_time_s",
 ]
@@ -216,6 +221,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
     for col, title, fname in (
         ("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
         ("memorization/bits_total", "Memorized canary bits (total)", "compare_memorization.png"),
+        ("knowledge/acc", "Closed-set fact recall of the panel's core (accuracy)", "compare_knowledge.png"),
     ):
         if not any(col in r["metrics"].columns for r in runs):
             continue
@@ -236,15 +242,17 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
 
 
 def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tuple[str, Path] | None:
-    """Final numbers against config value ``key``: ``val/loss``, ``modularity/score``, ``memorization/bits_total``
-    and :data:`SLOPE_SUMMARY` (the mean over layers of the ``name_last`` density slope), one point per run and
-    the mean per value as a line."""
+    """Final numbers against config value ``key``: ``val/loss``, ``modularity/score``, ``memorization/bits_total``,
+    ``knowledge/panel/acc`` and :data:`SLOPE_SUMMARY` (the mean over layers of the ``name_last`` density slope),
+    one point per run and the mean per value as a line."""
     plt = pyplot()
     x = pd.to_numeric(diff[key], errors="coerce")
     if x.isna().any():
         return None
     panels = [
-        c for c in ("val/loss", "modularity/score", "memorization/bits_total") if c in final and final[c].notna().any()
+        c
+        for c in ("val/loss", "modularity/score", "memorization/bits_total", "knowledge/panel/acc")
+        if c in final and final[c].notna().any()
     ]
     if SLOPE_SUMMARY in final and final[SLOPE_SUMMARY].notna().any():
         panels.append(SLOPE_SUMMARY)
