@@ -183,6 +183,7 @@ def test_hallucination_rows_confident_errors_and_leaks_by_bin():
     items["source"] = np.where(items["correct"], "correct", leak)
     items["leak_chance"] = np.where(items["correct"], np.nan, 0.25)
     items["shortest"] = items["entity_id"] % 3 == 0
+    items["shortest_truth"] = items["entity_id"] % 2 == 0
     items["shortest_chance"] = 0.2
     rows = H.hallucination_rows(items, ["0", "1-3", "4-15", "16-63", "64+"]).set_index(["statistic", "bin"])
     zero = items[items["bin_index"] == 0]
@@ -192,6 +193,7 @@ def test_hallucination_rows_confident_errors_and_leaks_by_bin():
     assert rows.loc[("leak_chance_rate", "all"), "value"] == pytest.approx(0.25)
     assert rows.loc[("shortest_answer_rate", "all"), "value"] == pytest.approx(items["shortest"].mean())
     assert rows.loc[("shortest_chance_rate", "all"), "value"] == pytest.approx(0.2)
+    assert rows.loc[("shortest_truth_rate", "all"), "value"] == pytest.approx(items["shortest_truth"].mean())
     shares = rows[rows["method"] == "cluster_wilson"]
     assert (shares["ci_low"] >= 0).all() and (shares["ci_high"] <= 1).all()
     excess = rows.loc[("leak_excess", "all")]
@@ -244,10 +246,14 @@ def test_cluster_proportion_ci_stays_in_the_unit_interval_and_is_never_zero_widt
 
     persons = np.repeat(np.arange(15), 5)
     p, lo, hi, n, k = cluster_proportion_ci(np.ones(75), persons)  # 15 persons, all right
-    assert p == 1.0 and hi == 1.0 and 0.7 < lo < 0.8 and (n, k) == (75, 15)
+    assert p == 1.0 and hi == 1.0 and 0.9 < lo < 0.96 and (n, k) == (75, 15)
     assert cluster_mean_ci(np.ones(75), persons)[1:3] == (1.0, 1.0)  # the CR1 interval has zero width there
     p, lo, hi, *_ = cluster_proportion_ci(np.zeros(75), persons)
-    assert p == 0.0 and lo == 0.0 and 0.2 < hi < 0.3
+    assert p == 0.0 and lo == 0.0 and 0.04 < hi < 0.1
+    # monotone in p next to the bound: one wrong answer lowers the interval's lower end, never raises it
+    one = np.ones(75)
+    one[0] = 0
+    assert cluster_proportion_ci(one, persons)[1] <= cluster_proportion_ci(np.ones(75), persons)[1]
     # inside (0, 1) it follows the CR1 standard error: close to the CR1 interval when p is far from the bounds
     rng = np.random.default_rng(0)
     v = (rng.random(400) < 0.5).astype(float)

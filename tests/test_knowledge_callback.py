@@ -48,9 +48,11 @@ def test_a_bad_facts_file_stops_at_construction(tmp_path):
         KnowledgeCallback(seed=0, facts=str(path))
 
 
-def test_without_people_or_facts_it_logs_one_line_and_stays_off(caplog):
+@pytest.mark.parametrize("eos_id", [0, None])  # None: data=uniform has no documents
+def test_without_people_or_facts_it_logs_one_line_and_stays_off(caplog, eos_id):
     cb = KnowledgeCallback(seed=0)
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=None, eos_id=0, ground_truth_dir=None), callbacks=[])
+    dm = SimpleNamespace(tokenizer=None, eos_id=eos_id, ground_truth_dir=None)
+    trainer = SimpleNamespace(datamodule=dm, callbacks=[])
     with caplog.at_level(logging.INFO, logger="densitylab.callbacks.knowledge"):
         cb.prepare(trainer, None)
     assert not cb.enabled

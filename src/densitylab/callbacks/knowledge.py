@@ -172,6 +172,7 @@ class KnowledgeCallback(ProbeCallback):
         self._pending: tuple[pd.DataFrame, pd.DataFrame] | None = None
         self._last_items: pd.DataFrame | None = None  # the last call's main-scope items, for the end analysis
         self._final = False
+        self._defer_figures = False
         self.headline: dict[str, float] = {}
         self.end_seconds = 0.0
 
@@ -193,7 +194,8 @@ class KnowledgeCallback(ProbeCallback):
         turn the probe off with one line when there is neither."""
         dm = trainer.datamodule
         self.tokenizer = dm.tokenizer
-        self.prefix = [int(dm.eos_id)] if self.prefix_eos else []
+        eos = getattr(dm, "eos_id", None)  # None on data without documents (data=uniform)
+        self.prefix = [int(eos)] if self.prefix_eos and eos is not None else []
         if self.facts is not None:
             self._prepare_facts(dm)
             return
@@ -254,11 +256,11 @@ class KnowledgeCallback(ProbeCallback):
         prompts = facts_prompts(self.facts)
         for fact, p in zip(self.facts, prompts):  # prompt + the longest candidate must fit the model's context
             n = len(self.prefix) + len(dm.tokenizer.encode(p.text, add_special_tokens=False).ids)
-            n += max(len(dm.tokenizer.encode(c, add_special_tokens=False).ids) for c in p.candidates)
-            if n > dm.block_size:
+            n += max(len(dm.tokenizer.encode(c, add_special_tokens=False).ids) for c in p.candidates) - 1
+            if n > dm.block_size:  # the inputs: the prompt and every candidate token but the last
                 raise ConfigError(
                     f"callbacks.knowledge.facts={self.facts_path} line {fact.line}: field 'prompt' with its longest "
-                    f"candidate is {n} tokens: expected at most data.block_size={dm.block_size}"
+                    f"candidate needs {n} input tokens: expected at most data.block_size={dm.block_size}"
                 )
         self.prompts = {"facts": prompts}
         strings = sorted({p.entity for p in prompts if p.entity} | {c.strip() for p in prompts for c in p.candidates})
@@ -353,6 +355,8 @@ class KnowledgeCallback(ProbeCallback):
             ("leak_chance_rate", "all"): "leak_chance_rate",
             ("leak_excess", "all"): "leak_excess",
             ("shortest_answer_rate", "all"): "shortest_answer_rate",
+            ("shortest_truth_rate", "all"): "shortest_truth_rate",
+            ("shortest_chance_rate", "all"): "shortest_chance_rate",
             ("auroc_confidence", "all"): "auroc_confidence",
             ("auroc_exposure", "all"): "auroc_exposure",
             ("auroc_cooccurrence", "all"): "auroc_cooccurrence",
@@ -383,6 +387,7 @@ class KnowledgeCallback(ProbeCallback):
         """
         max_steps = getattr(trainer, "max_steps", -1) or -1
         final = self._final or (max_steps > 0 and step >= max_steps)
+        self._defer_figures = final  # the last step's images wait for the end analysis (one image per step)
         return self.measure_with(model, step, self.dependency("ledger").ledger, final)
 
     def measure_with(self, model, step: int, ledger, final: bool) -> ProbeResult:
@@ -463,6 +468,9 @@ class KnowledgeCallback(ProbeCallback):
         except Exception as err:  # a secondary analysis never fails a finished run
             log.warning("knowledge end-of-run analysis skipped: %s", str(err).splitlines()[0])
         self.end_seconds = time.perf_counter() - t0
+        if self._defer_figures:  # the last step's images, now with the bootstrap intervals (once per step)
+            self._defer_figures = False
+            self.log_figures(trainer, step, items)
 
     def _end_analysis(self, trainer: L.Trainer, items: pd.DataFrame, step: int, scope: str) -> None:
         slope = pd.DataFrame([K.knowledge_slope(items, exposure=self.exposure_used, level=self.level)])
@@ -490,7 +498,7 @@ class KnowledgeCallback(ProbeCallback):
         prefix = "panel/" if scope == "panel" else ""
         for r in boot.itertuples():
             key = f"hallucination/{prefix}{r.statistic}"
-            if math.isfinite(r.value):
+            if math.isfinite(r.value) and key not in self.headline:  # the AUROCs themselves were logged at this step
                 scalars[key] = r.value
             if math.isfinite(r.ci_low):
                 scalars.update({f"{key}_ci_low": r.ci_low, f"{key}_ci_high": r.ci_high})
@@ -499,7 +507,6 @@ class KnowledgeCallback(ProbeCallback):
             self.log_scalars(trainer, step, scalars)
         if self.mode == "synthetic":
             self._knowing_density(trainer, items)
-        self.log_figures(trainer, step, items)  # the last step's images again, with the bootstrap intervals
 
     def _knowing_density(self, trainer: L.Trainer, items: pd.DataFrame) -> None:
         from densitylab.callbacks.density import DensityCallback
@@ -528,7 +535,7 @@ class KnowledgeCallback(ProbeCallback):
         (:mod:`densitylab.report.knowledge`)."""
         from densitylab.report.knowledge import plot_hallucination_auroc, plot_knowledge_vs_exposure
 
-        if not self.curve_rows:
+        if not self.curve_rows or self._defer_figures:
             return {}
         return {
             "knowledge/vs_exposure": plot_knowledge_vs_exposure(pd.concat(self.curve_rows, ignore_index=True), None),

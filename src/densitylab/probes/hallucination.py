@@ -22,7 +22,8 @@ This module reads the answers against the training data's ground truth (issue 15
   never co-occurs flags a hallucination). On synthetic data that co-occurrence equals correctness by
   construction, so it is computed only on facts files.
 
-Rates carry persons as clusters (:func:`densitylab.probes.stats.cluster_mean_ci`); the AUROC's interval is a
+Rates carry persons as clusters (shares: :func:`densitylab.probes.stats.cluster_proportion_ci`; means such as
+the chance rate: :func:`densitylab.probes.stats.cluster_mean_ci`); the AUROC's interval is a
 bootstrap over persons, run once at the end of a run (never in a timed per-step call).
 """
 
@@ -332,15 +333,17 @@ def hallucination_rows(
     Per exposure bin and pooled (``all``), persons as clusters: the shares (Wilson interval on the CR1
     design-effect sample size, :func:`~densitylab.probes.stats.cluster_proportion_ci`) ``confident_error_rate``
     (share of all items that are confident errors), ``shortest_answer_rate`` (share of answers that are a
-    candidate of minimum token length) beside ``shortest_chance_rate`` (the mean share of such candidates: what
-    a length-blind answer would give), over the wrong items ``prior_rate`` and ``other_rate``, and over the
+    candidate of minimum token length) beside its two baselines ``shortest_truth_rate`` (share of true values
+    that are: a model that knew every answer) and ``shortest_chance_rate`` (the mean share of such candidates:
+    a length-blind guesser), over the wrong items ``prior_rate`` and ``other_rate``, and over the
     wrong items of subjects with at least one trained co-mention partner ``leak_rate``; the means (CR1 t
     interval) ``leak_chance_rate`` (its null, :func:`leak_chance`) and ``leak_excess`` (leak minus chance, item
-    by item: the paired comparison). Pooled only: the point AUROCs (:func:`auroc`, method ``point``).
+    by item: the paired comparison; its interval is conditional on the null's answers, whose own sampling
+    error it leaves out). Pooled only: the point AUROCs (:func:`auroc`, method ``point``).
 
     Args:
         items: one scope's items with ``entity_id, correct, confident_error, source, leak_chance, bin_index,
-            confidence, exposure, shortest, shortest_chance`` (and ``cooccurrence``).
+            confidence, exposure, shortest, shortest_truth, shortest_chance`` (and ``cooccurrence``).
         labels: bin labels, by bin index.
         min_entities: fewer persons: status ``insufficient``.
         level: confidence level.
@@ -362,6 +365,7 @@ def hallucination_rows(
 
         add("confident_error_rate", ce, m)
         add("shortest_answer_rate", short, m)
+        add("shortest_truth_rate", items["shortest_truth"].to_numpy(np.float64), m)
         add("shortest_chance_rate", short_chance, m, share=False)
         w = m & wrong
         for name, src in (("prior_rate", "prior"), ("other_rate", "other")):

@@ -274,6 +274,7 @@ ITEM_COLUMNS = [
     "candidate_tokens",
     "n_candidates",
     "shortest",
+    "shortest_truth",
     "shortest_chance",
 ]
 
@@ -289,13 +290,15 @@ def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt], prefix_ids: S
         tokenizer: the run's tokenizer.
         prompts: the items (:func:`knowledge_prompts`).
         prefix_ids: token ids put before every prompt: ``[eos_id]`` makes the prompt start a document, as every
-            training biography does after its ``<|endoftext|>`` (without it the first token is a position the
-            model never saw a name at).
+            training biography does after its ``<|endoftext|>`` (without it the name sits at position 0 with no
+            context, where training rarely put a name).
     Returns:
         One row per item with :data:`ITEM_COLUMNS`; ``predicted`` is the predicted value (no leading space),
         ``prompt_tokens`` / ``candidate_tokens`` the tokens the item cost (prompt + Σ candidates), ``shortest``
-        whether the answer is a candidate of minimum token length and ``shortest_chance`` the share of such
-        candidates (summed log-probabilities favour short candidates).
+        whether the answer is a candidate of minimum token length, ``shortest_truth`` whether the true value is
+        one, and ``shortest_chance`` the share of such candidates (summed log-probabilities favour short
+        candidates: a model that knew every answer would give ``shortest`` at the rate of ``shortest_truth``, a
+        length-blind guesser at ``shortest_chance``).
     """
     cache: dict[tuple[str, ...], list[list[int]]] = {}
     encoded = []
@@ -332,6 +335,7 @@ def measure_knowledge(model, tokenizer, prompts: Sequence[Prompt], prefix_ids: S
                 "candidate_tokens": sum(len(c) for c in cand),
                 "n_candidates": len(cand),
                 "shortest": bool(short[p.candidates][s["predicted"]]),
+                "shortest_truth": bool(short[p.candidates][p.candidates.index(" " + p.answer)]),
                 "shortest_chance": float(short[p.candidates].mean()),
             }
         )

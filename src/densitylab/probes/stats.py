@@ -96,12 +96,13 @@ def cluster_proportion_ci(
 ) -> tuple[float, float, float, int, int]:
     """A proportion (mean of 0/1 ``values``) with a cluster-aware interval inside [0, 1]: the Wilson score
     interval on the design-effect effective sample size n_eff = p(1 − p) / se², se the CR1 standard error of
-    :func:`cluster_mean_ci` (capped at n; n_eff = k, the number of clusters, when p is 0 or 1, where se = 0),
-    with the t quantile on k − 1 degrees of freedom for z (Kish 1965's design effect; Korn & Graubard 1998,
-    "Confidence intervals for proportions with small expected number of positive counts estimated from survey
-    data"; Dean & Pagano 2015, "Evaluating confidence interval methods for binomial proportions in clustered
-    surveys"). Unlike the CR1 interval it never leaves [0, 1] and never has zero width at p = 0 or 1 (15 persons
-    all right: [0.77, 1]).
+    :func:`cluster_mean_ci`, capped at n, with the t quantile on k − 1 degrees of freedom for z (Kish 1965's
+    design effect; Korn & Graubard 1998, "Confidence intervals for proportions with small expected number of
+    positive counts estimated from survey data"; Dean & Pagano 2015, "Evaluating confidence interval methods for
+    binomial proportions in clustered surveys"). Where the design effect cannot be estimated (p = 0 or 1, or
+    se = 0) n_eff = n, as if the items were independent: the interval then follows the item count and stays
+    monotone in p. Unlike the CR1 interval it never leaves [0, 1] and never has zero width at p = 0 or 1 (15
+    persons × 5 items all right: [0.94, 1]).
 
     Args:
         values: (n,) 0/1 (bool or float) per item.
@@ -117,7 +118,7 @@ def cluster_proportion_ci(
         return p, 0.0, 1.0, n, k
     z = _t(k, level)
     se = (hi - p) / z
-    n_eff = float(k) if p <= 0.0 or p >= 1.0 or se <= 0 else min(float(n), p * (1 - p) / se**2)
+    n_eff = float(n) if p <= 0.0 or p >= 1.0 or se <= 0 else min(float(n), p * (1 - p) / se**2)
     d = 1 + z * z / n_eff
     center = (p + z * z / (2 * n_eff)) / d
     half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff)) / d
