@@ -544,8 +544,9 @@ def knowledge_table(curve: pd.DataFrame | None, halluc: pd.DataFrame | None) -> 
     - ``slope`` (when the run has it): log-odds of a correct answer per doubling of 1 + exposure (cluster GLM);
     - ``confident_error_rate`` on bin ``0``: the share of zero-exposure persons' items answered wrongly with
       confidence > tau (the hallucination rate; Kadavath et al. 2022);
-    - ``shortest_answer_rate`` against ``shortest_chance_rate`` (bin ``all``): answers that are a candidate of
-      minimum token length, against the share of such candidates (the length bias of summed log-probabilities);
+    - ``shortest_answer_rate`` against ``shortest_truth_rate`` and ``shortest_chance_rate`` (bin ``all``): answers
+      that are a candidate of minimum token length, against the share of true values and of candidates that are
+      (the length bias of summed log-probabilities);
     - ``leak_rate`` and ``leak_chance_rate`` (bin ``all``): wrong answers that are a co-mention partner's value,
       observed vs expected by chance, and ``leak_excess``, their paired difference (the test);
     - ``auroc_confidence``, ``auroc_exposure`` (and ``auroc_cooccurrence`` when present): the ``bootstrap`` row
@@ -576,6 +577,7 @@ def knowledge_table(curve: pd.DataFrame | None, halluc: pd.DataFrame | None) -> 
     specs = [
         ("confident_error_rate", ("0",)),
         ("shortest_answer_rate", ("all",)),
+        ("shortest_truth_rate", ("all",)),
         ("shortest_chance_rate", ("all",)),
         ("leak_rate", ("all",)),
         ("leak_chance_rate", ("all",)),
@@ -664,8 +666,9 @@ def format_knowledge_table(df: pd.DataFrame) -> str:
         )
     if "shortest_answer_rate" in by_q:
         r = by_q["shortest_answer_rate"]
-        chance = by_q.get("shortest_chance_rate")
-        base = f" vs {chance['value']:.3f} of the candidates" if chance is not None else ""
+        chance, truth = by_q.get("shortest_chance_rate"), by_q.get("shortest_truth_rate")
+        base = f" vs {truth['value']:.3f} of the true values" if truth is not None else ""
+        base += f" and {chance['value']:.3f} of the candidates" if chance is not None else ""
         lines.append(f"  answers that are a shortest candidate (in tokens): {_est(r)}{base}")
     if "leak_rate" in by_q or "leak_chance_rate" in by_q:
         leak = _est(by_q["leak_rate"]) if "leak_rate" in by_q else "n/a"
