@@ -87,6 +87,7 @@ class ProbeCallback(L.Callback):
         rows: the records so far (list of DataFrames, each with a ``step`` column).
         calls, seconds: probe calls so far and their total measurement seconds.
         last_step: step of the last probe (-1: none yet).
+        final_call: True while the probe at the end of training runs (see :meth:`is_last_call`).
         config_key: this callback's key in ``cfg.callbacks`` (set by :func:`connect_callbacks`).
 
     Raises:
@@ -121,6 +122,7 @@ class ProbeCallback(L.Callback):
         self.min_steps_between = min_steps_between
         self.needs: dict[str, str | L.Callback | None] = {k: needs.get(k) for k in self.requires}
         self.config_key = self.name
+        self.final_call = False
         self.enabled = True
         self.rows: list[pd.DataFrame] = []
         self.last_step = -1
@@ -254,16 +256,27 @@ class ProbeCallback(L.Callback):
         return step != self.last_step and step - max(self.last_step, 0) >= self.min_steps_between
 
     # ------------------------------------------------------------------ one probe
+    def is_last_call(self, trainer: L.Trainer, step: int) -> bool:
+        """True inside the probe at the end of training (:meth:`on_train_end`) or at a scheduled step >=
+        ``trainer.max_steps``: the call where probes read their whole sets."""
+        max_steps = getattr(trainer, "max_steps", -1) or -1
+        return self.final_call or (max_steps > 0 and step >= max_steps)
+
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
-        """Measure at ``trainer.global_step`` and record, write and log the result (call on every process)."""
+        """Measure at ``trainer.global_step`` and record, write and log the result (call on every process).
+        ``self.final_call`` is ``final`` while the call runs."""
         step = trainer.global_step
         self.before_measure(trainer, pl_module, step)
         self.last_step = step
         t0 = time.perf_counter()
         result = None
-        with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
-            if model is not None:
-                result = self.measure(trainer, pl_module, model, step)
+        self.final_call = final
+        try:
+            with probe_model(trainer, pl_module) as model:  # None off rank 0; an unsharded copy under FSDP
+                if model is not None:
+                    result = self.measure(trainer, pl_module, model, step)
+        finally:
+            self.final_call = False
         result = self.after_measure(trainer, step, result, final)
         if result is None:
             return

@@ -136,7 +136,6 @@ class DensityCallback(ProbeCallback):
         self._units: pd.DataFrame | None = None  # this call's units records, until add_records
         self._positions: pd.DataFrame | None = None  # the last call's positions, written at fit end
         self.exposure_used = self.spec.exposure
-        self._final = False
         self.dead_frac: dict[str, float] = {}
 
     @property
@@ -169,14 +168,6 @@ class DensityCallback(ProbeCallback):
             if self.panel is not None:
                 write_parquet_atomic(self.panel, self.output_dir / "probes" / "panel.parquet")
 
-    def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
-        """:meth:`ProbeCallback.probe`, remembering whether this is the final call (the whole panel then)."""
-        self._final = final
-        try:
-            super().probe(trainer, pl_module, final)
-        finally:
-            self._final = False
-
     def before_measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Sum the ledger over processes (a collective: every process, same step)."""
         self.dependency("ledger").ledger.sync()
@@ -191,12 +182,10 @@ class DensityCallback(ProbeCallback):
             positions wait in ``self._units`` / ``self._positions`` for :meth:`add_records`.
         """
         ledger = self.dependency("ledger").ledger
-        max_steps = getattr(trainer, "max_steps", -1) or -1
         full = (
-            self._final
+            self.is_last_call(trainer, step)  # the end, or a scheduled call at the last step: the whole panel
             or step == 0
             or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
-            or (max_steps > 0 and step >= max_steps)  # a scheduled call at the last step reads the whole panel
         )
         sets = dict(self.sets)
         if not full and "panel" in sets:  # the log-spaced early calls read the panel's core only

@@ -171,7 +171,6 @@ class KnowledgeCallback(ProbeCallback):
         self.halluc_rows: list[pd.DataFrame] = []
         self._pending: tuple[pd.DataFrame, pd.DataFrame] | None = None
         self._last_items: pd.DataFrame | None = None  # the last call's main-scope items, for the end analysis
-        self._final = False
         self._defer_figures = False
         self.headline: dict[str, float] = {}
         self.end_seconds = 0.0
@@ -272,14 +271,6 @@ class KnowledgeCallback(ProbeCallback):
         log.info("knowledge: %d facts from %s", len(prompts), self.facts_path)
 
     # ------------------------------------------------------------------ measurement
-    def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
-        """:meth:`ProbeCallback.probe`, remembering whether this is the final call (the whole panel then)."""
-        self._final = final
-        try:
-            super().probe(trainer, pl_module, final)
-        finally:
-            self._final = False
-
     def before_measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Sum the ledger over processes (a collective: every process, same step)."""
         self.dependency("ledger").ledger.sync()
@@ -385,8 +376,7 @@ class KnowledgeCallback(ProbeCallback):
             The items (:data:`~densitylab.probes.knowledge.RECORD_COLUMNS`) and the scalars; the curve and
             hallucination rows wait in ``self._pending`` for :meth:`add_records`.
         """
-        max_steps = getattr(trainer, "max_steps", -1) or -1
-        final = self._final or (max_steps > 0 and step >= max_steps)
+        final = self.is_last_call(trainer, step)
         self._defer_figures = final  # the last step's images wait for the end analysis (one image per step)
         return self.measure_with(model, step, self.dependency("ledger").ledger, final)
 

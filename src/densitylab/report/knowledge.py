@@ -25,42 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from densitylab.probes.hallucination import HALLUCINATION_COLUMNS as HALLUC_COLUMNS
+from densitylab.probes.knowledge import CURVE_COLUMNS
 from densitylab.report.common import pyplot, read_probe, save_figure
 from densitylab.report.density import BINS, bin_labels
 
 MIN_ENTITIES = 10  # the probe's min_entities: only used in labels ("n<10")
-CURVE_COLUMNS = [
-    "step",
-    "scope",
-    "attribute",
-    "estimand",
-    "exposure",
-    "bin",
-    "bin_index",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n_items",
-    "n_entities",
-    "chance",
-    "prior",
-    "method",
-    "status",
-]
-HALLUC_COLUMNS = [
-    "step",
-    "scope",
-    "statistic",
-    "bin",
-    "bin_index",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n_items",
-    "n_entities",
-    "method",
-    "status",
-]
 TABLE_COLUMNS = [
     "quantity",
     "scope",
