@@ -50,6 +50,10 @@ class Corpus:
         ground_truth: table name -> DataFrame, written to ``ground_truth/{name}.parquet`` in the
             run folder by the data module.
         name: short human-readable description of the source (for logs).
+        tokenizer_texts: documents a trained tokenizer learns from instead of ``texts["train"]``, or
+            ``None`` (the default: the training split). The counterbalanced synthetic corpus
+            (``rank_seed``) sets it to one rank-independent held-out biography per person, so that every
+            rank permutation of one corpus seed gets the same tokenizer.
     """
 
     texts: dict[str, list[str]]
@@ -57,6 +61,7 @@ class Corpus:
     entities: pd.DataFrame | None = None
     ground_truth: dict[str, pd.DataFrame] = field(default_factory=dict)
     name: str = "corpus"
+    tokenizer_texts: list[str] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "heldout"):

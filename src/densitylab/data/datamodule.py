@@ -9,6 +9,7 @@ run folder. The loaders come from :mod:`densitylab.data.loaders`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from densitylab.data.entities import EntityExtractor
 from densitylab.data.loaders import WindowDataset, heldout_loader, resumable_train_loader
 from densitylab.data.packing import PackedSplit
 from densitylab.data.prepare import CACHE_VERSION, DataRecipe, export_run_artifacts, load_prepared, wait_for_prepared
-from densitylab.data.sources import Source
+from densitylab.data.sources import Source, SyntheticSource
 from densitylab.data.tokenizer import EOS, TokenizerSpec
 from densitylab.errors import ConfigError
 
@@ -37,6 +38,31 @@ def _positive_int(value: object, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{key}={value!r}: expected a positive integer")
     return value
+
+
+def _with_rank_seed(source: Source, rank_seed: int | None) -> Source:
+    """``source`` with ``data.rank_seed`` injected (a synthetic source's own settings checked in full).
+
+    Raises:
+        ConfigError: see :class:`DataModule` (``rank_seed``).
+    """
+    if rank_seed is not None:
+        if isinstance(rank_seed, bool) or not isinstance(rank_seed, int) or rank_seed < 0:
+            raise ConfigError(f"data.rank_seed={rank_seed!r}: expected null or an integer >= 0")
+        if not isinstance(source, SyntheticSource):
+            raise ConfigError(
+                f"data.rank_seed={rank_seed}: only the synthetic source (data=synthetic|synthetic_smoke) has "
+                f"popularity ranks, got data.source of type {type(source).__name__}; expected data.rank_seed=null"
+            )
+        if source.rank_seed is not None and source.rank_seed != rank_seed:
+            raise ConfigError(
+                f"data.rank_seed={rank_seed} conflicts with data.source.rank_seed={source.rank_seed}: expected one "
+                "of them (data.rank_seed) or equal values"
+            )
+        source = dataclasses.replace(source, rank_seed=rank_seed)
+    if isinstance(source, SyntheticSource):
+        source.check()  # e.g. a Latin square without a rank seed: at construction, not at preparation
+    return source
 
 
 class DataModule(L.LightningDataModule):
@@ -61,13 +87,19 @@ class DataModule(L.LightningDataModule):
         cache_dir: folder for the tokenized-data cache (None: ``~/.cache/densitylab``).
         output_dir: run folder (``tokenizer.json``, ``ground_truth/`` and ``data.json`` are copied
             there); None writes nothing.
+        rank_seed: ``data.rank_seed``: None (default) keeps the source as it is; an integer ``>= 0`` picks
+            the counterbalanced synthetic corpus of that rank permutation (the source becomes
+            ``dataclasses.replace(source, rank_seed=rank_seed)``; same people and tokenizer for every value,
+            see :mod:`densitylab.data.synthetic.ranks`). Only the synthetic source has popularity ranks.
 
     The defaults of the optional arguments equal ``conf/data/base.yaml`` (checked by
     ``tests/test_data_config.py``); ``cache_dir`` and ``output_dir`` are set there from ``paths``.
 
     Raises:
         ConfigError: for a source, tokenizer or extractor of the wrong kind (e.g. a string left by an
-            old-style ``data.source=text`` override), or invalid sizes or canary settings.
+            old-style ``data.source=text`` override), or invalid sizes or canary settings; for a ``rank_seed``
+            that is not null or an integer >= 0, set with a source other than the synthetic one, or
+            conflicting with ``data.source.rank_seed``; for a ``data.source.latin_square`` without a rank seed.
     """
 
     def __init__(
@@ -85,6 +117,7 @@ class DataModule(L.LightningDataModule):
         progress: bool = True,
         cache_dir: str | None = None,
         output_dir: str | None = None,
+        rank_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(source, Source):
@@ -102,6 +135,7 @@ class DataModule(L.LightningDataModule):
                 f"data.entities={entities!r}: expected an entity extractor with method, fingerprint() and extract() (a "
                 "config node with a _target_): choose one with data/entities=synthetic|gazetteer|capitalized|spacy|none"
             )
+        source = _with_rank_seed(source, rank_seed)
         self.batch_size = _positive_int(batch_size, "data.batch_size")
         self.block_size = _positive_int(block_size, "data.block_size")
         if max_val_windows is not None and (isinstance(max_val_windows, bool) or not isinstance(max_val_windows, int)):

@@ -282,7 +282,12 @@ def _with_spans(corpus: Corpus, method: str, spans: dict, entities: pd.DataFrame
     if entities is not None and not len(entities):
         log.warning("data/entities=%s found no entity in %s: entity familiarity will be empty", method, corpus.name)
     return Corpus(
-        texts=corpus.texts, spans=spans, entities=entities, ground_truth=corpus.ground_truth, name=corpus.name
+        texts=corpus.texts,
+        spans=spans,
+        entities=entities,
+        ground_truth=corpus.ground_truth,
+        name=corpus.name,
+        tokenizer_texts=corpus.tokenizer_texts,
     )
 
 

@@ -7,6 +7,10 @@ folder renamed into place), so a second run with the same settings skips prepara
 :func:`load_prepared` reads it back and :func:`export_run_artifacts` copies ``tokenizer.json``,
 ``ground_truth/`` and ``data.json`` into a run folder.
 
+The tokenizer learns from the training split, or from ``Corpus.tokenizer_texts`` when the source sets it
+(the counterbalanced synthetic corpus: one rank-independent biography per person, so every ``rank_seed`` of a
+corpus seed gets the same ``tokenizer.json``).
+
 A prepared folder holds ``meta.json``, ``tokenizer.json``, ``{split}.pt`` (token stream, real length,
 block size, document offsets), ``{split}_spans.parquet`` (window spans), ``entities.parquet`` (when the
 extractor found entities) and ``ground_truth/`` (the source's tables, window co-mentions for the
@@ -129,10 +133,13 @@ class DataRecipe:
 
     def _build(self, final: Path, cache_dir: Path, progress: bool, bar: tqdm) -> None:
         bar.set_postfix_str("loading corpus")
-        corpus = self.entities.extract(self.source.load(progress=progress))
+        loaded = self.source.load(progress=progress)
+        corpus = self.entities.extract(loaded)
         bar.update()
         bar.set_postfix_str("tokenizer")
-        tok, tok_key = self.tokenizer.build(corpus.texts["train"], cache_dir=cache_dir / "tokenizers")
+        # Corpus.tokenizer_texts (a rank-independent rendering, data.rank_seed), else the training split
+        tok_texts = corpus.tokenizer_texts if corpus.tokenizer_texts is not None else corpus.texts["train"]
+        tok, tok_key = self.tokenizer.build(tok_texts, cache_dir=cache_dir / "tokenizers")
         bar.update()
         canaries, extra = None, None
         if self.canaries.get("repetitions"):

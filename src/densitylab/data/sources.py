@@ -87,10 +87,15 @@ class SyntheticSource:
 
     See :func:`densitylab.data.synthetic.generate_synthetic` for the meaning of each field. ``seed`` is
     the corpus seed (``conf/data/source/synthetic.yaml`` fixes it at 0, so the run seed changes shuffling
-    and canaries but not the corpus).
+    and canaries but not the corpus). ``rank_seed`` (None = the one corpus of ``seed``; an integer = the
+    counterbalanced corpus of that rank permutation, same people and tokenizer) is normally injected by the
+    data module from ``data.rank_seed``; ``latin_square`` (None, or a mapping of
+    :class:`~densitylab.data.synthetic.ranks.LatinSquare` fields) needs an integer ``rank_seed``, which is
+    checked when the source is used (:meth:`check`, :meth:`fingerprint`, :meth:`load`), not at
+    construction, so that ``data.rank_seed`` can supply it.
 
     Raises:
-        ConfigError: on an invalid generator argument (at construction).
+        ConfigError: on an invalid generator argument (at construction), one line naming the value.
     """
 
     n_people: int = 2000
@@ -101,29 +106,67 @@ class SyntheticSource:
     heldout_docs_per_person: int = 1
     comentions: tuple[int, int] = (1, 2)
     seed: int = 0
+    rank_seed: int | None = None
+    latin_square: dict | None = None
 
     def __post_init__(self) -> None:
-        from densitylab.data.synthetic import check_synthetic_args
+        from densitylab.data.synthetic.ranks import LatinSquare
 
         if isinstance(self.comentions, list):  # a YAML list
             self.comentions = tuple(self.comentions)
+        if isinstance(self.latin_square, LatinSquare):  # keep a plain dict (as from YAML)
+            self.latin_square = self.latin_square.as_dict()
+        self._check(need_rank_seed=False)
+
+    def _args(self) -> dict:
+        return {**asdict(self), "comentions": tuple(self.comentions)}
+
+    def _check(self, need_rank_seed: bool = True):
+        """The checked Latin square (or None); ConfigError on a bad argument. ``need_rank_seed=False`` (at
+        construction) lets a square wait for its rank seed."""
+        from densitylab.data.synthetic import check_synthetic_args
+
+        args = self._args()
+        if not need_rank_seed and args["rank_seed"] is None and args["latin_square"] is not None:
+            args["rank_seed"] = 0  # (a placeholder: data.rank_seed may still supply it; check() insists)
         try:
-            check_synthetic_args(**asdict(self))
+            return check_synthetic_args(**args)
         except ValueError as e:
             raise ConfigError(f"data.source: {e}") from None
 
+    def check(self) -> None:
+        """Check every argument, including that a Latin square comes with an integer ``rank_seed``.
+
+        Raises:
+            ConfigError: one line naming the bad value and what was expected.
+        """
+        self._check()
+
     def fingerprint(self) -> dict:
-        """Every generator argument (the corpus is a pure function of them)."""
+        """Every generator argument (the corpus is a pure function of them). ``rank_seed`` and
+        ``latin_square`` (in full, defaults filled in) enter only when set, so the default corpus keeps
+        its fingerprint (and cached data) from before they existed.
+
+        Raises:
+            ConfigError: see :meth:`check`.
+        """
+        square = self._check()
         d = asdict(self)
         d["comentions"] = list(d["comentions"])
+        for key in ("rank_seed", "latin_square"):
+            if d[key] is None:
+                del d[key]
+        if square is not None:
+            d["latin_square"] = square.as_dict()
         return {"source": "synthetic", "generator_version": 2, **d}  # 2: ground truth exposure_{split}
 
     def load(self, progress: bool = False) -> Corpus:
         """Generate the corpus. Raises ConfigError on invalid generator arguments."""
         from densitylab.data.synthetic import generate_synthetic
 
+        self._check()
         try:
-            return generate_synthetic(**asdict(self), progress=progress)
+            return generate_synthetic(**self._args(), progress=progress)
         except ValueError as e:
             raise ConfigError(f"data.source: {e}") from None
 

@@ -1,12 +1,14 @@
 """Byte-level BPE tokenizer (GPT-2 style) trained with Hugging Face ``tokenizers``.
 
-The tokenizer is trained on the training split only, cached under a key that hashes the corpus
+The tokenizer is trained on the training split only (or, with ``data.rank_seed``, on one held-out biography per
+person, so every counterbalanced corpus shares it), cached under a key that hashes the corpus
 text and every setting, and saved as ``tokenizer.json`` in the run folder. An existing
 ``tokenizer.json`` can be loaded instead of training one.
 
 The data module takes a **tokenizer spec** (the ``tokenizer`` config group, ``data.tokenizer: ${tokenizer}``):
 
-- :class:`TrainedBPE` (``tokenizer=bpe``, the default): train byte-level BPE on the training split.
+- :class:`TrainedBPE` (``tokenizer=bpe``, the default): train byte-level BPE on the training split
+  (``Corpus.tokenizer_texts`` when the source sets them).
 - :class:`TokenizerFile` (``tokenizer=file tokenizer.path=PATH``): load an existing ``tokenizer.json``.
 
 Both follow :class:`TokenizerSpec`: ``fingerprint()`` (a JSON-able dict that keys the data cache) and
@@ -187,7 +189,7 @@ def _is_int(x: object) -> bool:
 
 @dataclass(frozen=True)
 class TrainedBPE:
-    """Byte-level BPE trained on the training split (``tokenizer=bpe``; settings in ``conf/tokenizer/bpe.yaml``).
+    """Byte-level BPE trained on the training split or the source's ``tokenizer_texts`` (``tokenizer=bpe``; settings in ``conf/tokenizer/bpe.yaml``).
 
     Attributes:
         vocab_size: target vocabulary size, >= 258 (256 byte symbols + ``<|endoftext|>`` + merges).

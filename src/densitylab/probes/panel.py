@@ -15,6 +15,10 @@ On the synthetic corpus the panel is stratified by **planned training documents*
   ``[2^k, 2^(k+1))`` of planned documents, each octave capped at the people it has and the leftover
   spread over the octaves that still have people (water filling), drawn uniformly within an octave.
 
+With a Latin square (the synthetic corpus's ``study_group`` column, :mod:`densitylab.data.synthetic.ranks`)
+every study person is in the panel (stratum ``study``) and the rule above fills the rest of ``size`` from the
+other people.
+
 On text data (no planned documents) the same rule runs on each entity's name mentions in the training
 split (counted from the span table, not the ledger) with ``top_docs`` applied to mentions.
 
@@ -104,41 +108,75 @@ def _log_even(rng: np.random.Generator, ids: np.ndarray, counts: np.ndarray, n: 
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
+def _strata(
+    rng: np.random.Generator, ids: np.ndarray, planned: np.ndarray, size: int, spec: PanelSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``top``, ``zero`` and ``log_even`` strata (sorted entity ids) of at most ``size`` of ``ids``
+    (planned documents ``planned``), by the rule of the module docstring with ``spec``'s ``top_docs`` and
+    ``min_zero``."""
+    top = ids[planned >= spec.top_docs]
+    zeros = ids[planned == 0]
+    n_zero = min(len(zeros), spec.min_zero, size)
+    cap = max(size - n_zero, 0)
+    if len(top) > cap:  # (text data: many entities above top_docs) a log-even sample keeps the panel at size
+        top = _log_even(rng, top, planned[planned >= spec.top_docs], cap)
+    zero = np.sort(rng.choice(zeros, size=n_zero, replace=False)) if n_zero else zeros[:0]
+    rest = (planned > 0) & (planned < spec.top_docs)
+    n_rest = max(size - len(top) - len(zero), 0)
+    mid = _log_even(rng, ids[rest], planned[rest], n_rest)
+    if len(mid) < n_rest and len(zeros) > n_zero:  # too few exposed people: fill with more zero-exposure ones
+        more = np.setdiff1d(zeros, zero)
+        zero = np.sort(np.concatenate([zero, rng.choice(more, size=min(n_rest - len(mid), len(more)), replace=False)]))
+    return top, zero, mid
+
+
 def draw_panel(exposure_plan: pd.DataFrame, spec: PanelSpec) -> pd.DataFrame:
     """Draw the person panel (see the module docstring).
 
     Args:
         exposure_plan: one row per person: ``entity_id`` (int) and ``planned`` (int >= 0, planned
-            training documents; on text data training mentions).
+            training documents; on text data training mentions); optionally ``study_group`` (int, the
+            Latin square's group, -1 outside the study: :mod:`densitylab.data.synthetic.ranks`).
         spec: the panel's size, strata and seed.
     Returns:
         The panel, at most ``spec.size`` people: ``entity_id``, ``planned``, ``stratum`` (``top``, ``zero``
         or ``log_even``) and ``core`` (bool: in the core, see :class:`PanelSpec`), sorted by ``entity_id``.
+        With a ``study_group`` column every study person (``study_group >= 0``) is in the panel, stratum
+        ``study``, the rest of ``spec.size`` filled from the others by the rule above, and the panel has a
+        ``study_group`` column (after ``stratum``); the core is drawn over the whole panel.
+    Raises:
+        ValueError: (one line) when ``spec.size`` is smaller than the number of study persons.
     """
     rng = np.random.default_rng([spec.seed, PANEL_STREAM])
     plan = exposure_plan.sort_values("entity_id", ignore_index=True)
     ids, planned = plan["entity_id"].to_numpy(np.int64), plan["planned"].to_numpy(np.int64)
-    top = ids[planned >= spec.top_docs]
-    zeros = ids[planned == 0]
-    n_zero = min(len(zeros), spec.min_zero, spec.size)
-    cap = max(spec.size - n_zero, 0)
-    if len(top) > cap:  # (text data: many entities above top_docs) a log-even sample keeps the panel at size
-        top = _log_even(rng, top, planned[planned >= spec.top_docs], cap)
-    zero = np.sort(rng.choice(zeros, size=n_zero, replace=False)) if n_zero else zeros[:0]
-    rest = (planned > 0) & (planned < spec.top_docs)
-    n_rest = max(spec.size - len(top) - len(zero), 0)
-    mid = _log_even(rng, ids[rest], planned[rest], n_rest)
-    if len(mid) < n_rest and len(zeros) > n_zero:  # too few exposed people: fill with more zero-exposure ones
-        more = np.setdiff1d(zeros, zero)
-        zero = np.sort(np.concatenate([zero, rng.choice(more, size=min(n_rest - len(mid), len(more)), replace=False)]))
-    frames = [
+    frames = []
+    size, pool = spec.size, np.ones(len(ids), dtype=bool)
+    study_group = None
+    if "study_group" in plan:
+        study_group = plan["study_group"].to_numpy(np.int64)
+        pool = study_group < 0
+        n_study = int((~pool).sum())
+        if n_study > spec.size:
+            raise ValueError(
+                f"callbacks.density.panel.size={spec.size} is smaller than the {n_study} study persons of the Latin "
+                f"square (data.source.latin_square): expected panel.size >= {n_study}"
+            )
+        size -= n_study
+        frames.append(pd.DataFrame({"entity_id": ids[~pool], "stratum": "study"}))
+    top, zero, mid = _strata(rng, ids[pool], planned[pool], size, spec)
+    frames += [
         pd.DataFrame({"entity_id": top, "stratum": "top"}),
         pd.DataFrame({"entity_id": zero, "stratum": "zero"}),
         pd.DataFrame({"entity_id": mid, "stratum": "log_even"}),
     ]
     out = pd.concat(frames, ignore_index=True)
     out["planned"] = pd.Series(planned, index=ids).loc[out["entity_id"]].to_numpy()
-    out = out.sort_values("entity_id", ignore_index=True)[["entity_id", "planned", "stratum"]]
+    columns = ["entity_id", "planned", "stratum"]
+    if study_group is not None:
+        out["study_group"] = pd.Series(study_group, index=ids).loc[out["entity_id"]].to_numpy()
+        columns.append("study_group")
+    out = out.sort_values("entity_id", ignore_index=True)[columns]
     # the core: an equal share of min(core, size) per bin of planned documents (water filling), same stream
     b = np.searchsorted(np.asarray(spec.core_edges), out["planned"].to_numpy(), side="right") - 1
     take = _water_fill(np.bincount(np.clip(b, 0, None), minlength=len(spec.core_edges)), min(spec.core, len(out)))

@@ -2,7 +2,9 @@
 
 :func:`sample_population` draws everyone from one ``numpy.random.Generator`` in a fixed order (names,
 birth dates, cities, universities, majors, employers, familiar set, popularity ranks), so the same
-seed gives the same people.
+seed gives the same people. :func:`sample_identities` is its first part (the people without ranks), which a
+counterbalanced corpus (``rank_seed``, :mod:`densitylab.data.synthetic.ranks`) shares with the default one;
+:func:`population_from_ranks` turns ranks into planned documents and the entity table.
 """
 
 from __future__ import annotations
@@ -133,15 +135,10 @@ class Population:
     entities: pd.DataFrame
 
 
-def sample_population(
-    rng: np.random.Generator, n_people: int, n_unfamiliar: int, zipf_exponent: float, max_docs: int, min_docs: int
-) -> Population:
-    """Draw ``n_people`` familiar and ``n_unfamiliar`` unfamiliar people with attributes, popularity
-    ranks (a random permutation of ``1..n_people``) and planned training documents
-    (:func:`zipf_doc_counts` of the rank). Arguments are assumed valid
-    (:func:`densitylab.data.synthetic.generate.check_synthetic_args`).
-    """
-    total = n_people + n_unfamiliar
+def sample_identities(rng: np.random.Generator, total: int) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """Draw ``total`` people's identities from ``rng`` in the fixed order (names, birth dates, birth cities,
+    universities, majors, employers): ``(names, genders, attrs)``, each of length ``total``; ``attrs`` maps
+    every attribute of :data:`ATTRIBUTES` to its values. The first draws of :func:`sample_population`."""
     names, genders = _sample_people(rng, total)
     attrs: dict[str, list[str]] = {"birth_date": _sample_dates(rng, total)}
     attrs["birth_city"] = [CITIES[i] for i in rng.integers(0, len(CITIES), total).tolist()]
@@ -150,26 +147,61 @@ def sample_population(
     company = rng.integers(0, len(COMPANIES), total).tolist()
     attrs["employer"] = [COMPANIES[i][0] for i in company]
     attrs["employer_city"] = [COMPANIES[i][1] for i in company]
+    return names, genders, attrs
 
-    familiar = np.zeros(total, dtype=bool)
-    familiar_ids = np.sort(rng.permutation(total)[:n_people])
-    familiar[familiar_ids] = True
-    unfamiliar_ids = np.flatnonzero(~familiar)
-    rank = np.zeros(total, dtype=np.int64)
-    rank[familiar_ids] = rng.permutation(n_people) + 1
-    planned = np.zeros(total, dtype=np.int64)
-    counts = zipf_doc_counts(n_people, zipf_exponent, max_docs, min_docs)
+
+def population_from_ranks(
+    names: list[str],
+    genders: list[str],
+    attrs: dict[str, list[str]],
+    rank: np.ndarray,
+    zipf_exponent: float,
+    max_docs: int,
+    min_docs: int,
+    extra_columns: dict[str, object] | None = None,
+) -> Population:
+    """The :class:`Population` of people whose popularity ranks are ``rank``.
+
+    Args:
+        names, genders, attrs: identities (:func:`sample_identities`), ``total`` people.
+        rank: (total,) int64 popularity rank per entity id, ``1..n_people`` each exactly once for the familiar
+            people and 0 for the zero-exposure (unfamiliar) ones.
+        zipf_exponent, max_docs, min_docs: the exposure schedule (:func:`zipf_doc_counts`).
+        extra_columns: further entity-table columns (name -> (total,) values), appended after ``familiar``.
+    """
+    rank = np.asarray(rank, dtype=np.int64)
+    familiar = rank > 0
+    familiar_ids = np.flatnonzero(familiar).astype(np.int64)
+    unfamiliar_ids = np.flatnonzero(~familiar).astype(np.int64)
+    planned = np.zeros(len(rank), dtype=np.int64)
+    counts = zipf_doc_counts(len(familiar_ids), zipf_exponent, max_docs, min_docs)
     planned[familiar_ids] = counts[rank[familiar_ids] - 1]
-
     entities = pd.DataFrame(
         {
-            "entity_id": np.arange(total, dtype=np.int64),
+            "entity_id": np.arange(len(rank), dtype=np.int64),
             "entity": names,
             "gender": genders,
             **{a: attrs[a] for a in ATTRIBUTES},
             "rank": rank,
             "planned_docs": planned,
             "familiar": familiar,
+            **(extra_columns or {}),
         }
     )
     return Population(names, genders, attrs, familiar_ids, unfamiliar_ids, planned, entities)
+
+
+def sample_population(
+    rng: np.random.Generator, n_people: int, n_unfamiliar: int, zipf_exponent: float, max_docs: int, min_docs: int
+) -> Population:
+    """Draw ``n_people`` familiar and ``n_unfamiliar`` unfamiliar people with attributes, popularity
+    ranks (a random permutation of ``1..n_people``) and planned training documents
+    (:func:`zipf_doc_counts` of the rank), all from ``rng`` (the ``rank_seed=None`` corpus). Arguments are
+    assumed valid (:func:`densitylab.data.synthetic.generate.check_synthetic_args`).
+    """
+    total = n_people + n_unfamiliar
+    names, genders, attrs = sample_identities(rng, total)
+    familiar_ids = np.sort(rng.permutation(total)[:n_people])
+    rank = np.zeros(total, dtype=np.int64)
+    rank[familiar_ids] = rng.permutation(n_people) + 1
+    return population_from_ranks(names, genders, attrs, rank, zipf_exponent, max_docs, min_docs)

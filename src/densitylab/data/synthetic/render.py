@@ -2,12 +2,14 @@
 
 A biography is one sentence per attribute plus one co-mention sentence, in a shuffled order, each from
 one of six templates; every inserted name and attribute value is recorded as a :class:`Span`. All
-randomness comes from one :class:`Uniforms` stream of sequential uniform draws.
+randomness of a :class:`Renderer` comes from one :class:`Uniforms` stream of sequential uniform draws
+(:meth:`Renderer.with_draw` swaps it, e.g. for one stream per person).
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import string
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -129,7 +131,8 @@ _POOLS = [_split_pool(TEMPLATES[a]) for a in ATTRIBUTES] + [_split_pool(COMENTIO
 
 
 class Uniforms:
-    """Sequential uniform [0, 1) draws from a numpy Generator, pre-drawn in chunks for speed."""
+    """Sequential uniform [0, 1) draws from a numpy Generator, pre-drawn in chunks of ``chunk`` for speed
+    (the draws depend on ``chunk`` only through how far ``rng`` has advanced, not in their values)."""
 
     def __init__(self, rng: np.random.Generator, chunk: int = 1 << 16) -> None:
         self._rng = rng
@@ -192,8 +195,9 @@ class Renderer:
         names: full name per entity id.
         genders: ``"male"`` / ``"female"`` per entity id (pronouns).
         attrs: attribute name -> value per entity id.
-        pool_ids: entity ids that may be co-mentioned (the familiar people).
-        pool_weights: their co-mention weights (planned training documents).
+        pool_ids: entity ids that may be co-mentioned (the familiar people; everyone in
+            :meth:`uniform`).
+        pool_weights: their co-mention weights (planned training documents; equal in :meth:`uniform`).
         comentions: inclusive ``(lo, hi)`` number of co-mentioned people per document.
         draw: the uniform stream every random choice reads.
     """
@@ -218,8 +222,30 @@ class Renderer:
         self.lo, self.hi = comentions
         self.draw = draw
 
+    @classmethod
+    def uniform(
+        cls,
+        names: list[str],
+        genders: list[str],
+        attrs: dict[str, list[str]],
+        comentions: tuple[int, int],
+        draw: Uniforms,
+    ) -> Renderer:
+        """A renderer whose co-mentions are drawn **uniformly over all other people** (the pool is every
+        entity id, equal weights), independent of who is familiar: the held-out biographies of a
+        counterbalanced corpus (``rank_seed``)."""
+        n = len(names)
+        return cls(names, genders, attrs, np.arange(n, dtype=np.int64), np.ones(n), comentions, draw)
+
+    def with_draw(self, draw: Uniforms) -> Renderer:
+        """A copy that reads ``draw`` instead (the pools and tables are shared, not copied): one stream per
+        person for the held-out biographies of a counterbalanced corpus."""
+        other = copy.copy(self)
+        other.draw = draw
+        return other
+
     def _draw_others(self, subject: int, k: int) -> list[int]:
-        """k distinct familiar people (never ``subject``), probability ∝ planned docs."""
+        """k distinct people of the pool (never ``subject``), probability ∝ their pool weights (planned docs)."""
         chosen: list[int] = []
         excluded = {subject}
         for _ in range(k):
