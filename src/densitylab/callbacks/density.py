@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 
 from densitylab.callbacks.base import ProbeCallback, ProbeResult
@@ -16,20 +17,21 @@ from densitylab.errors import ConfigError
 from densitylab.io import write_parquet_atomic
 from densitylab.probes.density import EndpointSpec, density_records, measure_density, unit_records
 from densitylab.probes.panel import PanelSpec
-from densitylab.probes.sets import build_probe_sets, probe_sets_table
+from densitylab.probes.sets import build_probe_sets, probe_sets_table, window_probe_sets
 
 log = logging.getLogger(__name__)
 
 
 def _plan_entities(dm) -> pd.DataFrame | None:
-    """The entity table the panel is drawn from: the generator's ``people`` table (with ``planned_docs``)
-    when the data have one, else the extractor's entity table (text data), else None."""
+    """The entity table the panel is drawn from: the generator's ``people`` table (``entity_id``,
+    ``planned_docs`` and, with a Latin square, ``study_group``) when the data have one, else the extractor's
+    entity table (text data), else None."""
     gt = getattr(dm, "ground_truth_dir", None)
     people = None if gt is None else Path(gt) / "people.parquet"
     if people is not None and people.is_file():
         table = pd.read_parquet(people)
         if "planned_docs" in table:
-            return table[["entity_id", "planned_docs"]]
+            return table[["entity_id", "planned_docs", *(["study_group"] if "study_group" in table else [])]]
     return getattr(dm, "entity_table", None)
 
 
@@ -55,6 +57,17 @@ class DensityCallback(ProbeCallback):
     (``probes/density_regression.parquet``, :mod:`densitylab.probes.density_regression`) and adds the final
     endpoints and dead fractions to ``summary.json``.
 
+    **Windows-only mode** (data without packed text splits, ``not datamodule.splits``: ``data=uniform``,
+    ``callbacks=uniform_control``; the Lazy-Neuron control of Li et al., "The Lazy Neuron Phenomenon",
+    arXiv:2210.06313: does MLP activation density fall during training with no text at all?): the sets are
+    the datamodule's ``probe_windows(windows_per_set)`` (``seen``: trained sequences with their sample ids;
+    ``heldout``: never-trained ones) and the ``random`` control (``control_rows`` rows uniform over the
+    vocabulary), from :func:`~densitylab.probes.sets.window_probe_sets`; no panel, roles, persons or endpoints.
+    ``probes/density.parquet`` then holds the whole-set rows (role, exposure ``all``, estimand ``mean``) of
+    every metric per layer, set and step, ``probes/units.parquet`` the dead units, and the logged scalars
+    are ``density/L{i}/{metric}/{probe_set}`` and ``density/L{i}/dead_frac``; no ledger is read (token and
+    sequence exposures are 0), no heatmap, no positions table, no regression, no endpoint headline.
+
     Args:
         output_dir: run folder.
         every_n_steps: periodic cadence after the log-spaced steps.
@@ -71,10 +84,15 @@ class DensityCallback(ProbeCallback):
         endpoints: :class:`~densitylab.probes.density.EndpointSpec` fields (the pre-registered endpoints;
             ``{}`` = its defaults, which equal ``conf/callbacks/default.yaml``).
         regression: run the covariate regression at the end of fit.
+        windows_only: the run's data have no packed text splits (``data=uniform``): the windows-only mode,
+            where ``ledger`` may be None (no ledger: the callback then requires none). The mode itself follows
+            the data (``not datamodule.splits``); this flag only lets the ledger go and checks the data.
 
     Raises:
-        ConfigError: at construction for a bad panel or endpoint setting; at fit start if ``ledger`` was
-            never connected to a LedgerCallback.
+        ConfigError: at construction for a bad panel or endpoint setting or a non-boolean ``windows_only``; at
+            fit start if ``ledger`` was never connected to a LedgerCallback, if ``windows_only`` is set but the
+            data have packed text splits (the full probe needs the ledger), or if the data have neither packed
+            text splits nor ``probe_windows``.
     """
 
     name = "density"
@@ -94,8 +112,15 @@ class DensityCallback(ProbeCallback):
         panel: Mapping | PanelSpec,
         endpoints: Mapping | EndpointSpec,
         regression: bool = True,
+        windows_only: bool = False,
     ) -> None:
-        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs={"ledger": ledger})
+        if not isinstance(windows_only, bool):
+            raise ConfigError(f"callbacks.density.windows_only={windows_only!r}: expected true or false")
+        self.windows_only = windows_only
+        if windows_only and ledger is None:  # the windows-only mode without a ledger: this instance requires none
+            self.requires = {}
+        needs = {"ledger": ledger} if "ledger" in self.requires else None
+        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs=needs)
         for key, v in (
             ("windows_per_set", windows_per_set),
             ("control_rows", control_rows),
@@ -137,6 +162,7 @@ class DensityCallback(ProbeCallback):
         self._positions: pd.DataFrame | None = None  # the last call's positions, written at fit end
         self.exposure_used = self.spec.exposure
         self.dead_frac: dict[str, float] = {}
+        self.windows_mode = False  # set at fit start: the data have no packed text splits
 
     @property
     def units_path(self):
@@ -145,8 +171,12 @@ class DensityCallback(ProbeCallback):
 
     def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw the probe sets and the panel (every process); write ``probes/probe_sets.parquet`` and
-        ``probes/panel.parquet`` (rank 0)."""
+        ``probes/panel.parquet`` (rank 0). Data without packed text splits: the windows-only sets
+        (:meth:`prepare_windows`)."""
         dm = trainer.datamodule
+        if self.windows_only or not getattr(dm, "splits", None):
+            self.prepare_windows(trainer, dm)
+            return
         sets, self.panel = build_probe_sets(
             dm.splits,
             dm.vocab_size,
@@ -168,9 +198,59 @@ class DensityCallback(ProbeCallback):
             if self.panel is not None:
                 write_parquet_atomic(self.panel, self.output_dir / "probes" / "panel.parquet")
 
+    def prepare_windows(self, trainer: L.Trainer, dm) -> None:
+        """The windows-only mode's sets (every process): ``seen`` and ``heldout`` from
+        ``dm.probe_windows(windows_per_set)`` and ``random`` (``control_rows`` rows), by
+        :func:`~densitylab.probes.sets.window_probe_sets`; writes ``probes/probe_sets.parquet`` (rank 0).
+
+        Raises:
+            ConfigError: if the data have packed text splits (``windows_only`` set on text data: the full
+                probe needs the ledger) or no ``probe_windows``.
+        """
+        splits = sorted(getattr(dm, "splits", None) or {})
+        if splits:
+            raise ConfigError(
+                f"callbacks.density.windows_only=true: the data have packed text splits {splits}: the windows-only "
+                "mode (ledger: null) is for data without them (data=uniform); on text data the density probe needs "
+                "the ledger (callbacks.density.windows_only=false, callbacks.density.ledger=ledger)"
+            )
+        windows = getattr(dm, "probe_windows", None)
+        if not callable(windows):
+            raise ConfigError(
+                f"callbacks.density: the data ({type(dm).__name__}) have neither packed text splits nor "
+                "probe_windows(): expected data=synthetic|text|hub, or data=uniform with callbacks=uniform_control"
+            )
+        try:
+            sets = window_probe_sets(
+                windows(self.windows_per_set),
+                dm.vocab_size,
+                eos_id=dm.eos_id,
+                n_control=self.control_rows,
+                seed=self.seed,
+            )
+        except ValueError as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+        self.sets = {s.name: s for s in sets}
+        self.panel, self.windows_mode = None, True
+        log.info(
+            "density: windows-only mode (no packed text splits): %s",
+            ", ".join(f"{s.name} {len(s.input_ids)} rows" for s in sets),
+        )
+        if trainer.is_global_zero and self.output_dir is not None:
+            write_parquet_atomic(probe_sets_table(sets), self.output_dir / "probes" / "probe_sets.parquet")
+
+    def _ledger(self):
+        """The connected ledger's :class:`~densitylab.ledger.ExposureLedger`, or None in the windows-only mode
+        (its counts are over packed text windows, which such data do not have) or without a ledger."""
+        if self.windows_mode or "ledger" not in self.requires:
+            return None
+        return self.dependency("ledger").ledger
+
     def before_measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        """Sum the ledger over processes (a collective: every process, same step)."""
-        self.dependency("ledger").ledger.sync()
+        """Sum the ledger over processes (a collective: every process, same step); nothing without one."""
+        ledger = self._ledger()
+        if ledger is not None:
+            ledger.sync()
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, model, step: int) -> ProbeResult:
         """Density metrics of every probe set, the pre-registered endpoints with persons as clusters
@@ -179,9 +259,11 @@ class DensityCallback(ProbeCallback):
         Returns:
             The records, and the whole-set means ``density/L{i}/{metric}/{probe_set}``,
             ``density/L{i}/dead_frac`` plus the sufficient endpoint numbers. The units records and the
-            positions wait in ``self._units`` / ``self._positions`` for :meth:`add_records`.
+            positions wait in ``self._units`` / ``self._positions`` for :meth:`add_records`. In the
+            windows-only mode there is no ledger: zero token counts, no sequence counts, no exposures, no
+            endpoints and no positions.
         """
-        ledger = self.dependency("ledger").ledger
+        ledger = self._ledger()
         full = (
             self.is_last_call(trainer, step)  # the end, or a scheduled call at the last step: the whole panel
             or step == 0
@@ -202,7 +284,7 @@ class DensityCallback(ProbeCallback):
             for name, s in sets.items()
         }
         exposure = {}
-        if ledger.n_entities:
+        if ledger is not None and ledger.n_entities:
             exposure = {
                 "distinct_docs": ledger.entity_distinct_docs(),
                 "subject_docs": ledger.entity_subject_docs(),
@@ -215,12 +297,13 @@ class DensityCallback(ProbeCallback):
             metrics,
             sets,
             exposure,
-            ledger.token_counts.cpu().numpy(),
-            ledger.sequence_counts.cpu().numpy(),
+            np.zeros(model.config.vocab_size, dtype=np.int64) if ledger is None else ledger.token_counts.cpu().numpy(),
+            None if ledger is None else ledger.sequence_counts.cpu().numpy(),
             self.spec,
         )
         self.headline = headline
-        self._positions = positions[positions["probe_set"].isin(["panel", "seen"])]
+        # the positions feed the regression on the panel: none in the windows-only mode
+        self._positions = None if self.windows_mode else positions[positions["probe_set"].isin(["panel", "seen"])]
         ends = rows[rows["exposure"] != "all"]
         self.exposure_used = str(ends["exposure"].iloc[0]) if len(ends) else self.spec.exposure
         self._units = units = unit_records(step, metrics)

@@ -84,7 +84,9 @@ class UniformSequenceDataModule(L.LightningDataModule):
     :class:`~densitylab.callbacks.MemorizationCallback` measures total memorized bits of the whole
     training set. Validation uses ``n_heldout`` fresh sequences from another seed: nothing about
     them can be learned, so ``val/loss`` never goes below ln A nats/token (it rises above it as the
-    model grows confident about the training sequences), a built-in check of the setup.
+    model grows confident about the training sequences), a built-in check of the setup. The density
+    probe's windows-only mode (``callbacks=uniform_control``, the Lazy-Neuron control) reads
+    :meth:`probe_windows`.
 
     Args:
         n_sequences: N, training sequences (dataset size).
@@ -133,7 +135,9 @@ class UniformSequenceDataModule(L.LightningDataModule):
         )
         self.tokenizer = None
         self.entity_table = None
-        self.splits: dict = {}  # no packed text splits: text-only probes (ledger, density, modularity) do not apply
+        # no packed text splits: the text-only probes (ledger, modularity, the density panel) do not apply; the
+        # density probe reads probe_windows() instead (callbacks=uniform_control)
+        self.splits: dict = {}
         self.canaries = pd.DataFrame(
             {
                 "canary_id": range(self.n_sequences),
@@ -171,6 +175,37 @@ class UniformSequenceDataModule(L.LightningDataModule):
     def unigram_entropy(self) -> float:
         """ln A nats/token: the exact loss of the generating distribution (no model can beat it on held-out data)."""
         return math.log(self.alphabet_size)
+
+    def probe_windows(self, n: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Fixed windows for the density probe on data without packed text splits (the windows-only mode of
+        :class:`~densitylab.callbacks.DensityCallback`: the Lazy-Neuron control, Li et al., "The Lazy Neuron
+        Phenomenon", arXiv:2210.06313).
+
+        - ``"seen"``: the first ``k = min(n, N)`` training sequences; each is trained once per epoch (the
+          first rows of a smaller dataset are those of a larger one, so a sweep over N probes the same rows);
+        - ``"heldout"``: the first ``k = min(n, n_heldout)`` held-out sequences (the ``val/loss`` ones), never
+          trained on.
+
+        Each value has the keys of a training batch (:class:`SequenceDataset`) plus ``window_id``:
+        ``input_ids`` (k, S−1) int64 = tokens[:, :-1]; ``labels`` (k, S−1) int64 = tokens[:, 1:] (the next
+        token of every input position); ``sample_id`` (k,) int64, the training sequence ids for ``seen`` and
+        -1 for ``heldout`` (never a training sample); ``window_id`` (k,) int64, each row's sequence index in
+        its own split (``0 .. k-1``).
+
+        Raises:
+            ConfigError: if ``n`` is not an integer >= 1.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"probe windows: n={n!r}: expected an integer >= 1")
+        out = {}
+        for name, tokens in (("seen", self.train_tokens), ("heldout", self.heldout_tokens)):
+            ids = list(range(min(n, tokens.shape[0])))
+            w = SequenceDataset(tokens).__getitems__(ids)
+            w["window_id"] = w["sample_id"].clone()
+            if name == "heldout":
+                w["sample_id"] = torch.full_like(w["sample_id"], -1)
+            out[name] = w
+        return out
 
     def prepare_data(self) -> None:
         """Nothing to prepare: the data are generated in memory from the seed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import torch
@@ -48,12 +50,17 @@ def _labels(rows: Rows) -> dict[str, np.ndarray]:
 def exposure_plan(splits: dict[str, PackedSplit], entities: pd.DataFrame | None) -> pd.DataFrame | None:
     """What the panel is stratified by: ``entity_id``, ``planned`` = the generator's ``planned_docs``
     (synthetic data) or the entity's name mentions in the training split's span table (text data);
-    None without an entity table."""
+    None without an entity table. A ``study_group`` column of the entity table (the Latin square's groups,
+    -1 outside the study) is passed through (:func:`~densitylab.probes.panel.draw_panel` puts every study
+    person in the panel)."""
     if entities is None or not len(entities):
         return None
     ids = entities["entity_id"].to_numpy(np.int64)
     if "planned_docs" in entities:
-        return pd.DataFrame({"entity_id": ids, "planned": entities["planned_docs"].to_numpy(np.int64)})
+        plan = pd.DataFrame({"entity_id": ids, "planned": entities["planned_docs"].to_numpy(np.int64)})
+        if "study_group" in entities:
+            plan["study_group"] = entities["study_group"].to_numpy(np.int64)
+        return plan
     names = splits["train"].spans
     counts = names.loc[names["kind"] == "name", "entity"].value_counts()
     return pd.DataFrame({"entity_id": ids, "planned": counts.reindex(ids, fill_value=0).to_numpy(np.int64)})
@@ -220,6 +227,75 @@ def build_probe_sets(
         ProbeSet("random_seen", torch.as_tensor(rng.choice(pool, size=(n_control, T)), dtype=torch.int64), none.clone())
     )
     return sets, table
+
+
+def window_probe_sets(
+    windows: Mapping[str, Mapping[str, torch.Tensor]],
+    vocab_size: int,
+    *,
+    eos_id: int | None = None,
+    n_control: int = 8,
+    seed: int = 0,
+) -> list[ProbeSet]:
+    """The density probe sets of data without packed text splits (the windows-only mode of
+    :class:`~densitylab.callbacks.DensityCallback`, e.g. ``data=uniform``: the Lazy-Neuron control, Li et al.,
+    arXiv:2210.06313): no panel, no roles, no persons, every position probed (role ``all``).
+
+    - one set per entry of ``windows``, in its order (``seen``: trained windows, ``sample_ids`` = their
+      training ids; ``heldout``: never-trained windows, ``sample_ids`` -1), with their targets;
+    - ``random``: ``n_control`` rows of token ids uniform over the vocabulary (``eos_id`` excluded when the
+      data have one; uniform data have none), as wide as the windows.
+
+    Args:
+        windows: set name -> ``input_ids`` (k, T) int64, ``labels`` (k, T) int64 (next token, -100 none),
+            ``sample_id`` (k,) int64 (-1: not a training window) and optionally ``window_id`` (k,) int64 (the
+            row's index in its split; default ``0 .. k-1``), e.g.
+            :meth:`~densitylab.data.uniform.UniformSequenceDataModule.probe_windows`.
+        vocab_size: V.
+        eos_id: id of ``<|endoftext|>``, left out of ``random`` (None: no such token).
+        n_control: rows of ``random``.
+        seed: seed of ``random``'s draw.
+    Returns:
+        The sets: the windows' sets, then ``random``.
+    Raises:
+        ValueError: for ``n_control`` < 1, no windows, an empty set, sets of different widths, or a
+            vocabulary of fewer than 2 ids.
+    """
+    if isinstance(n_control, bool) or not isinstance(n_control, int) or n_control < 1:
+        raise ValueError(f"callbacks.density.control_rows={n_control!r}: expected an integer >= 1")
+    if not windows:
+        raise ValueError("density probe windows: expected at least one set of windows (e.g. seen, heldout)")
+    n_ids = int(vocab_size) - (eos_id is not None)
+    if n_ids < 1 or vocab_size < 2:
+        raise ValueError(f"density probe windows: vocab_size={vocab_size}: expected >= 2")
+    sets: list[ProbeSet] = []
+    widths = set()
+    for name, w in windows.items():
+        x = torch.as_tensor(w["input_ids"], dtype=torch.int64)
+        if x.ndim != 2 or not len(x):
+            raise ValueError(
+                f"density probe windows {name!r}: input_ids of shape {tuple(x.shape)}: expected (k >= 1, T)"
+            )
+        widths.add(x.shape[1])
+        k = len(x)
+        win = w.get("window_id")
+        sets.append(
+            ProbeSet(
+                str(name),
+                x,
+                torch.as_tensor(w["sample_id"], dtype=torch.int64),
+                window_ids=torch.arange(k) if win is None else torch.as_tensor(win, dtype=torch.int64),
+                targets=torch.as_tensor(w["labels"], dtype=torch.int64),
+            )
+        )
+    if len(widths) > 1:
+        raise ValueError(f"density probe windows: widths {sorted(widths)}: expected one window width")
+    (T,) = widths
+    ids = np.random.default_rng(seed).integers(0, n_ids, size=(n_control, T))
+    if eos_id is not None:
+        ids = ids + (ids >= eos_id)
+    sets.append(ProbeSet("random", torch.as_tensor(ids, dtype=torch.int64), torch.full((n_control,), -1)))
+    return sets
 
 
 def probe_sets_table(sets: list[ProbeSet]) -> pd.DataFrame:
