@@ -97,9 +97,13 @@ def test_conf_has_the_groups_the_project_documents():
     assert {"hparams_search", "hydra/launcher"} <= groups, groups
 
 
+#: Groups that exist only inside an experiment's defaults: composed with that experiment.
+WITHIN = {"study_arm": ["experiment=familiarity_study"]}
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=IDS)
 def test_every_group_option_composes_and_resolves(group, option, compose_config):
-    cfg = compose_config(f"{group}={option}")
+    cfg = compose_config(*WITHIN.get(group, []), f"{group}={option}")
     if group.startswith("hydra/"):
         node = OmegaConf.select(cfg, group.replace("/", "."))
         assert node is not None and "_target_" in node, f"{group}={option} defines no {group.replace('/', '.')}"
@@ -183,7 +187,7 @@ def test_every_group_option_instantiates_its_objects(group, option, compose_conf
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    cfg = compose_config(f"{group}={option}")
+    cfg = compose_config(*WITHIN.get(group, []), f"{group}={option}")
     _fill_missing(cfg, tmp_path)
     targets = _targets(cfg)
     assert any(name == "data" for name, _ in targets), f"{group}={option}: no data node with a _target_"

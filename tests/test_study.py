@@ -69,7 +69,12 @@ def test_verdicts_on_constructed_intervals():
     with pytest.raises(ValueError, match="sesoi"):
         decide(0, 1, sesoi=0, predicted_sign=1)
     with pytest.raises(ValueError, match="predicted_sign"):
-        decide(0, 1, sesoi=1, predicted_sign=0)
+        decide(0, 1, sesoi=1, predicted_sign=2)
+    # an equivalence claim (sign 0): inside +-SESOI it holds; excluding 0 either way contradicts it
+    assert decide(-0.2, 0.3, sesoi=0.5, predicted_sign=0) == "negligible"
+    assert decide(0.6, 0.9, sesoi=0.5, predicted_sign=0) == "contradicted"
+    assert decide(-0.9, -0.1, sesoi=0.5, predicted_sign=0) == "contradicted"
+    assert decide(-0.3, 0.8, sesoi=0.5, predicted_sign=0) == "inconclusive"
 
 
 def test_holm_levels_step_down_and_stop():

@@ -20,17 +20,30 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("width_at_budget", width_at_budget)
     if not OmegaConf.has_resolver("run_folder_group"):
         OmegaConf.register_new_resolver("run_folder_group", run_folder_group)
+    if not OmegaConf.has_resolver("run_folder_parent"):
+        OmegaConf.register_new_resolver("run_folder_parent", run_folder_parent)
 
 
-def run_folder_group(output_dir: str, log_dir: str) -> str:
+def run_folder_group(output_dir: str | None, log_dir: str) -> str | None:
     """``${run_folder_group:RUN_DIR,LOG_DIR}``: the W&B group of a run folder, its path below ``LOG_DIR``
     (``smoke/runs/2026-12-01_10-00-00-000000``), or its absolute path when it lies elsewhere. Every attempt of
-    one run folder (a resume in the same folder) carries the same group."""
+    one run folder (a resume in the same folder) carries the same group. None outside a run (``--cfg job``)."""
+    if output_dir is None:
+        return None
     out, root = Path(os.path.abspath(output_dir)), Path(os.path.abspath(log_dir))
     try:
         return out.relative_to(root).as_posix()
     except ValueError:
         return out.as_posix()
+
+
+def run_folder_parent(output_dir: str | None, log_dir: str) -> str | None:
+    """``${run_folder_parent:RUN_DIR,LOG_DIR}``: :func:`run_folder_group` of the run folder's parent, i.e. of a
+    multirun job its multirun folder (``familiarity_study/multiruns/2026-12-01_10-00-00-000000``): the W&B group of
+    a study, so every arm of one ``-m`` launch is one group."""
+    if output_dir is None:  # composed outside a run (``--cfg job``): no run folder yet
+        return None
+    return run_folder_group(str(Path(os.path.abspath(output_dir)).parent), log_dir)
 
 
 def width_at_budget(budget: int, n_layer: int, n_head: int) -> int:

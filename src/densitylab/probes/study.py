@@ -102,18 +102,21 @@ def decide(ci_low: float, ci_high: float, sesoi: float, predicted_sign: int) -> 
     Args:
         ci_low, ci_high: the interval (NaN: ``not measured``).
         sesoi: the smallest effect size of interest (> 0, the endpoint's units).
-        predicted_sign: +1 or −1.
+        predicted_sign: +1 or −1; 0 for an **equivalence** claim ("matches": the claim predicts ``negligible``), for
+            which an interval excluding 0 is ``contradicted`` in either direction.
     Raises:
-        ValueError: for a SESOI <= 0 or a sign other than ±1.
+        ValueError: for a SESOI <= 0 or a sign other than −1, 0, +1.
     """
     if not (sesoi > 0):
         raise ValueError(f"sesoi={sesoi!r}: expected a number > 0")
-    if predicted_sign not in (1, -1):
-        raise ValueError(f"predicted_sign={predicted_sign!r}: expected +1 or -1")
+    if predicted_sign not in (1, 0, -1):
+        raise ValueError(f"predicted_sign={predicted_sign!r}: expected +1, -1 or 0 (an equivalence claim)")
     if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
         return "not measured"
     if -sesoi < ci_low and ci_high < sesoi:
         return "negligible"
+    if predicted_sign == 0:
+        return "contradicted" if (ci_low > 0 or ci_high < 0) else "inconclusive"
     if (predicted_sign > 0 and ci_low > 0) or (predicted_sign < 0 and ci_high < 0):
         return "supported"
     if (predicted_sign > 0 and ci_high < 0) or (predicted_sign < 0 and ci_low > 0):

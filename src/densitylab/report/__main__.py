@@ -1,4 +1,4 @@
-"""``python -m densitylab.report [density|knowledge|capacity|compare] RUN_DIR [RUN_DIR ...] [--out DIR]``
+"""``python -m densitylab.report [density|knowledge|capacity|compare|study] RUN_DIR [RUN_DIR ...] [--out DIR]``
 
 ``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run
 folders or a
@@ -22,6 +22,11 @@ across models, next to Morris et al.'s 3.83 (fp32) / 3.51 (bf16); writes
 curves, density slopes per layer and role, modularity and memorization over training, final numbers, the
 config values that differ, and final numbers against a varying config value (``--by KEY``, found
 automatically when exactly one numeric value varies). Default output ``<common parent>/compare``.
+
+``study``: from an ``experiment=familiarity_study`` multirun folder, the pre-registered claims' verdicts
+(``verdicts.md``, ``verdicts.csv``, also logged to W&B as a table unless ``--no-wandb``), the within-person estimates
+per layer, role and metric, the pairwise (per pair of corpora) estimates and the controls, in ``--out`` (default
+``<multirun>/report/study``). ``--capacity DIR`` and ``--depth-width DIR`` add claims 8 and 9 from those multiruns.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "density"
-    if argv and argv[0] in ("density", "knowledge", "capacity", "compare"):
+    if argv and argv[0] in ("density", "knowledge", "capacity", "compare", "study"):
         command, argv = argv[0], argv[1:]
     ap = argparse.ArgumentParser(
         prog="python -m densitylab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output folder (default: RUN/plots for one run, else <common parent>/report)")
     if command == "compare":
         ap.add_argument("--by", help="config key to plot final numbers against (e.g. model.net.n_layer)")
+    if command == "study":
+        ap.add_argument("--capacity", nargs="+", help="an experiment=capacity multirun folder (claim 8)")
+        ap.add_argument("--depth-width", nargs="+", help="an experiment=depth_width multirun folder (claim 9)")
+        ap.add_argument("--no-wandb", action="store_true", help="do not log the verdict table to W&B")
     args = ap.parse_args(argv)
+    if command == "study":
+        return _study(args)
     if command == "capacity":
         return _capacity(args)
     if command == "compare":
@@ -95,6 +106,19 @@ def _compare(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {page} (and the PNGs beside it)")
+    return 0
+
+
+def _study(args) -> int:
+    from densitylab.report.study import format_verdicts, study_report
+
+    try:
+        out, table = study_report(args.runs, args.out, args.capacity, args.depth_width, wandb_table=not args.no_wandb)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/verdicts.md, {out}/verdicts.csv, {out}/within_person.csv, {out}/pairwise.csv")
+    print(format_verdicts(table))
     return 0
 
 

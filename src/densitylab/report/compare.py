@@ -284,8 +284,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table_html(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["run", *df.columns])
+def _table_html(df: pd.DataFrame, index_name: str = "run") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [index_name, *df.columns])
     body = "".join(
         "<tr>"
         + f"<td class='run'>{html.escape(str(i))}</td>"
@@ -324,6 +324,14 @@ def compare_report(paths: list[str | Path], out_dir: str | Path | None = None, b
     diff.to_csv(out / "config_diff.csv")
     final.to_csv(out / "final.csv")
     sections = []
+    verdicts = sorted(root.glob("report/study/verdicts.csv")) or sorted(root.parent.glob("report/study/verdicts.csv"))
+    if verdicts:  # the runs are (part of) a study with a verdict table: show it first
+        v = pd.read_csv(verdicts[0])
+        cols = ["claim", "endpoint", "estimate", "ci_low", "ci_high", "level", "n_persons", "n_runs", "unit", "sesoi"]
+        sections.append(
+            f"<h2>Study verdicts (pre-registered claims)</h2><p class='file'>{html.escape(str(verdicts[0]))}</p>"
+            + _table_html(v.set_index("claim")[[c for c in cols[1:] if c in v] + ["verdict"]], index_name="claim")
+        )
     for title, png in figs:
         b64 = base64.b64encode(png.read_bytes()).decode()
         sections.append(
