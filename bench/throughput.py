@@ -362,6 +362,68 @@ def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tup
     return float(np.median(times)), len(comps), len(tasks)
 
 
+def modularity_v2_call_cost(dm, device, repeats: int = 3) -> dict:
+    """Seconds of the modularity probe's calls as ``ModularityCallback`` makes them on the default run (synthetic
+    data, the tiny model, its default settings: 16 held-out windows, 16 attribution windows, 1000 permutations):
+    a v1 call (every head and n_head contiguous MLP groups), a v2 call alone (attribution, the heads and the
+    attribution groups, the null), the combined call (one sweep; heads shared) and its parts; and the default
+    run's total (900 steps: the control and step 900 combined, steps 300 and 600 v1 only; step 0 reuses the
+    control's measurement, costing one weights hash)."""
+    from types import SimpleNamespace
+
+    from densitylab.callbacks.modularity import ModularityCallback, _weights_hash
+    from densitylab.probes.modularity import mlp_attribution, permutation_null
+    from densitylab.probes.schedule import is_scheduled
+
+    model = GPT(GPTConfig(**dict(MODEL, vocab_size=dm.vocab_size, block_size=dm.block_size))).to(device).eval()
+    cb = ModularityCallback(seed=0)
+    cb.prepare(SimpleNamespace(datamodule=dm), SimpleNamespace(model=model))
+
+    def median(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    v1_s = median(lambda: cb._sweep(model, v1=True, v2=False))
+    v2_s = median(lambda: cb._sweep(model, v1=False, v2=True))
+    both_s = median(lambda: cb._sweep(model, v1=True, v2=True))
+    attr_s = median(lambda: mlp_attribution(model, *cb.fit, mode="position"))
+    attr_task_s = median(lambda: mlp_attribution(model, *cb.fit, mode="task"))
+    _, v2 = cb._sweep(model, v1=False, v2=True)
+    sweep_rows = len(v2.components)
+    rng = np.random.default_rng(0)
+    d, b = rng.normal(size=(sweep_rows, int(cb.targets.ge(0).sum()))), np.ones(int(cb.targets.ge(0).sum()))
+    M = np.eye(len(cb.tasks), dtype=bool)[rng.integers(0, len(cb.tasks), len(b))]
+    null_s = median(lambda: permutation_null(d, b, M, cb.n_perm, np.random.default_rng(0)))
+    hash_s = median(lambda: _weights_hash(model))
+    steps = [s for s in range(1, 901) if is_scheduled(s, 300, False)]  # 300, 600, 900
+    return {
+        "windows": int(cb.probe_set.input_ids.shape[0]),
+        "fit_windows": int(cb.fit[0].shape[0]),
+        "tasks": len(cb.tasks),
+        "v1_components": model.config.n_layer * (model.config.n_head + cb.groups),
+        "v2_components": sweep_rows,
+        "v1_call_s": v1_s,
+        "v2_call_s": v2_s,
+        "v1_v2_call_s": both_s,
+        "v2_marginal_s": both_s - v1_s,
+        "attribution_position_s": attr_s,
+        "attribution_task_s": attr_task_s,
+        "null_s": null_s,
+        "n_perm": cb.n_perm,
+        "weights_hash_s": hash_s,
+        "calls_default_run": {
+            "control": "v1+v2",
+            "0": "reused",
+            **{str(s): "v1+v2" if s == 900 else "v1" for s in steps},
+        },
+        "default_run_s": 2 * both_s + (len(steps) - 1) * v1_s + hash_s,
+    }
+
+
 def memorization_call_cost(device, repeats: int = 3) -> dict:
     """Seconds of one memorization probe call: (a) the default canaries (6 repetition groups x 4, S=64)
     on the tiny model (vocab 4096); (b) a capacity-experiment call: 2048 uniform sequences (S=64,
@@ -402,6 +464,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the numbers to this file")
     ap.add_argument("--only-density", action="store_true", help="time the density probe call only")
     ap.add_argument("--only-knowledge", action="store_true", help="time closed-set knowledge scoring only")
+    ap.add_argument("--only-modularity", action="store_true", help="time the modularity probe's calls (v1, v2) only")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
@@ -412,6 +475,10 @@ def main() -> None:
     if args.only_knowledge:
         with tempfile.TemporaryDirectory() as cache:
             print(json.dumps(knowledge_call_cost(synthetic_datamodule(cache), device), indent=2))
+        return
+    if args.only_modularity:
+        with tempfile.TemporaryDirectory() as cache:
+            print(json.dumps(modularity_v2_call_cost(synthetic_datamodule(cache), device), indent=2))
         return
     if args.only_density:
         with tempfile.TemporaryDirectory() as cache:

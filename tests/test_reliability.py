@@ -274,7 +274,7 @@ def test_kill_mid_run_then_resume_in_the_same_folder_gives_the_uninterrupted_rec
     summary = json.loads((run / "summary.json").read_text())
     ref_summary = json.loads((smoke_run / "summary.json").read_text())
     assert summary["global_step"] == 80 and summary["train/loss"] is not None
-    for key in ("train/loss", "val/loss", "train/tokens_seen", "density/L1/name_last/slope", "modularity/score"):
+    for key in ("train/loss", "val/loss", "train/tokens_seen", "density/L1/name_last/slope", "modularity/score_v1"):
         assert summary.get(key) == ref_summary.get(key), key
 
     got, ref = _long(pd.read_csv(run / "metrics.csv")), _long(pd.read_csv(smoke_run / "metrics.csv"))
@@ -304,5 +304,5 @@ def test_kill_mid_run_then_resume_in_the_same_folder_gives_the_uninterrupted_rec
     twice = sorted(k for k in set(seen) if seen.count(k) > 1)
     assert not twice, f"(step, metric) logged twice across the attempts: {twice[:5]}"
     ref_keys = logged_keys(wandb_history(offline_runs(smoke_run)[0]))
-    for metric in ("train/loss", "val/loss", "density/L0/pre_value/slope", "modularity/score"):
+    for metric in ("train/loss", "val/loss", "density/L0/pre_value/slope", "modularity/score_v1"):
         assert {s for s, m in seen if m == metric} == {s for s, m in ref_keys if m == metric}, metric

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import real_text, require_success, run_command, run_train_py
@@ -561,11 +562,16 @@ def test_smoke_modularity_rows_and_scores(smoke_run: Path):
         assert set(g["task"]) == tasks and g["component"].nunique() == n_comp and len(g) == n_comp * len(tasks)
     assert df["delta_loss"].notna().all()
     summary = json.loads((smoke_run / "summary.json").read_text())
-    for k in ("modularity/score", "modularity/score_heads", "modularity/score_mlp", "modularity/control_score"):
+    for k in ("modularity/score_v1", "modularity/score_heads", "modularity/score_mlp", "modularity/control_score_v1"):
         assert 0.0 <= summary[k] <= 1.0, k
     assert summary["modularity/score_minus_control"] == pytest.approx(
-        summary["modularity/score"] - summary["modularity/control_score"]
+        summary["modularity/score_v1"] - summary["modularity/control_score_v1"]
     )
+    v2 = pd.read_parquet(smoke_run / "probes" / "modularity_v2.parquet")
+    assert list(v2["step"]) == [-1, 0, 80]  # the control, step 0 (the control's weights) and the end
+    assert ((v2["null_lo"] <= v2["null_mean"]) & (v2["null_mean"] <= v2["null_hi"])).all()
+    assert np.allclose(v2["excess"], v2["score_v2"] - v2["null_mean"]) and (v2["p_perm"] > 0).all()
+    assert summary["modularity/score_v2"] == pytest.approx(v2["score_v2"].iloc[-1])
     assert (smoke_run / "plots" / "modularity_over_training.png").stat().st_size > 10_000
 
 

@@ -135,8 +135,10 @@ FINAL_KEYS = [
     "train/loss",
     "model/params",
     "model/params_non_embedding",
-    "modularity/score",
+    "modularity/score_v1",
     "modularity/score_minus_control",
+    "modularity/score_v2",
+    "modularity/excess",
     "memorization/bits_total",
     "memorization/extractable_frac",
     "knowledge/panel/acc",
@@ -219,7 +221,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
         figs.append(("Density slope per layer and role", save_figure(fig, out / "compare_density_slopes.png")))
 
     for col, title, fname in (
-        ("modularity/score", "Modularity under ablation (score)", "compare_modularity.png"),
+        ("modularity/score_v2", "Modularity under ablation (score v2)", "compare_modularity.png"),
         ("memorization/bits_total", "Memorized canary bits (total)", "compare_memorization.png"),
         ("knowledge/acc", "Closed-set fact recall of the panel's core (accuracy)", "compare_knowledge.png"),
     ):
@@ -242,7 +244,7 @@ def _plot_training(runs: list[dict], out: Path) -> list[tuple[str, Path]]:
 
 
 def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tuple[str, Path] | None:
-    """Final numbers against config value ``key``: ``val/loss``, ``modularity/score``, ``memorization/bits_total``,
+    """Final numbers against config value ``key``: ``val/loss``, ``modularity/score_v2``, ``memorization/bits_total``,
     ``knowledge/panel/acc`` and :data:`SLOPE_SUMMARY` (the mean over layers of the ``name_last`` density slope),
     one point per run and the mean per value as a line."""
     plt = pyplot()
@@ -251,7 +253,7 @@ def _plot_by(final: pd.DataFrame, diff: pd.DataFrame, key: str, out: Path) -> tu
         return None
     panels = [
         c
-        for c in ("val/loss", "modularity/score", "memorization/bits_total", "knowledge/panel/acc")
+        for c in ("val/loss", "modularity/score_v2", "memorization/bits_total", "knowledge/panel/acc")
         if c in final and final[c].notna().any()
     ]
     if SLOPE_SUMMARY in final and final[SLOPE_SUMMARY].notna().any():

@@ -1,4 +1,5 @@
-"""Modularity plot from ``probes/modularity.parquet`` (no W&B needed)."""
+"""Modularity plot and table from ``probes/modularity.parquet`` and ``probes/modularity_v2.parquet`` (no W&B
+needed)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,35 @@ def ablation_heatmap(comps: list[Component], E: np.ndarray, tasks: list[str], st
     return fig
 
 
+def v2_by_step(run_dir: str | Path) -> pd.DataFrame | None:
+    """``probes/modularity_v2.parquet`` of a run sorted by step (step -1 = the untrained control), or None when
+    the run has no v2 table (v2 off, or a run from before v2)."""
+    f = Path(run_dir) / "probes" / "modularity_v2.parquet"
+    return pd.read_parquet(f).sort_values("step", ignore_index=True) if f.is_file() else None
+
+
+def modularity_table(run_dir: str | Path, eps: float = 1e-3) -> pd.DataFrame:
+    """One row per probe step: v1's ``score_v1`` / ``score_heads`` / ``score_mlp`` (recomputed from
+    ``probes/modularity.parquet``) beside v2's ``score_v2``, ``null_mean``, ``null_lo``, ``null_hi``,
+    ``excess`` and ``p_perm`` (NaN at steps without v2); step -1 is the untrained control.
+
+    Raises:
+        FileNotFoundError: if the run has no ``probes/modularity.parquet``.
+    """
+    s = scores_by_step(read_probe(run_dir, "modularity"), eps).rename(columns={"score": "score_v1"})
+    s = s[["step", "score_v1", "score_heads", "score_mlp"]]
+    v2 = v2_by_step(run_dir)
+    cols = ["score_v2", "null_mean", "null_lo", "null_hi", "excess", "p_perm"]
+    if v2 is None:
+        return s.assign(**{c: np.nan for c in cols})
+    return s.merge(v2[["step", *cols]], on="step", how="outer").sort_values("step", ignore_index=True)
+
+
 def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Write ``plots/modularity_over_training.png``: modularity scores against step, the untrained
-    control as dashed lines.
+    """Write ``plots/modularity_over_training.png``: v1's modularity scores against step, the untrained
+    control as dashed lines; with a ``probes/modularity_v2.parquet``, a second panel with ``score_v2`` at its
+    steps, its permutation null (mean and 2.5-97.5% quantiles as error bars), ``score_v1`` for comparison and
+    the control's score_v2 (dotted).
 
     Raises:
         FileNotFoundError: if the run has no ``probes/modularity.parquet``.
@@ -57,18 +84,40 @@ def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path
     plt = pyplot()
     run = Path(run_dir)
     s = scores_by_step(read_probe(run, "modularity"))
+    v2 = v2_by_step(run)
     trained, control = s[s["step"] >= 0], s[s["step"] < 0]
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
+    if v2 is None:
+        fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, sharey=True)
+        ax = axes[0]
     for col, c in (("score", "k"), ("score_heads", "tab:blue"), ("score_mlp", "tab:orange")):
-        ax.plot(trained["step"], trained[col], marker="o", ms=3, color=c, label=col.replace("score", "modularity"))
+        label = "modularity v1" if col == "score" else col.replace("score", "modularity")
+        ax.plot(trained["step"], trained[col], marker="o", ms=3, color=c, label=label)
         if len(control) and np.isfinite(control[col].iloc[0]):
             ax.axhline(control[col].iloc[0], color=c, linestyle="--", linewidth=0.8)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("training step")
+    ax.set_title("Modularity v1 under mean-ablation (dashed: untrained control)", fontsize=9)
     ax.set_ylabel("mean specialization")
-    ax.set_title("Modularity under mean-ablation (dashed: untrained control)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if v2 is not None:
+        ax2 = axes[1]
+        t2, c2 = v2[v2["step"] >= 0], v2[v2["step"] < 0]
+        err = [t2["null_mean"] - t2["null_lo"], t2["null_hi"] - t2["null_mean"]]  # per step: no interpolation
+        ax2.errorbar(t2["step"], t2["null_mean"], yerr=err, fmt="s", ms=4, color="tab:gray", capsize=3,
+                     label="permutation null: mean, 2.5-97.5%")  # fmt: skip
+        ax2.plot(t2["step"], t2["score_v2"], color="tab:red", marker="o", ms=4, label="score_v2")
+        ax2.plot(trained["step"], trained["score"], color="k", marker="o", ms=3, alpha=0.5, label="score_v1")
+        if len(c2) and np.isfinite(c2["score_v2"].iloc[0]):
+            ax2.axhline(c2["score_v2"].iloc[0], color="tab:red", linestyle=":", linewidth=0.8, label="control v2")
+        ax2.set_title("v2: attribution groups, normalised, effect-weighted, vs permutation null", fontsize=9)
+        ax2.set_ylabel("effect-weighted specialization")
+    last = max(float(trained["step"].max()) if len(trained) else 1.0, 1.0)
+    for a in axes:
+        a.set_xscale("symlog", linthresh=1)
+        a.set_xlim(-0.3, last * 1.3)  # the first and the last step inside the frame
+        a.set_ylim(0, 1)
+        a.set_xlabel("training step")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path or run / "plots" / "modularity_over_training.png")
