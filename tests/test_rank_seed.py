@@ -419,3 +419,38 @@ def test_data_module_rank_seed_errors_are_one_line(tmp_path):
     assert DataModule(**DM, source=text).source is text  # rank_seed=None: any source, untouched
     same = dataclasses.replace(TINY, rank_seed=3)
     assert DataModule(**DM, source=same, rank_seed=3).source == same
+
+
+def test_each_study_persons_probe_row_is_identical_in_every_corpus_of_the_square(tmp_path):
+    """Held-out text alone is not enough: the panel packs several documents into a row and attention reads across
+    <|endoftext|>, so a study person's row-mates and offset must not depend on the corpus either."""
+    from densitylab.callbacks.density import _plan_entities
+    from densitylab.probes.sets import build_probe_sets
+
+    sq = dict(n_groups=3, group_size=6, high_ranks=[1, 6], low_ranks=[41, 46])
+    src = dataclasses.replace(TINY, latin_square=sq)
+    rows = {}
+    for r in (0, 1, 2):
+        dm = DataModule(**{**DM, "block_size": 512}, source=src, rank_seed=r, cache_dir=str(tmp_path / "cache"))
+        dm.prepare_data()
+        dm.setup()
+        sets, panel = build_probe_sets(
+            dm.splits,
+            dm.vocab_size,
+            eos_id=dm.eos_id,
+            entities=_plan_entities(dm),
+            panel=PanelSpec(size=40, min_zero=6, core=8),
+            seed=0,
+        )
+        probe = next(s for s in sets if s.name == "panel")
+        study = panel[panel["study_group"] >= 0]
+        assert len(study) == 18 and study["core"].all()  # every study person is in the core (probed at every call)
+        assert (study["row"] < probe.core_rows).all() and study["row"].nunique() < len(study)  # rows hold several
+        rows[r] = {int(e): probe.input_ids[int(row)].tolist() for e, row in zip(study["entity_id"], study["row"])}
+        levels = pd.read_parquet(dm.ground_truth_dir / "people.parquet").set_index("entity_id")["study_level"]
+        rows[r]["levels"] = levels.loc[study["entity_id"]].tolist()
+    assert rows[0]["levels"] != rows[1]["levels"]  # the persons change level ...
+    for r in (1, 2):
+        assert {k: v for k, v in rows[r].items() if k != "levels"} == {
+            k: v for k, v in rows[0].items() if k != "levels"
+        }  # ... but not their probe input

@@ -73,7 +73,8 @@ def test_verdicts_on_constructed_intervals():
     # an equivalence claim (sign 0): inside +-SESOI it holds; excluding 0 either way contradicts it
     assert decide(-0.2, 0.3, sesoi=0.5, predicted_sign=0) == "negligible"
     assert decide(0.6, 0.9, sesoi=0.5, predicted_sign=0) == "contradicted"
-    assert decide(-0.9, -0.1, sesoi=0.5, predicted_sign=0) == "contradicted"
+    assert decide(-0.9, -0.55, sesoi=0.5, predicted_sign=0) == "contradicted"
+    assert decide(0.1, 0.7, sesoi=0.5, predicted_sign=0) == "inconclusive"  # excludes 0 but overlaps the band
     assert decide(-0.3, 0.8, sesoi=0.5, predicted_sign=0) == "inconclusive"
 
 
@@ -112,3 +113,22 @@ def test_verdict_table_agrees_with_holm_adjusted_p_values():
         assert t.loc[c, "p_holm"] < 0.05 and t.loc[c, "level"] > 0.95
     with pytest.raises(ValueError, match="columns"):
         verdict_table(claims.drop(columns=["sesoi"]))
+
+
+def test_persons_observed_once_are_left_out_of_the_within_person_fit():
+    rng = np.random.default_rng(3)
+    d = _latin_square(rng, beta=0.01, persons_per_group=20)
+    full = within_person_effect(d["y"], d["x"], d["person"], d["run"])
+    lonely = pd.DataFrame({"person": [1000, 1001], "run": [0, 1], "x": [0.0, 1.0], "y": [5.0, -5.0]})
+    more = pd.concat([d, lonely], ignore_index=True)
+    est = within_person_effect(more["y"], more["x"], more["person"], more["run"])
+    assert est["n_persons"] == full["n_persons"] == 60 and est["df"] == 59 and est["n"] == full["n"]
+    assert est["beta"] == pytest.approx(full["beta"], rel=1e-12) and est["se"] == pytest.approx(full["se"], rel=1e-12)
+    # a corpus run missing: only the persons seen in both remaining runs count
+    two = d[d["run"] != 2]
+    est = within_person_effect(two["y"], two["x"], two["person"], two["run"])
+    assert est["n_persons"] == 60 and est["n"] == 120  # everyone is in runs 0 and 1
+    one = d[(d["run"] != 2) | (d["person"] < 10)].copy()
+    one = one[~((one["run"] == 1) & (one["person"] >= 50))]  # persons 50-59 now observed once
+    est = within_person_effect(one["y"], one["x"], one["person"], one["run"])
+    assert est["n_persons"] == 50 and est["df"] == 49

@@ -63,6 +63,15 @@ def test_corpora_share_people_tokenizer_and_heldout_biographies_but_not_ranks(st
         # each is probed on its own held-out biography: familiar ones from heldout, zero-exposure ones from unfamiliar
         split = panel.set_index("entity_id").loc[s.index, "split"].to_numpy()
         assert (split == np.where(s["study_level"] == "zero", "unfamiliar", "heldout")).all()
+    # ... in the same probe row (same row-mates, same offset) in every corpus, whatever their level
+    inputs = []
+    for r in runs:
+        panel = pd.read_parquet(r / "probes" / "panel.parquet").set_index("entity_id")
+        sets = pd.read_parquet(r / "probes" / "probe_sets.parquet")
+        tokens = sets[sets["probe_set"] == "panel"].set_index("row")["tokens"]
+        study_ids = sorted(panel.index[panel["study_group"] >= 0])
+        inputs.append({e: list(tokens.loc[panel.loc[e, "row"]]) for e in study_ids})
+    assert inputs[0] == inputs[1] == inputs[2]
 
 
 def test_the_ledger_counts_the_latin_square_levels(study):

@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 
 def register_resolvers() -> None:
     """Register densitylab's OmegaConf resolvers (idempotent): ``${width_at_budget:...}`` (see
-    :func:`width_at_budget`), ``${run_folder_group:...}`` (:func:`run_folder_group`) and ``${cwd:}``, the
+    :func:`width_at_budget`), ``${run_folder_group:...}`` (:func:`run_folder_group`), ``${run_folder_parent:...}``
+    (:func:`run_folder_parent`), integer ``${mul:A,B}`` and ``${add:A,B}`` (the study's step counts and sequence
+    length follow the model and ``study.steps``) and ``${cwd:}``, the
     working directory at resolution time. ``conf/config.yaml`` roots ``paths`` there instead of at
     ``${hydra:runtime.cwd}``, which Hydra has not set yet when a multirun resolves ``hydra.sweep.dir``."""
     if not OmegaConf.has_resolver("cwd"):
@@ -22,6 +24,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_folder_group", run_folder_group)
     if not OmegaConf.has_resolver("run_folder_parent"):
         OmegaConf.register_new_resolver("run_folder_parent", run_folder_parent)
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b))  # ${mul:${study.steps},2}
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", lambda a, b: int(a) + int(b))  # ${add:${model.net.block_size},1}
 
 
 def run_folder_group(output_dir: str | None, log_dir: str) -> str | None:

@@ -143,7 +143,9 @@ def draw_panel(exposure_plan: pd.DataFrame, spec: PanelSpec) -> pd.DataFrame:
         or ``log_even``) and ``core`` (bool: in the core, see :class:`PanelSpec`), sorted by ``entity_id``.
         With a ``study_group`` column every study person (``study_group >= 0``) is in the panel, stratum
         ``study``, the rest of ``spec.size`` filled from the others by the rule above, and the panel has a
-        ``study_group`` column (after ``stratum``); the core is drawn over the whole panel.
+        ``study_group`` column (after ``stratum``); every study person is in the core, and the core's drawn share
+        (``spec.core`` people) comes from the other panel persons. Without study persons the core is drawn over
+        the whole panel, exactly as before.
     Raises:
         ValueError: (one line) when ``spec.size`` is smaller than the number of study persons.
     """
@@ -177,13 +179,17 @@ def draw_panel(exposure_plan: pd.DataFrame, spec: PanelSpec) -> pd.DataFrame:
         out["study_group"] = pd.Series(study_group, index=ids).loc[out["entity_id"]].to_numpy()
         columns.append("study_group")
     out = out.sort_values("entity_id", ignore_index=True)[columns]
-    # the core: an equal share of min(core, size) per bin of planned documents (water filling), same stream
-    b = np.searchsorted(np.asarray(spec.core_edges), out["planned"].to_numpy(), side="right") - 1
-    take = _water_fill(np.bincount(np.clip(b, 0, None), minlength=len(spec.core_edges)), min(spec.core, len(out)))
-    core = np.zeros(len(out), dtype=bool)
+    # the core: an equal share of min(core, size) per bin of planned documents (water filling), same stream; with a
+    # Latin square every study person is in the core too (probed at every call) and the share is drawn from the others
+    study = out["study_group"].to_numpy() >= 0 if study_group is not None else np.zeros(len(out), dtype=bool)
+    eligible = np.flatnonzero(~study)
+    b = np.searchsorted(np.asarray(spec.core_edges), out["planned"].to_numpy()[eligible], side="right") - 1
+    n_core = min(spec.core, len(eligible))
+    take = _water_fill(np.bincount(np.clip(b, 0, None), minlength=len(spec.core_edges)), n_core)
+    core = study.copy()
     for j, n in enumerate(take):
         if n:
-            core[rng.choice(np.flatnonzero(b == j), size=int(n), replace=False)] = True
+            core[eligible[rng.choice(np.flatnonzero(b == j), size=int(n), replace=False)]] = True
     out["core"] = core
     return out
 

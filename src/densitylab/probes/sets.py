@@ -93,15 +93,19 @@ def panel_set(
                 where[int(subj[d])] = (split, int(d))
         pieces, groups = [], []
         core = panel["core"].to_numpy() if "core" in panel else np.zeros(len(panel), dtype=bool)
+        study = panel["study_group"].to_numpy() >= 0 if "study_group" in panel else np.zeros(len(panel), dtype=bool)
         for i, e in enumerate(panel["entity_id"].tolist()):
             if e in where:
                 split, d = where[e]
                 panel.loc[i, ["split", "doc"]] = split, d
                 pieces.append((splits[split], labels[split], d, e))
-                groups.append(0 if core[i] else 1)
+                groups.append(0 if study[i] else 1 if core[i] else 2)
         if not pieces:
             return None, panel
-        rows = pack_documents_into_rows(pieces, T, eos_id, groups)  # the core's rows first
+        # the core's rows first; the Latin square's study persons (all in the core) in rows of their own, packed from
+        # the same documents in the same order in every corpus of the square, so each study person's probe input
+        # (row-mates, offset) is identical across corpora, whatever their exposure
+        rows = pack_documents_into_rows(pieces, T, eos_id, groups)
         for r, persons in enumerate(rows.row_persons):
             panel.loc[panel["entity_id"].isin(persons), "row"] = r
     else:  # text: the held-out window holding each entity's first held-out mention

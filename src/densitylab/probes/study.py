@@ -66,12 +66,17 @@ def within_person_effect(
         level: confidence level.
     Returns:
         ``beta, se, ci_low, ci_high, t, p_value, df, n, n_persons, n_runs``; NaNs when x does not vary within
-        persons or fewer than two persons vary.
+        persons or fewer than two persons vary. Persons observed once (e.g. when a corpus run is missing) are left
+        out before the fit: they carry no within-person information, and counting them would overstate G and df.
     """
     y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
     ok = np.isfinite(y) & np.isfinite(x)
+    person = np.asarray(person)
+    if ok.any():  # a person observed once carries no within-person information: left out (not counted in G)
+        _, inv, counts = np.unique(person[ok], return_inverse=True, return_counts=True)
+        ok[np.flatnonzero(ok)[counts[inv] < 2]] = False
     y, x = y[ok], x[ok]
-    _, pid = np.unique(np.asarray(person)[ok], return_inverse=True)
+    _, pid = np.unique(person[ok], return_inverse=True)
     _, rid = np.unique(np.asarray(run)[ok], return_inverse=True)
     n, G, R = len(y), int(pid.max()) + 1 if len(y) else 0, int(rid.max()) + 1 if len(y) else 0
     out = {"beta": math.nan, "se": math.nan, "ci_low": math.nan, "ci_high": math.nan, "t": math.nan}
@@ -103,7 +108,8 @@ def decide(ci_low: float, ci_high: float, sesoi: float, predicted_sign: int) -> 
         ci_low, ci_high: the interval (NaN: ``not measured``).
         sesoi: the smallest effect size of interest (> 0, the endpoint's units).
         predicted_sign: +1 or −1; 0 for an **equivalence** claim ("matches": the claim predicts ``negligible``), for
-            which an interval excluding 0 is ``contradicted`` in either direction.
+            which only an interval wholly outside ±SESOI is ``contradicted`` (one excluding 0 but overlapping the
+            SESOI band is ``inconclusive``).
     Raises:
         ValueError: for a SESOI <= 0 or a sign other than −1, 0, +1.
     """
@@ -115,8 +121,8 @@ def decide(ci_low: float, ci_high: float, sesoi: float, predicted_sign: int) -> 
         return "not measured"
     if -sesoi < ci_low and ci_high < sesoi:
         return "negligible"
-    if predicted_sign == 0:
-        return "contradicted" if (ci_low > 0 or ci_high < 0) else "inconclusive"
+    if predicted_sign == 0:  # non-equivalence is shown only by an interval wholly outside ±SESOI
+        return "contradicted" if (ci_low >= sesoi or ci_high <= -sesoi) else "inconclusive"
     if (predicted_sign > 0 and ci_low > 0) or (predicted_sign < 0 and ci_high < 0):
         return "supported"
     if (predicted_sign > 0 and ci_high < 0) or (predicted_sign < 0 and ci_low > 0):
@@ -171,9 +177,11 @@ def verdict_table(claims: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         raise ValueError(f"verdict_table: columns {missing} are missing: expected {VERDICT_INPUT}")
     df = claims[VERDICT_INPUT].copy().reset_index(drop=True)
     est, se, dof = (df[c].to_numpy(np.float64) for c in ("estimate", "se", "df"))
-    measured = np.isfinite(est) & np.isfinite(se) & (se > 0) & np.isfinite(dof) & (dof >= 1)
+    measured = np.isfinite(est) & np.isfinite(se) & (se >= 0) & np.isfinite(dof) & (dof >= 1)
     p = np.full(len(df), math.nan)
-    p[measured] = 2 * stats.t.sf(np.abs(est[measured] / se[measured]), dof[measured])
+    with np.errstate(divide="ignore", invalid="ignore"):  # se == 0: an exact estimate (p 0, or 1 at exactly 0)
+        t = np.where(se[measured] > 0, np.abs(est[measured]) / se[measured], np.where(est[measured] == 0, 0, np.inf))
+    p[measured] = 2 * stats.t.sf(t, dof[measured])
     p_holm = np.full(len(df), math.nan)
     if measured.any():
         p_holm[measured] = multipletests(p[measured], alpha=alpha, method="holm")[1]

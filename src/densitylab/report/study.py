@@ -114,11 +114,88 @@ def load_study_runs(paths: list[str | Path]) -> list[dict]:
             f"no run folder with a `study` node in hparams.yaml under {[str(p) for p in paths]}: expected the "
             "multirun folder of `python train.py -m experiment=familiarity_study`"
         )
+    if len(runs) > 1:  # the run id: the folder below the runs' common root (job folders 0..6 repeat across multiruns)
+        from densitylab.report.compare import _common_parts
+
+        root = Path(*_common_parts([r["path"].resolve() for r in runs]))
+        for r in runs:
+            r["name"] = r["path"].resolve().relative_to(root).as_posix()
     claims = [json.dumps(r["config"]["study"].get("claims"), sort_keys=True) for r in runs]
     if len(set(claims)) > 1:
         bad = [r["name"] for r, c in zip(runs, claims) if c != claims[0]]
         raise ValueError(f"runs {bad} carry other claims than {runs[0]['name']}: expected one pre-registered study")
+    check_claims(runs[0]["config"]["study"])
     return runs
+
+
+#: Keys every pre-registered claim must have, and the endpoint keys each claim's estimator reads.
+CLAIM_KEYS = ("id", "name", "statement", "endpoint", "predicted_sign", "sesoi", "unit")
+ENDPOINT_KEYS = {
+    1: ("layer", "role", "metric"),
+    2: ("layer", "role", "metric"),
+    3: ("layer", "probe_set", "reference", "metric"),
+    4: ("layer", "probe_set", "metric"),
+    5: ("metric", "exposure"),
+    6: ("statistic",),
+    7: ("metric",),
+    8: ("metric",),
+    9: ("metric",),
+}
+
+
+def check_claims(study: dict) -> None:
+    """Validate a study's pre-registered claims (``study`` node of the runs' config).
+
+    Raises:
+        ValueError: (one line) an ``alpha`` outside (0, 1), a claim without one of :data:`CLAIM_KEYS`, a duplicate or
+            unknown id (1-9), an endpoint without the keys its estimator reads, a role / metric / statistic the probes
+            do not write, a SESOI <= 0 or a predicted sign other than -1, 0, +1.
+    """
+    alpha = study.get("alpha", 0.05)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
+        raise ValueError(f"study.alpha={alpha!r}: expected a family-wise error rate in (0, 1)")
+    claims = study.get("claims")
+    if not isinstance(claims, list) or not claims:
+        raise ValueError(f"study.claims={claims!r}: expected a non-empty list of pre-registered claims")
+    seen = set()
+    for i, c in enumerate(claims):
+        missing = [k for k in CLAIM_KEYS if not isinstance(c, dict) or k not in c]
+        if missing:
+            raise ValueError(f"study.claims[{i}] has no {missing}: expected the keys {list(CLAIM_KEYS)}")
+        cid = c["id"]
+        if cid not in ENDPOINT_KEYS or cid in seen:
+            raise ValueError(f"study.claims[{i}].id={cid!r}: expected a unique claim id 1-9 the report can estimate")
+        seen.add(cid)
+        e = c["endpoint"] if isinstance(c["endpoint"], dict) else {}
+        lacking = [k for k in ENDPOINT_KEYS[cid] if k not in e]
+        if lacking:
+            raise ValueError(f"study.claims[{i}].endpoint={c['endpoint']!r} has no {lacking}: claim {cid} reads them")
+        bad = None
+        if "role" in e and e["role"] not in STUDY_ROLES:
+            bad = ("role", e["role"], list(STUDY_ROLES))
+        elif cid in (1, 2, 3, 4) and e["metric"] not in STUDY_METRICS + ("zero_frac", "top5_energy", "eff_rank"):
+            bad = ("metric", e["metric"], list(STUDY_METRICS))
+        elif cid == 3 and (e["probe_set"] not in ("shuffled", "random", "random_seen") or e["reference"] != "panel"):
+            bad = ("probe_set", e["probe_set"], ["shuffled", "random", "random_seen"] + ["reference: panel"])
+        elif cid == 5 and (e["metric"] != "accuracy" or e["exposure"] != "distinct_docs"):
+            bad = ("metric", e["metric"], ["accuracy (exposure: distinct_docs)"])
+        elif cid == 6 and e["statistic"] not in (
+            "auroc_exposure_minus_confidence",
+            "auroc_cooccurrence_minus_confidence",
+        ):
+            bad = (
+                "statistic",
+                e["statistic"],
+                ["auroc_exposure_minus_confidence", "auroc_cooccurrence_minus_confidence"],
+            )
+        elif cid == 7 and e["metric"] != "excess":
+            bad = ("metric", e["metric"], ["excess"])
+        if bad:
+            raise ValueError(f"study.claims[{i}].endpoint.{bad[0]}={bad[1]!r}: expected one of {bad[2]}")
+        if not isinstance(c["sesoi"], (int, float)) or isinstance(c["sesoi"], bool) or not c["sesoi"] > 0:
+            raise ValueError(f"study.claims[{i}].sesoi={c['sesoi']!r}: expected a number > 0 in the endpoint's units")
+        if c["predicted_sign"] not in (-1, 0, 1):
+            raise ValueError(f"study.claims[{i}].predicted_sign={c['predicted_sign']!r}: expected -1, 0 or +1")
 
 
 def study_claims(runs: list[dict]) -> list[dict]:
@@ -317,9 +394,17 @@ def pairwise_table(dens: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _level(run: dict, callback: str) -> float:
+    """The confidence level a callback's intervals were written at (``callbacks.density.endpoints.level``,
+    ``callbacks.knowledge.level``; 0.95 when the config does not say)."""
+    node = ((run["config"].get("callbacks") or {}).get(callback)) or {}
+    level = (node.get("endpoints") or {}).get("level") if callback == "density" else node.get("level")
+    return float(level) if level is not None else 0.95
+
+
 def _whole_set(run: dict, probe_set: str, metric: str, layer: int, step: str | int = "last") -> dict | None:
     """The whole-set mean of one probe set (``probes/density.parquet``, role ``all``) at step 0 or the last step:
-    ``value, se, n_windows, step`` (se from its CI: t on windows − 1), None without it."""
+    ``value, se, n_windows, step`` (se from its CI at the run's level: t on windows − 1), None without it."""
     f = run["path"] / "probes" / "density.parquet"
     if not f.is_file():
         return None
@@ -334,7 +419,7 @@ def _whole_set(run: dict, probe_set: str, metric: str, layer: int, step: str | i
         return None
     r = d.iloc[0]
     k = max(int(r["n_windows"]), 2)
-    se = float(r["ci_high"] - r["ci_low"]) / (2 * float(stats.t.ppf(0.975, k - 1)))
+    se = float(r["ci_high"] - r["ci_low"]) / (2 * float(stats.t.ppf(0.5 + _level(run, "density") / 2, k - 1)))
     return {"value": float(r["value"]), "se": se, "n_windows": int(r["n_windows"]), "step": s}
 
 
@@ -380,6 +465,24 @@ def _density_claim(claim: dict, dens: pd.DataFrame, runs: list[dict], effect: st
     )
 
 
+def _panel_rows_mean(run: dict, metric: str, layer: int, n_rows: int) -> dict | None:
+    """The held-out panel's mean over the probed positions of its first ``n_rows`` rows at the last step (the rows
+    the ``shuffled`` control permutes), CR1 by row: ``value, se, n_windows``; None without the positions table."""
+    from densitylab.probes.stats import cluster_mean_ci
+
+    f = run["path"] / "probes" / "density_positions.parquet"
+    col = f"L{layer}/{metric}"
+    if not f.is_file():
+        return None
+    pos = pd.read_parquet(f)
+    pos = pos[(pos["probe_set"] == "panel") & (pos["step"] == pos["step"].max()) & (pos["row"] < n_rows)]
+    if col not in pos or not len(pos):
+        return None
+    m, lo, hi, _, k = cluster_mean_ci(pos[col].to_numpy(np.float64), pos["row"].to_numpy(), level=0.95)
+    se = (hi - lo) / (2 * float(stats.t.ppf(0.975, max(k - 1, 1))))
+    return {"value": float(m), "se": float(se), "n_windows": int(k)}
+
+
 def _ood_claim(claim: dict, runs: list[dict]) -> dict:
     e = claim["endpoint"]
     diffs, ses, ks = [], [], []
@@ -388,7 +491,10 @@ def _ood_claim(claim: dict, runs: list[dict]) -> dict:
             continue
         layer = _layer(int(e["layer"]), r["n_layer"])
         a = _whole_set(r, e["probe_set"], e["metric"], layer)
-        b = _whole_set(r, e["reference"], e["metric"], layer)
+        n_rows = int(((r["config"].get("callbacks") or {}).get("density") or {}).get("control_rows", 8))
+        # the shuffled control permutes the panel's first control_rows rows: compare it with those rows unshuffled
+        b = _panel_rows_mean(r, e["metric"], layer, n_rows) if e["probe_set"] == "shuffled" else None
+        b = b or _whole_set(r, e["reference"], e["metric"], layer)
         if a is None or b is None:
             continue
         diffs.append(a["value"] - b["value"])
@@ -398,15 +504,11 @@ def _ood_claim(claim: dict, runs: list[dict]) -> dict:
         return _claim_row(claim, note="no corpus run with the density controls")
     K = len(diffs)
     se = math.sqrt(sum(s * s for s in ses)) / K
-    return _claim_row(
-        claim,
-        estimate=float(np.mean(diffs)),
-        se=se,
-        df=float(min(ks)),
-        n_runs=K,
-        note=f"{e['probe_set']} - {e['reference']} at the last step, mean over {K} runs; "
-        "windows are the unit (sets share rows: conservative)",
+    note = (
+        f"{e['probe_set']} - the same {e['reference']} rows unshuffled, last step, mean over {K} runs; windows are the "
+        "unit (the two share rows, their errors are added as if independent: conservative)"
     )
+    return _claim_row(claim, estimate=float(np.mean(diffs)), se=se, df=float(min(ks)), n_runs=K, note=note)
 
 
 def sparsification(runs: list[dict], metric: str, layer: int, probe_set: str = "seen") -> pd.DataFrame:
@@ -465,9 +567,8 @@ def _recall_claim(claim: dict, know: pd.DataFrame) -> dict:
 
 
 def _hallucination_claim(claim: dict, runs: list[dict]) -> dict:
-    stat = claim["endpoint"]["statistic"]
-    vals, ses, ents = [], [], []
-    used = stat
+    registered = claim["endpoint"]["statistic"]
+    found: dict[str, list[tuple[float, float, int]]] = {}
     for r in runs:
         if r["arm"] != "corpus":
             continue
@@ -478,27 +579,31 @@ def _hallucination_claim(claim: dict, runs: list[dict]) -> dict:
         h = h[h["step"] == h["step"].max()]
         if "scope" in h and (h["scope"] == "panel").any():
             h = h[h["scope"] == "panel"]
-        co = h[h["statistic"] == "auroc_cooccurrence_minus_confidence"]
-        row = co if len(co) and np.isfinite(co["value"]).all() else h[h["statistic"] == stat]
-        row = row[row["bin"] == "all"] if "bin" in row else row
-        if not len(row) or not np.isfinite(row["value"].iloc[0]):
-            continue
-        x = row.iloc[0]
-        used = str(x["statistic"])
-        vals.append(float(x["value"]))
-        ses.append(float(x["ci_high"] - x["ci_low"]) / (2 * 1.959964))
-        ents.append(int(x["n_entities"]))
+        z = float(stats.norm.ppf(0.5 + _level(r, "knowledge") / 2))
+        for stat in ("auroc_exposure_minus_confidence", "auroc_cooccurrence_minus_confidence"):
+            row = h[(h["statistic"] == stat) & (h["bin"] == "all")] if "bin" in h else h[h["statistic"] == stat]
+            if len(row) and np.isfinite(row["value"].iloc[0]):
+                x = row.iloc[0]
+                found.setdefault(stat, []).append(
+                    (float(x["value"]), float(x["ci_high"] - x["ci_low"]) / (2 * z), int(x["n_entities"]))
+                )
+    n_corpus = sum(r["arm"] == "corpus" for r in runs)
+    co = found.get("auroc_cooccurrence_minus_confidence", [])
+    # the co-occurrence statistic only when every corpus run has it (a facts-file study), else the registered one
+    stat = "auroc_cooccurrence_minus_confidence" if co and len(co) == n_corpus else registered
+    vals = found.get(stat, [])
     if not vals:
-        return _claim_row(claim, note="no corpus run with the hallucination analysis")
+        return _claim_row(claim, note=f"no corpus run with {stat}")
     K = len(vals)
+    v, se, ents = (np.array(c) for c in zip(*vals))
     return _claim_row(
         claim,
-        estimate=float(np.mean(vals)),
-        se=math.sqrt(sum(s * s for s in ses)) / K,
-        df=float(min(ents) - 1),
-        n_persons=max(ents),
+        estimate=float(v.mean()),
+        se=float(math.sqrt(float((se**2).sum())) / K),
+        df=float(ents.min() - 1),
+        n_persons=int(ents.max()),
         n_runs=K,
-        note=f"{used}, bootstrap over persons per run, mean over {K} runs",
+        note=f"{stat}, paired bootstrap over persons per run (SE from its interval), mean over {K} runs",
     )
 
 
@@ -508,13 +613,17 @@ def _modularity_claim(claim: dict, runs: list[dict]) -> tuple[dict, pd.DataFrame
         f = r["path"] / "probes" / "modularity_v2.parquet"
         if r["arm"] != "corpus" or not f.is_file():
             continue
-        m = pd.read_parquet(f).sort_values("step")
+        m = pd.read_parquet(f)
+        m = m[m["step"] >= 0].sort_values("step")  # step -1 is the untrained control twin
+        if not len(m):
+            continue
         first, last = m.iloc[0], m.iloc[-1]
         rows.append(
             {
                 "run": r["name"],
                 "step0": int(first["step"]),
                 "score0": float(first["score_v2"]),
+                "excess0": float(first["excess"]),
                 "last_step": int(last["step"]),
                 "score": float(last["score_v2"]),
                 "null_mean": float(last["null_mean"]),
@@ -522,17 +631,22 @@ def _modularity_claim(claim: dict, runs: list[dict]) -> tuple[dict, pd.DataFrame
                 "p_perm": float(last.get("p_perm", math.nan)),
             }
         )
-    mod = pd.DataFrame(rows, columns=["run", "step0", "score0", "last_step", "score", "null_mean", "excess", "p_perm"])
+    cols = ["run", "step0", "score0", "excess0", "last_step", "score", "null_mean", "excess", "p_perm"]
+    mod = pd.DataFrame(rows, columns=cols)
     metric = claim["endpoint"].get("metric", "excess")
     if len(mod) < 2:
         return _claim_row(claim, n_runs=len(mod), note="needs >= 2 corpus runs with modularity v2"), mod
-    v = mod[metric] if metric in mod else mod["excess"]
+    v = mod[metric]
     K = len(v)
-    gain = (mod["score"] - mod["score0"]).mean()
-    note = f"score_v2 - permutation null at the last step, mean over {K} runs; vs initialisation: {gain:+.3f}"
-    return _claim_row(
+    gain = (mod["excess"] - mod["excess0"]).mean()
+    note = (
+        f"score_v2 - its permutation null at the last step, mean over {K} runs (p_perm <= {mod['p_perm'].max():.3g} "
+        f"in every run); excess gained since step 0 (secondary): {gain:+.3f}"
+    )
+    row = _claim_row(
         claim, estimate=float(v.mean()), se=float(v.std(ddof=1) / math.sqrt(K)), df=K - 1, n_runs=K, note=note
-    ), mod
+    )
+    return row, mod
 
 
 def _capacity_claim(claim: dict, capacity: list[str] | None, out: Path) -> dict:
@@ -797,21 +911,28 @@ def study_report(
     root = Path(*_common_parts([r["path"].resolve() for r in runs])) if len(runs) > 1 else runs[0]["path"].parent
     out = Path(out_dir) if out_dir else root / "report" / "study"
     out.mkdir(parents=True, exist_ok=True)
-    table, tables = study_verdicts(runs, out, capacity, depth_width)
+    used = [r for r in runs if r["status"] == "completed"]  # a failed or unfinished run never enters an estimate
+    if not used:
+        raise ValueError(f"none of the {len(runs)} study runs under {[str(p) for p in paths]} completed")
+    table, tables = study_verdicts(used, out, capacity, depth_width)
     table.to_csv(out / "verdicts.csv", index=False)
-    (out / "verdicts.md").write_text(verdicts_markdown(table, runs))
+    md = verdicts_markdown(table, used)
+    left_out = [f"{r['name']} ({r['status']})" for r in runs if r["status"] != "completed"]
+    if left_out:
+        md += f"\nLeft out (not completed): {', '.join(left_out)}.\n"
+    (out / "verdicts.md").write_text(md)
     for name, t in tables.items():
         t.to_csv(out / f"{name}.csv", index=False)
     runs_t = pd.DataFrame([{k: r[k] for k in ("name", "arm", "rank_seed", "seed", "n_layer", "status")} for r in runs])
     runs_t.to_csv(out / "runs.csv", index=False)
-    _plot_density(runs, "active_frac_live", out / "density_over_training.png")
+    _plot_density(used, "active_frac_live", out / "density_over_training.png")
     summary = {
         "runs": runs_t.to_dict("records"),
         "verdicts": json.loads(table.to_json(orient="records")),
     }
     (out / "study.json").write_text(json.dumps(summary, indent=2, default=str))
     if wandb_table:
-        log_to_wandb(table, runs, out)
+        log_to_wandb(table, used, out)
     return out, table
 
 
