@@ -246,3 +246,39 @@ def test_the_verdict_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     out, _ = study_report([root])
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.update(alpha=1.5), r"study.alpha=1.5: expected a family-wise error rate in \(0, 1\)"),
+        (lambda s: s["claims"][0].pop("sesoi"), r"study.claims\[0\] has no \['sesoi'\]"),
+        (lambda s: s["claims"][1].update(id=1), r"study.claims\[1\].id=1: expected a unique claim id"),
+        (lambda s: s["claims"][0]["endpoint"].update(role="name_frist"), r"endpoint.role='name_frist'"),
+        (lambda s: s["claims"][6]["endpoint"].update(metric="score"), r"endpoint.metric='score'"),
+        (lambda s: s["claims"][0].update(sesoi=0), r"study.claims\[0\].sesoi=0: expected a number > 0"),
+        (lambda s: s["claims"][0].update(predicted_sign=2), r"predicted_sign=2: expected -1, 0 or \+1"),
+    ],
+)
+def test_bad_claims_are_one_line_errors(tmp_path, capsys, edit, message):
+    root = _study(tmp_path)
+    for cfg_path in root.glob("*/hparams.yaml"):  # registered so in every run
+        cfg = yaml.safe_load(cfg_path.read_text())
+        edit(cfg["study"])
+        cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["study", str(root), "--no-wandb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert __import__("re").search(message, err[0]), err[0]
+
+
+def test_two_multiruns_keep_their_runs_apart_and_failed_runs_are_left_out(tmp_path):
+    a, b = _study(tmp_path / "a"), _study(tmp_path / "b")
+    (a / "2" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    out, table = study_report([a, b], out_dir=tmp_path / "out", wandb_table=False)
+    t = table.set_index("id")
+    assert t.loc[1, "n_runs"] == 5  # 3 + 3 corpus runs, one failed: six models, never merged by folder name
+    assert t.loc[4, "n_runs"] == 9
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs["name"].is_unique and "a/multirun/2" in set(runs["name"])
+    assert "Left out (not completed): a/multirun/2 (failed)" in (out / "verdicts.md").read_text()
