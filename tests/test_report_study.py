@@ -282,3 +282,57 @@ def test_two_multiruns_keep_their_runs_apart_and_failed_runs_are_left_out(tmp_pa
     runs = pd.read_csv(out / "runs.csv")
     assert runs["name"].is_unique and "a/multirun/2" in set(runs["name"])
     assert "Left out (not completed): a/multirun/2 (failed)" in (out / "verdicts.md").read_text()
+
+
+def _capacity_multirun(root: Path, alpha: float, stopped_by: str = "plateau") -> Path:
+    """Capacity runs whose memorized bits follow a saturating curve with capacity alpha x params (fp32)."""
+    from densitylab.report.capacity import saturating
+
+    i = 0
+    for params in (20_000, 50_000, 100_000):
+        for n in (64, 128, 256, 512, 1024, 2048, 4096):
+            bits = n * 63 * 8.0
+            d = root / str(i)
+            d.mkdir(parents=True)
+            (d / "metrics.csv").write_text("step,train/loss\n0,5.5\n")
+            s = {
+                "status": "completed",
+                "precision": "32-true",
+                "model/params": params,
+                "data/n_sequences": n,
+                "data/entropy_bits": bits,
+                "memorization/bits_total": float(saturating(bits, alpha * params, 1.0)),
+                "memorization/stopped_by": stopped_by if n == 4096 else "plateau",
+            }
+            (d / "summary.json").write_text(json.dumps(s))
+            i += 1
+    return root
+
+
+def test_claim_8_reads_a_capacity_multirun_and_flags_compute_limited_runs(tmp_path):
+    root = _study(tmp_path)
+    cap = _capacity_multirun(tmp_path / "capacity", alpha=3.7)
+    _, table = study_report([root], out_dir=tmp_path / "out", capacity=[cap], wandb_table=False)
+    row = table.set_index("id").loc[8]
+    assert row["estimate"] == pytest.approx(3.7 - 3.83, abs=0.05)  # alpha minus Morris et al.'s fp32 value
+    assert row["verdict"] == "negligible" and row["n_runs"] == 21  # matches within +-0.5 bits/param
+    limited = _capacity_multirun(tmp_path / "limited", alpha=3.7, stopped_by="limit")
+    _, table = study_report([root], out_dir=tmp_path / "out2", capacity=[limited], wandb_table=False)
+    assert table.set_index("id").loc[8, "verdict"] == "inconclusive (compute-limited)"
+
+
+def test_claim_9_reads_a_depth_width_multirun(tmp_path):
+    root = _study(tmp_path)
+    dw = tmp_path / "depth_width"
+    rng = np.random.default_rng(0)
+    for i, (n_layer, seed) in enumerate((n, s) for n in (2, 4, 8, 16) for s in (0, 1)):
+        d = dw / str(i)
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text("step,train/loss\n0,5.5\n")
+        (d / "hparams.yaml").write_text(yaml.safe_dump({"seed": seed, "model": {"net": {"n_layer": n_layer}}}))
+        loss = 2.0 - 0.05 * np.log2(n_layer) + rng.normal(0, 0.005)  # deeper is better by 0.05 nats per doubling
+        (d / "summary.json").write_text(json.dumps({"status": "completed", "val/loss": loss}))
+    _, table = study_report([root], out_dir=tmp_path / "out", depth_width=[dw], wandb_table=False)
+    row = table.set_index("id").loc[9]
+    assert row["estimate"] == pytest.approx(-0.05, abs=0.01) and row["n_runs"] == 8
+    assert row["verdict"] == "supported"

@@ -189,7 +189,8 @@ def _is_int(x: object) -> bool:
 
 @dataclass(frozen=True)
 class TrainedBPE:
-    """Byte-level BPE trained on the training split or the source's ``tokenizer_texts`` (``tokenizer=bpe``; settings in ``conf/tokenizer/bpe.yaml``).
+    """Byte-level BPE trained on the training split or the source's ``tokenizer_texts`` (``tokenizer=bpe``; settings
+    in ``conf/tokenizer/bpe.yaml``).
 
     Attributes:
         vocab_size: target vocabulary size, >= 258 (256 byte symbols + ``<|endoftext|>`` + merges).
