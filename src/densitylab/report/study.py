@@ -219,6 +219,14 @@ def _study_people(run: Path) -> pd.DataFrame:
     )
 
 
+def corpus_tables(runs: list[dict], name: str):
+    """``(run, table)`` for every ``corpus`` arm run that has ``probes/{name}.parquet`` (a generator)."""
+    for r in runs:
+        f = r["path"] / "probes" / f"{name}.parquet"
+        if r["arm"] == "corpus" and f.is_file():
+            yield r, pd.read_parquet(f)
+
+
 def person_density(runs: list[dict]) -> pd.DataFrame:
     """Each study person's mean density per layer, role and metric at the last step, over their own positions of
     their held-out biography, in every ``corpus`` run.
@@ -228,13 +236,7 @@ def person_density(runs: list[dict]) -> pd.DataFrame:
         (``n`` = positions averaged).
     """
     out = []
-    for r in runs:
-        if r["arm"] != "corpus":
-            continue
-        f = r["path"] / "probes" / "density_positions.parquet"
-        if not f.is_file():
-            continue
-        pos = pd.read_parquet(f)
+    for r, pos in corpus_tables(runs, "density_positions"):
         pos = pos[(pos["probe_set"] == "panel") & (pos["step"] == pos["step"].max()) & pos["own"].astype(bool)]
         pos = pos[pos["role"].isin(STUDY_ROLES)]
         people = _study_people(r["path"])
@@ -265,13 +267,7 @@ def person_knowledge(runs: list[dict], known_threshold: float = 0.5) -> pd.DataF
     ``probes/knowledge.parquet``) in every ``corpus`` run: ``run, person, study_group, study_level,
     distinct_docs, accuracy, n_items, known`` (``known``: accuracy >= ``known_threshold``)."""
     out = []
-    for r in runs:
-        if r["arm"] != "corpus":
-            continue
-        f = r["path"] / "probes" / "knowledge.parquet"
-        if not f.is_file():
-            continue
-        k = pd.read_parquet(f)
+    for r, k in corpus_tables(runs, "knowledge"):
         k = k[k["scope"] == "panel"] if (k["scope"] == "panel").any() else k
         k = k[k["step"] == k["step"].max()]
         k = k.rename(columns={"entity_id": "person"}).merge(_study_people(r["path"]), on="person", how="inner")
@@ -569,13 +565,7 @@ def _recall_claim(claim: dict, know: pd.DataFrame) -> dict:
 def _hallucination_claim(claim: dict, runs: list[dict]) -> dict:
     registered = claim["endpoint"]["statistic"]
     found: dict[str, list[tuple[float, float, int]]] = {}
-    for r in runs:
-        if r["arm"] != "corpus":
-            continue
-        f = r["path"] / "probes" / "hallucination.parquet"
-        if not f.is_file():
-            continue
-        h = pd.read_parquet(f)
+    for r, h in corpus_tables(runs, "hallucination"):
         h = h[h["step"] == h["step"].max()]
         if "scope" in h and (h["scope"] == "panel").any():
             h = h[h["scope"] == "panel"]
@@ -609,11 +599,7 @@ def _hallucination_claim(claim: dict, runs: list[dict]) -> dict:
 
 def _modularity_claim(claim: dict, runs: list[dict]) -> tuple[dict, pd.DataFrame]:
     rows = []
-    for r in runs:
-        f = r["path"] / "probes" / "modularity_v2.parquet"
-        if r["arm"] != "corpus" or not f.is_file():
-            continue
-        m = pd.read_parquet(f)
+    for r, m in corpus_tables(runs, "modularity_v2"):
         m = m[m["step"] >= 0].sort_values("step")  # step -1 is the untrained control twin
         if not len(m):
             continue
