@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import asdict, replace
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from densitylab.callbacks import LedgerCallback
 from densitylab.data import DataModule
 from densitylab.data.corpus import Corpus
 from densitylab.data.entities import SyntheticEntities, capitalized_mentions, extract_gazetteer
@@ -21,7 +23,16 @@ from densitylab.data.sources import SyntheticSource
 from densitylab.data.synthetic import sample_population
 from densitylab.data.synthetic.generate import plan_documents
 from densitylab.data.tokenizer import TrainedBPE
-from densitylab.ledger import NEVER, ExposureLedger, ledger_tables, packed_incidence, write_ledger
+from densitylab.ledger import (
+    NEVER,
+    ExposureLedger,
+    ExtraWindows,
+    extra_window_starts,
+    ledger_tables,
+    packed_incidence,
+    with_extra_windows,
+    write_ledger,
+)
 from densitylab.report.ledger import plot_rank_frequency
 
 # 4 windows; mentions: window 0 -> e0, e1, e1 ; window 1 -> e2 ; window 2 -> e0, e2 ; window 3 -> none
@@ -63,10 +74,12 @@ def test_update_counts_tokens_windows_mentions_pairs_and_first_step():
     assert led.token_counts.tolist() == [3, 3, 2, 3, 0, 0, 0, 0, 0, 1]
     assert led.sequence_counts.tolist() == [2, 0, 1, 0]
     assert led.window_first_step.tolist() == [1, NEVER, 1, NEVER]
+    assert led.window_last_step.tolist() == [2, -1, 1, -1]  # the padding row of step 2 changes nothing
     assert led.entity_mentions().tolist() == [2 * 1 + 1 * 1, 2 * 2, 1]  # e0: w0 twice + w2 once
     co = dict(zip(zip(led.pair_a.tolist(), led.pair_b.tolist()), led.cooccurrence().tolist()))
     assert co == {(0, 1): 2, (0, 2): 1}
     assert led.entity_first_step().tolist() == [1, 1, 1]
+    assert led.entity_last_step().tolist() == [2, 2, 1]  # e2: w1 never trained, w2 at step 1
     # w0 trained twice: docs A and B (about e1) count 2 each; w2 once: doc C (about e2); w1 never
     assert led.entity_subject_docs().tolist() == [0, 2 * 2, 1]
     assert led.entity_distinct_docs().tolist() == [0, 2, 1]
@@ -118,6 +131,7 @@ def test_state_dict_round_trip_and_mismatch():
     assert torch.equal(other.token_counts, led.token_counts)
     assert torch.equal(other.entity_mentions(), led.entity_mentions())
     assert other.window_first_step.tolist() == led.window_first_step.tolist()
+    assert other.window_last_step.tolist() == led.window_last_step.tolist() == [-1, -1, 5, -1]
     wrong = ExposureLedger(11, 4, MENTION_WINDOW, MENTION_ENTITY, 3)
     with pytest.raises(ValueError, match="vocab_size"):
         wrong.load_state_dict(led.state_dict())
@@ -128,6 +142,23 @@ def test_state_dict_round_trip_and_mismatch():
     again = make_ledger()
     again.load_state_dict(old_checkpoint)
     assert torch.equal(again.entity_subject_docs(), led.entity_subject_docs())
+
+
+def test_a_checkpoint_without_last_steps_falls_back_to_the_first_steps():
+    led = make_ledger()
+    led.update(torch.tensor([[1, 2], [3, 4]]), torch.tensor([0, 2]), step=2)
+    led.update(torch.tensor([[1, 2], [0, 0]]), torch.tensor([0, -1]), step=7)
+    led.sync()
+    assert led.window_last_step.tolist() == [7, -1, 2, -1]
+    old = {k: v for k, v in led.state_dict().items() if k != "window_last_step"}  # written before last steps
+    again = make_ledger()
+    again.load_state_dict(old)
+    # a lower bound: window 0 was last trained at step 7, the old checkpoint only knows its first step
+    assert again.window_last_step.tolist() == [2, -1, 2, -1]
+    assert torch.equal(again.window_first_step, led.window_first_step)
+    again.update(torch.tensor([[1, 2]]), torch.tensor([2]), step=9)  # later updates raise it as usual
+    again.sync()
+    assert again.window_last_step.tolist() == [2, -1, 9, -1] and again.entity_last_step().tolist() == [9, 2, 9]
 
 
 def test_resumed_ledger_ends_with_the_counts_of_an_uninterrupted_one():
@@ -146,8 +177,16 @@ def test_resumed_ledger_ends_with_the_counts_of_an_uninterrupted_one():
     for step, (x, sid) in enumerate(batches[4:], start=5):
         resumed.update(x, sid, step)
     resumed.sync()
-    for name in ("entity_mentions", "entity_subject_docs", "entity_distinct_docs", "entity_comentions"):
+    for name in (
+        "entity_mentions",
+        "entity_subject_docs",
+        "entity_distinct_docs",
+        "entity_comentions",
+        "entity_first_step",
+        "entity_last_step",
+    ):
         assert torch.equal(getattr(resumed, name)(), getattr(whole, name)()), name
+    assert torch.equal(resumed.window_last_step, whole.window_last_step)
     assert whole.entity_subject_docs().sum() > 0
 
 
@@ -172,6 +211,141 @@ def test_bad_mentions_raise():
         )
 
 
+# ----------------------------------------------------------------------------- extra (inserted) windows
+def tiny_packed() -> PackedSplit:
+    """2 packed windows of 4 tokens, one document, one name span: entity 0 in window 1."""
+    spans = pd.DataFrame({"sample_id": [1], "start": [0], "end": [1], "kind": ["name"], "entity": [0], "doc": [0]})
+    return PackedSplit(torch.zeros(9, dtype=torch.int64), 9, 4, np.array([0, 9], dtype=np.int64), spans)
+
+
+def block_a() -> ExtraWindows:
+    """3 windows: w0 -> e1, e2 in a document about e1 (starting in w0); w1 -> e0 in that document;
+    w2 -> e2 in a document about e2 (starting in w2)."""
+    return ExtraWindows(
+        n_windows=3,
+        mention_window=np.array([0, 0, 1, 2]),
+        mention_entity=np.array([1, 2, 0, 2]),
+        mention_subject=np.array([1, 1, 1, 2]),
+        doc_window=np.array([0, 2]),
+        doc_subject=np.array([1, 2]),
+    )
+
+
+def test_extra_windows_count_exactly_like_packed_ones():
+    led = ExposureLedger.from_packed(tiny_packed(), vocab_size=10, n_entities=3, extra=[block_a()])
+    assert led.n_windows == 2 + 3 and led.n_docs == 2  # block a = global windows 2, 3, 4
+    assert list(zip(led.pair_a.tolist(), led.pair_b.tolist())) == [(1, 2)]
+    x = torch.zeros(2, 4, dtype=torch.int64)
+    led.update(x, torch.tensor([2, 0]), step=1)
+    led.update(x, torch.tensor([2, 4]), step=3)
+    led.update(x, torch.tensor([-1, 1]), step=4)
+    led.sync()
+    assert led.sequence_counts.tolist() == [1, 1, 2, 0, 1]
+    assert led.window_first_step.tolist() == [1, 4, 1, NEVER, 3]
+    assert led.window_last_step.tolist() == [1, 4, 3, -1, 3]
+    assert led.entity_mentions().tolist() == [1, 2, 2 + 1]  # e0: packed w1; e1: w2 twice; e2: w2 twice, w4 once
+    assert led.entity_subject_docs().tolist() == [0, 2, 1] and led.entity_distinct_docs().tolist() == [0, 1, 1]
+    assert led.entity_comentions().tolist() == [0, 0, 2]  # e2 in the document about e1 (w2); e0's w3 untrained
+    assert led.cooccurrence().tolist() == [2]
+    assert led.entity_first_step().tolist() == [4, 1, 1] and led.entity_last_step().tolist() == [4, 3, 3]
+    plain = ExposureLedger.from_packed(tiny_packed(), vocab_size=10, n_entities=3)
+    assert plain.n_windows == 2 and plain.n_docs == 0 and len(plain.pair_a) == 0
+
+
+def test_extra_blocks_are_offset_one_after_another():
+    b = ExtraWindows(n_windows=2, mention_window=np.array([1]), mention_entity=np.array([0]))
+    empty = ExtraWindows(n_windows=0)
+    assert extra_window_starts(2, [block_a(), empty, b]).tolist() == [2, 5, 5]
+    assert extra_window_starts(2, []).tolist() == []
+    inc, n = with_extra_windows(packed_incidence(tiny_packed()), 2, [block_a(), empty, b])
+    assert n == 7 and inc.mention_window.tolist() == [1, 2, 2, 3, 4, 6] and inc.doc_window.tolist() == [2, 4]
+    assert inc.mention_subject.tolist() == [-1, 1, 1, 1, 2, -1] and inc.mention_window.dtype == np.int64
+    led = ExposureLedger.from_packed(tiny_packed(), 10, 3, extra=(block_a(), empty, b))
+    assert led.n_windows == 7
+    x = torch.zeros(1, 4, dtype=torch.int64)
+    led.update(x, torch.tensor([5]), step=1)  # block b's window 0: no mention
+    led.sync()
+    assert led.entity_mentions().tolist() == [0, 0, 0]
+    led.update(x, torch.tensor([6]), step=2)  # block b's window 1: e0
+    led.sync()
+    assert led.entity_mentions().tolist() == [1, 0, 0] and led.entity_last_step().tolist() == [2, -1, -1]
+    with pytest.raises(TypeError, match="expected an ExtraWindows"):
+        ExposureLedger.from_packed(tiny_packed(), 10, 3, extra=[packed_incidence(tiny_packed())])
+
+
+def test_bad_extra_windows_raise():
+    with pytest.raises(ValueError, match="mention_entity.*equal lengths"):
+        ExtraWindows(2, mention_window=np.array([0, 1]), mention_entity=np.array([0]))
+    with pytest.raises(ValueError, match="mention_subject.*equal lengths"):
+        ExtraWindows(2, np.array([0]), np.array([0]), mention_subject=np.array([0, 1]))
+    with pytest.raises(ValueError, match="doc_window.*equal lengths"):
+        ExtraWindows(2, doc_window=np.array([0]))
+    with pytest.raises(ValueError, match=r"mention_window holds ids outside \[0, 2\)"):
+        ExtraWindows(2, mention_window=np.array([2]), mention_entity=np.array([0]))
+    with pytest.raises(ValueError, match=r"doc_window holds ids outside \[0, 2\)"):
+        ExtraWindows(2, doc_window=np.array([-1]), doc_subject=np.array([0]))
+    with pytest.raises(ValueError, match="mention_entity holds ids outside"):
+        ExtraWindows(2, mention_window=np.array([0]), mention_entity=np.array([-1]))
+    with pytest.raises(ValueError, match="mention_subject holds ids outside"):
+        ExtraWindows(2, np.array([0]), np.array([0]), mention_subject=np.array([-2]))
+    with pytest.raises(ValueError, match="n_windows=-1"):
+        ExtraWindows(-1)
+    with pytest.raises(ValueError, match="expected 1-D"):
+        ExtraWindows(2, mention_window=np.zeros((1, 1)), mention_entity=np.zeros((1, 1)))
+    too_big = ExtraWindows(1, mention_window=np.array([0]), mention_entity=np.array([3]))  # E is checked later
+    with pytest.raises(ValueError, match=r"mention_entity holds ids outside \[0, 3\)"):
+        ExposureLedger.from_packed(tiny_packed(), 10, 3, extra=[too_big])
+
+
+class _Inserter:
+    """A callback inserting windows of its own: records the first_window it was given."""
+
+    def __init__(self, block: ExtraWindows | None) -> None:
+        self.block, self.first_window = block, None
+
+    def ledger_windows(self, trainer, first_window: int) -> ExtraWindows | None:
+        self.first_window = first_window
+        return self.block
+
+
+def _fit_start(cb: LedgerCallback, inserters: list) -> None:
+    dm = SimpleNamespace(
+        splits={"train": tiny_packed()},
+        entity_table=pd.DataFrame({"entity_id": [0, 1, 2], "entity": ["Zed", "Amy", "Bob"]}),
+        tokenizer=None,
+    )
+    trainer = SimpleNamespace(datamodule=dm, callbacks=[*inserters, cb, object()])
+    module = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=10)), device=torch.device("cpu"))
+    cb.on_fit_start(trainer, module)
+
+
+def test_ledger_callback_counts_the_windows_other_callbacks_insert():
+    b = ExtraWindows(n_windows=2, mention_window=np.array([1]), mention_entity=np.array([0]))
+    first, none, second = _Inserter(block_a()), _Inserter(None), _Inserter(b)
+    cb = LedgerCallback()
+    _fit_start(cb, [first, none, second])
+    assert (first.first_window, none.first_window, second.first_window) == (2, 5, 5)
+    assert cb.ledger.n_windows == 7 and cb.ledger.n_docs == 2
+    cb.ledger.update(torch.zeros(2, 4, dtype=torch.int64), torch.tensor([2, 6]), step=3)
+    cb.ledger.sync()
+    assert cb.ledger.entity_mentions().tolist() == [1, 1, 1]
+    state = cb.state_dict()
+    resumed = LedgerCallback()  # same config: the pending state fits the longer counters exactly
+    resumed.load_state_dict(state)
+    _fit_start(resumed, [_Inserter(block_a()), _Inserter(None), _Inserter(b)])
+    assert torch.equal(resumed.ledger.sequence_counts, cb.ledger.sequence_counts)
+    assert resumed.ledger.entity_last_step().tolist() == [3, 3, 3]
+    plain = LedgerCallback()  # without the inserters: the packed windows only
+    _fit_start(plain, [])
+    assert plain.ledger.n_windows == 2
+    mismatch = LedgerCallback()
+    mismatch.load_state_dict(state)
+    with pytest.raises(ValueError, match="n_windows=7"):
+        _fit_start(mismatch, [])
+    with pytest.raises(TypeError, match="_Inserter.ledger_windows returned a int"):
+        _fit_start(LedgerCallback(), [_Inserter(3)])
+
+
 def test_tables_and_plot(tmp_path):
     led = make_ledger()
     led.update(torch.tensor([[1, 2, 3]]), torch.tensor([0]), step=3)
@@ -181,9 +355,11 @@ def test_tables_and_plot(tmp_path):
     ent = tables["entities"].set_index("entity")
     assert ent.loc["Zed", "mentions"] == 1 and ent.loc["Amy", "mentions"] == 2 and ent.loc["Bob", "mentions"] == 0
     assert ent.loc["Zed", "first_step"] == 3 and pd.isna(ent.loc["Bob", "first_step"])
+    assert ent.loc["Zed", "last_step"] == 3 and pd.isna(ent.loc["Bob", "last_step"])
     assert list(tables["entities"].columns) == [
-        "entity_id", "entity", "mentions", "first_step", "subject_docs", "distinct_docs", "comentions",
+        "entity_id", "entity", "mentions", "first_step", "last_step", "subject_docs", "distinct_docs", "comentions",
     ]  # fmt: skip
+    assert tables["entities"]["first_step"].dtype == "Int64" and tables["entities"]["last_step"].dtype == "Int64"
     for col in ("mentions", "subject_docs", "distinct_docs", "comentions"):
         assert tables["entities"][col].dtype == "int64", col
     assert ent["subject_docs"].tolist() == [0, 2, 0] and ent["distinct_docs"].tolist() == [0, 2, 0]
@@ -237,6 +413,7 @@ def test_two_processes_sum_to_the_single_process_counts():
         assert torch.equal(out[rank]["token_counts"], single.token_counts)
         assert torch.equal(out[rank]["sequence_counts"], single.sequence_counts)
         assert torch.equal(out[rank]["window_first_step"], single.window_first_step)
+        assert torch.equal(out[rank]["window_last_step"], single.window_last_step)
         assert torch.equal(out[rank]["subject_docs"], single.entity_subject_docs())
         assert torch.equal(out[rank]["distinct_docs"], single.entity_distinct_docs())
         assert torch.equal(out[rank]["comentions"], single.entity_comentions())

@@ -391,10 +391,14 @@ def test_ddp_two_processes_count_what_one_process_counts(one_epoch_run: Path, tm
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _ledger_vs_truth(run_dir)
-    for table in ("entities", "cooccurrence"):  # first_step differs: a DDP step trains 2 batches
+    for table in ("entities", "cooccurrence"):  # first/last_step differ: a DDP step trains 2 batches
         pd.testing.assert_frame_equal(
-            pd.read_parquet(run_dir / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"),
-            pd.read_parquet(one_epoch_run / "ledger" / f"{table}.parquet").drop(columns="first_step", errors="ignore"),
+            pd.read_parquet(run_dir / "ledger" / f"{table}.parquet").drop(
+                columns=["first_step", "last_step"], errors="ignore"
+            ),
+            pd.read_parquet(one_epoch_run / "ledger" / f"{table}.parquet").drop(
+                columns=["first_step", "last_step"], errors="ignore"
+            ),
         )
     one = pd.read_parquet(one_epoch_run / "ledger" / "tokens.parquet").set_index("token_id")["count"]
     two = pd.read_parquet(run_dir / "ledger" / "tokens.parquet").set_index("token_id")["count"]

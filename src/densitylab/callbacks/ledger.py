@@ -10,7 +10,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from densitylab.callbacks.wandb_util import find_wandb_logger
-from densitylab.ledger import ExposureLedger, ledger_tables, write_ledger
+from densitylab.ledger import ExposureLedger, ExtraWindows, ledger_tables, write_ledger
 from densitylab.probes.schedule import is_scheduled
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,26 @@ class LedgerCallback(L.Callback):
     - at probe cadence (log-spaced steps, then every ``every_n_steps``): W&B histograms of
       log2(1 + count) for tokens and entities and a table of the most and least seen entities;
     - at every checkpoint and at the end: ``ledger/{tokens,entities,cooccurrence}.parquet`` in the
-      run folder (atomic writes; ``entities`` holds per entity mentions, first_step, subject_docs,
-      distinct_docs and comentions, see :func:`~densitylab.ledger.ledger_tables`) and, at the end,
+      run folder (atomic writes; ``entities`` holds per entity mentions, first_step, last_step,
+      subject_docs, distinct_docs and comentions, see :func:`~densitylab.ledger.ledger_tables`) and, at the end,
       ``plots/ledger_zipf.png``
       (:func:`densitylab.report.ledger.plot_rank_frequency`);
     - its state (the totals) is saved in the checkpoint, so a resumed run continues the same counts
       (every entity and document count is derived from the window counts, so it resumes with them).
+
+    A callback that inserts windows of its own into batches (windows that are not part of the packed
+    training split, e.g. new facts for priming) has them counted by defining
+    ``ledger_windows(trainer, first_window) -> ExtraWindows | None``. At fit start, before the ledger is
+    built, every callback in ``trainer.callbacks`` that has this method is called once, in that order
+    (possibly before its own ``on_fit_start``): ``first_window`` is the global sample id its block starts
+    at (``packed.n_windows`` for the first such callback, then advanced by each returned block's
+    ``n_windows``; None = no windows, the next callback gets the same ``first_window``). The returned
+    :class:`~densitylab.ledger.ExtraWindows` uses local window ids 0..n_windows-1; the callback must put
+    ``first_window + local id`` in ``batch["sample_id"]`` of each row it inserts (by the time this
+    callback's ``on_train_batch_end`` reads the batch), and every count of the ledger (windows, mentions,
+    documents, co-mentions, pairs, first / last steps) covers those windows as any other. The blocks are
+    collected before a checkpoint's state is applied, so a resumed run with the same config (hence the
+    same blocks) restores the longer counters exactly; a different total ``n_windows`` is a ValueError.
 
     Args:
         output_dir: run folder (tables go to ``output_dir/ledger``, the plot to ``output_dir/plots``).
@@ -53,7 +67,15 @@ class LedgerCallback(L.Callback):
     # ------------------------------------------------------------------ build / restore
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the ledger on the training device (after the model moved there and after a
-        checkpoint's state was handed to :meth:`load_state_dict`)."""
+        checkpoint's state was handed to :meth:`load_state_dict`), with the extra windows of the callbacks
+        that define ``ledger_windows`` (see the class docstring).
+
+        Raises:
+            ConfigError: without packed text data.
+            TypeError: if a ``ledger_windows`` returns something other than an ``ExtraWindows`` or None.
+            ValueError: if an extra block names an entity outside the entity table, or a checkpoint's ledger
+                was built for different data (see :meth:`ExposureLedger.load_state_dict`).
+        """
         dm = trainer.datamodule
         if dm is None or "train" not in getattr(dm, "splits", {}):
             from densitylab.errors import ConfigError
@@ -64,11 +86,13 @@ class LedgerCallback(L.Callback):
             )
         table = dm.entity_table
         self._entity_names = [] if table is None else table.sort_values("entity_id")["entity"].astype(str).tolist()
+        packed = dm.splits["train"]
         self.ledger = ExposureLedger.from_packed(
-            dm.splits["train"],
+            packed,
             vocab_size=pl_module.model.config.vocab_size,
             n_entities=len(self._entity_names),
             device=pl_module.device,
+            extra=self._extra_windows(trainer, packed.n_windows),
         )
         tok = dm.tokenizer
         texts = [tok.decode([i]) for i in range(self.ledger.vocab_size)] if tok is not None else None
@@ -76,6 +100,26 @@ class LedgerCallback(L.Callback):
         if self._pending_state is not None:
             self.ledger.load_state_dict(self._pending_state)
             self._pending_state = None
+
+    @staticmethod
+    def _extra_windows(trainer: L.Trainer, first_window: int) -> list[ExtraWindows]:
+        """The blocks of the callbacks defining ``ledger_windows``, in ``trainer.callbacks`` order."""
+        blocks: list[ExtraWindows] = []
+        for cb in trainer.callbacks:
+            provide = getattr(cb, "ledger_windows", None)
+            if not callable(provide):
+                continue
+            block = provide(trainer, first_window)
+            if block is None:
+                continue
+            if not isinstance(block, ExtraWindows):
+                raise TypeError(
+                    f"{type(cb).__name__}.ledger_windows returned a {type(block).__name__}: "
+                    "expected ExtraWindows or None"
+                )
+            blocks.append(block)
+            first_window += block.n_windows
+        return blocks
 
     def state_dict(self) -> dict:
         """The ledger's totals (after a DDP sum) for the checkpoint."""

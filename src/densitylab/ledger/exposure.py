@@ -3,9 +3,10 @@
 Per training step the ledger does two device-side scatter operations and no host-device
 synchronisation: ``token`` counts (``index_add`` of ones at the batch's input ids; a bincount) and ``sequence``
 counts (``index_add`` of ones at the batch's sample ids, padding windows excluded), plus a running
-minimum of the step at which each window was first trained. Every entity count is *derived*
-exactly from the sequence counts when read, through fixed window→mention, window→document and
-window→pair incidence lists built once from the packed data (:mod:`densitylab.ledger.incidence`):
+minimum and maximum (``scatter_reduce`` ``amin`` / ``amax``) of the steps that trained each window: its
+first and last step. Every entity count is *derived* exactly from the sequence counts when read, through
+fixed window→mention, window→document and window→pair incidence lists built once from the packed data
+(:mod:`densitylab.ledger.incidence`):
 
     mentions[e]      = Σ_{name mentions m of e} sequence[window(m)]
     comentions[e]    = Σ_{name mentions m of e in a document whose subject is not e} sequence[window(m)]
@@ -19,21 +20,29 @@ part of them inside other people's biographies ("worked with e"); ``subject_docs
 documents about e (a document trained in two epochs counts 2); ``distinct_docs`` the documents about e
 trained at least once; a pair's count the trained windows naming both. Being functions of the
 sequence counts, all of them are summed over DDP processes and restored from a checkpoint exactly
-when the sequence counts are, and cost nothing per step.
+when the sequence counts are, and cost nothing per step. An entity's first / last step is the min / max
+over its mention windows of the windows' first / last steps.
+
+Windows inserted into batches that are not part of the packed split (e.g. new facts of a priming
+callback) are counted like any other: :meth:`ExposureLedger.from_packed` appends their
+:class:`~densitylab.ledger.incidence.ExtraWindows` blocks after the packed windows (sample ids
+``packed.n_windows`` onwards), so every count above covers them.
 
 Under DDP each process counts its own batches into *pending* tensors; :meth:`ExposureLedger.sync`
-adds them up across processes with ``all_reduce(SUM)`` (never the default mean) into the totals,
-which are then identical on every process. Call it before reading, logging or checkpointing.
+adds them up across processes with ``all_reduce(SUM)`` (never the default mean) into the totals, and
+reduces the first / last steps with ``MIN`` / ``MAX``; the totals are then identical on every process.
+Call it before reading, logging or checkpointing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from densitylab.ledger.incidence import packed_incidence
+from densitylab.ledger.incidence import ExtraWindows, packed_incidence, with_extra_windows
 
 if TYPE_CHECKING:
     from densitylab.data.packing import PackedSplit
@@ -69,6 +78,7 @@ class ExposureLedger:
         token_counts: (V,) input positions holding each token id, padding included.
         sequence_counts: (n_windows,) times each window was trained.
         window_first_step: (n_windows,) first step that trained each window (``NEVER`` if none).
+        window_last_step: (n_windows,) last step that trained each window (-1 if none).
         pair_a, pair_b: (P,) the entity pairs (a < b) that share at least one window.
         n_docs: D, number of documents with a subject (python int).
 
@@ -139,29 +149,42 @@ class ExposureLedger:
         self.token_counts = torch.zeros(self.vocab_size, **z)
         self.sequence_counts = torch.zeros(self.n_windows, **z)
         self.window_first_step = torch.full((self.n_windows,), NEVER, **z)
+        self.window_last_step = torch.full((self.n_windows,), -1, **z)
         self._pending_tokens = torch.zeros(self.vocab_size, **z)
         self._pending_sequences = torch.zeros(self.n_windows, **z)
 
     @classmethod
     def from_packed(
-        cls, packed: PackedSplit, vocab_size: int, n_entities: int, device: torch.device | str = "cpu"
+        cls,
+        packed: PackedSplit,
+        vocab_size: int,
+        n_entities: int,
+        device: torch.device | str = "cpu",
+        extra: Sequence[ExtraWindows] = (),
     ) -> ExposureLedger:
         """The ledger of a packed training split: mentions, their documents' subjects and the subject
         documents' first windows from :func:`~densitylab.ledger.incidence.packed_incidence`.
 
         Args:
-            packed: the training split (its sample ids are the ledger's windows).
+            packed: the training split (its sample ids 0..packed.n_windows-1 are the ledger's first windows).
             vocab_size: V, the model's vocabulary size.
             n_entities: E, entities in the entity table (0 when there is none).
             device: the training device.
+            extra: blocks of windows outside the packed split, appended in order: block ``j``'s local window
+                ids are offset by ``packed.n_windows + Σ_{i<j} extra[i].n_windows``
+                (:func:`~densitylab.ledger.incidence.extra_window_starts`), and the ledger's ``n_windows``
+                is ``packed.n_windows + Σ_j extra[j].n_windows``. Their mentions, pairs, co-mentions and
+                documents count exactly as the packed windows' do. Empty (default): the packed split only.
         Raises:
-            ValueError: see :func:`~densitylab.ledger.incidence.packed_incidence` and the constructor.
+            ValueError: see :func:`~densitylab.ledger.incidence.packed_incidence` and the constructor
+                (e.g. an extra block's entity id >= E).
+            TypeError: if an element of ``extra`` is not an ``ExtraWindows``.
         """
-        inc = packed_incidence(packed)
+        inc, n_windows = with_extra_windows(packed_incidence(packed), packed.n_windows, extra)
         t = torch.from_numpy
         return cls(
             vocab_size,
-            packed.n_windows,
+            n_windows,
             t(inc.mention_window),
             t(inc.mention_entity),
             n_entities,
@@ -210,8 +233,10 @@ class ExposureLedger:
         valid = sid >= 0
         idx = sid.clamp(min=0)
         self._pending_sequences.index_add_(0, idx, valid.to(torch.int64))
-        steps = torch.where(valid, torch.full_like(sid, step), torch.full_like(sid, NEVER))
+        now = torch.full_like(sid, step)
+        steps = torch.where(valid, now, torch.full_like(sid, NEVER))
         self.window_first_step.scatter_reduce_(0, idx, steps, reduce="amin")
+        self.window_last_step.scatter_reduce_(0, idx, torch.where(valid, now, torch.full_like(sid, -1)), reduce="amax")
 
     # ------------------------------------------------------------------ reduction
     @torch.no_grad()
@@ -222,6 +247,7 @@ class ExposureLedger:
             dist.all_reduce(self._pending_tokens, op=dist.ReduceOp.SUM)
             dist.all_reduce(self._pending_sequences, op=dist.ReduceOp.SUM)
             dist.all_reduce(self.window_first_step, op=dist.ReduceOp.MIN)
+            dist.all_reduce(self.window_last_step, op=dist.ReduceOp.MAX)
         self.token_counts += self._pending_tokens
         self.sequence_counts += self._pending_sequences
         self._pending_tokens.zero_()
@@ -237,6 +263,12 @@ class ExposureLedger:
         """(E,) int64 first step whose batch mentioned each entity (``NEVER`` if none yet)."""
         out = torch.full((self.n_entities,), NEVER, dtype=torch.int64, device=self.device)
         return out.scatter_reduce_(0, self._mention_entity, self.window_first_step[self._mention_window], reduce="amin")
+
+    def entity_last_step(self) -> torch.Tensor:
+        """(E,) int64 last step whose batch mentioned each entity: the max over its mention windows of
+        ``window_last_step`` (-1 if none yet)."""
+        out = torch.full((self.n_entities,), -1, dtype=torch.int64, device=self.device)
+        return out.scatter_reduce_(0, self._mention_entity, self.window_last_step[self._mention_window], reduce="amax")
 
     def entity_comentions(self) -> torch.Tensor:
         """(E,) int64 mentions of each entity in trained windows inside documents whose subject is another
@@ -336,6 +368,7 @@ class ExposureLedger:
             "token_counts": self.token_counts.detach().cpu().clone(),
             "sequence_counts": self.sequence_counts.detach().cpu().clone(),
             "window_first_step": self.window_first_step.detach().cpu().clone(),
+            "window_last_step": self.window_last_step.detach().cpu().clone(),
             "vocab_size": self.vocab_size,
             "n_windows": self.n_windows,
             "n_entities": self.n_entities,
@@ -344,6 +377,10 @@ class ExposureLedger:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore totals saved by :meth:`state_dict`.
+
+        A checkpoint written before ``window_last_step`` existed lacks it: each trained window's last step
+        is then set to its first step (``sequence_counts > 0``; a lower bound of the true last step, exact
+        for windows trained once), -1 for the others; later updates raise it as usual.
 
         Raises:
             ValueError: if the saved ledger was built for different data (sizes differ; ``n_docs`` is
@@ -358,5 +395,12 @@ class ExposureLedger:
         self.token_counts.copy_(state["token_counts"])
         self.sequence_counts.copy_(state["sequence_counts"])
         self.window_first_step.copy_(state["window_first_step"])
+        if "window_last_step" in state:
+            self.window_last_step.copy_(state["window_last_step"])
+        else:  # older checkpoint: the first step is a lower bound of the last one
+            trained = self.sequence_counts > 0
+            self.window_last_step.copy_(
+                torch.where(trained, self.window_first_step, torch.full_like(trained, -1, dtype=torch.int64))
+            )
         self._pending_tokens.zero_()
         self._pending_sequences.zero_()

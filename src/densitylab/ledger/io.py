@@ -20,10 +20,11 @@ def ledger_tables(
 
     Returns:
         ``tokens``: token_id, token (decoded text), count; ``entities``: one row per entity, entity_id,
-        entity, mentions (name mentions in trained windows), first_step (nullable: never mentioned yet),
-        subject_docs (trainings of documents about it, repeats included), distinct_docs (documents about
-        it trained at least once), comentions (its mentions inside other entities' documents), all int64
-        counts but first_step (see :class:`~densitylab.ledger.ExposureLedger`; the last three are 0 on
+        entity, mentions (name mentions in trained windows), first_step and last_step (the first and last
+        step that trained a window mentioning it; nullable Int64, NA: never mentioned yet), subject_docs
+        (trainings of documents about it, repeats included), distinct_docs (documents about it trained at
+        least once), comentions (its mentions inside other entities' documents), all int64 counts but
+        first_step and last_step (see :class:`~densitylab.ledger.ExposureLedger`; the last three are 0 on
         data without document subjects); ``cooccurrence``: entity_a, entity_b (names, entity_a <
         entity_b alphabetically), entity_id_a, entity_id_b, count (pairs with count > 0).
     """
@@ -34,18 +35,21 @@ def ledger_tables(
     )
     mentions = ledger.entity_mentions().cpu().numpy()
     first = ledger.entity_first_step().cpu().numpy()
+    last = ledger.entity_last_step().cpu().numpy()
     entities = pd.DataFrame(
         {
             "entity_id": np.arange(ledger.n_entities),
             "entity": pd.Series(list(entity_names), dtype="string"),
             "mentions": mentions,
             "first_step": pd.array(np.where(first == NEVER, 0, first), dtype="Int64"),
+            "last_step": pd.array(np.where(last < 0, 0, last), dtype="Int64"),
             "subject_docs": ledger.entity_subject_docs().cpu().numpy(),
             "distinct_docs": ledger.entity_distinct_docs().cpu().numpy(),
             "comentions": ledger.entity_comentions().cpu().numpy(),
         }
     )
     entities.loc[first == NEVER, "first_step"] = pd.NA
+    entities.loc[last < 0, "last_step"] = pd.NA
     co = ledger.cooccurrence().cpu().numpy()
     keep = co > 0
     a, b = ledger.pair_a.numpy()[keep], ledger.pair_b.numpy()[keep]
