@@ -165,9 +165,14 @@ def test_python_defaults_equal_the_yaml():
         assert set(keys) <= set(node)
     import inspect
 
-    for fn in (LitGPT.__init__, warmup_cosine):  # no Python defaults for config-driven arguments
-        params = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("self", "optimizer")]
+    # no Python defaults for config-driven arguments; ignore_topk's None keeps older checkpoints loading (== yaml)
+    for fn in (LitGPT.__init__, warmup_cosine):
+        skip = ("self", "optimizer", "ignore_topk")
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name not in skip]
         assert all(p.default is inspect.Parameter.empty for p in params), fn
+    base = yaml.safe_load((REPO_CONF / "model" / "base.yaml").read_text())
+    assert base["ignore_topk"] is None
+    assert inspect.signature(LitGPT.__init__).parameters["ignore_topk"].default is None
 
 
 def test_checkpoint_alone_rebuilds_the_model(compose_config, tmp_path):

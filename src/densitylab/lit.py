@@ -14,7 +14,8 @@ import functools
 import inspect
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import lightning as L
@@ -150,6 +151,70 @@ def _as_partial(spec: Callable | Mapping | None, name: str) -> Callable | None:
     raise ConfigError(f"model.{name}={spec!r}: expected a partial (a config node with _target_ and _partial_: true)")
 
 
+def check_ignore_topk(value: Any) -> float | None:
+    """Validate ``model.ignore_topk`` (:class:`LitGPT`'s ignore-k percentage).
+
+    Returns:
+        the percentage as a float in (0, 100), or None when off (None or 0).
+    Raises:
+        ConfigError: one line for a bool, a non-number, a negative value or one >= 100 (or NaN).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 100:
+        raise ConfigError(f"model.ignore_topk={value!r}: expected a percentage in (0, 100), 0 or null")
+    return float(value) if value > 0 else None
+
+
+def ignore_count(numel: int, pct: float) -> int:
+    """How many entries of a tensor of ``numel`` entries ignore-k reverts: ``ceil(pct / 100 * numel)``, in
+    [1, numel] when ``numel`` > 0. ``pct`` is read as the decimal it prints as (10 of 30 entries -> 3, not 4 from
+    ``0.1 * 30 = 3.0000000000000004``)."""
+    if numel <= 0:
+        return 0
+    return min(numel, max(1, math.ceil(Fraction(str(pct)) * numel / 100)))
+
+
+def snapshot_params(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(tensor, copy)`` for each distinct trainable parameter the optimizer steps: the parameter's local data
+    (a DTensor's local shard; under FSDP, this rank's shard) and a clone of it. Empty shards are left out."""
+    out, seen = [], set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            t = p.detach()
+            t = t.to_local() if hasattr(t, "to_local") else t
+            if t.numel() > 0:
+                out.append((t, t.clone()))
+    return out
+
+
+@torch.no_grad()
+def revert_topk_updates(snapshot: Sequence[tuple[torch.Tensor, torch.Tensor]], pct: float) -> int:
+    """Sun et al.'s ignore-k: in each tensor of :func:`snapshot_params`, give the :func:`ignore_count` entries
+    with the largest ``|after - before|`` their value before the step back (in place; ties at the cut are broken
+    by ``torch.topk``). Nothing else is touched: the other entries keep their update, optimizer state its values.
+
+    Returns:
+        the number of entries reverted.
+    """
+    total = 0
+    for t, before in snapshot:
+        k = ignore_count(t.numel(), pct)
+        idx = torch.topk((t - before).abs().flatten(), k, sorted=False).indices
+        if t.is_contiguous():
+            t.view(-1)[idx] = before.reshape(-1)[idx]
+        else:
+            mask = torch.zeros(t.numel(), dtype=torch.bool, device=t.device)
+            mask[idx] = True
+            mask = mask.view(t.shape)
+            t[mask] = before[mask]
+        total += k
+    return total
+
+
 class LitGPT(L.LightningModule):
     """Train :class:`~densitylab.model.GPT` on next-token prediction.
 
@@ -171,6 +236,15 @@ class LitGPT(L.LightningModule):
         init_seed: seed of the CPU generator the initial weights are drawn from (in float32, on the CPU, inside
             ``torch.random.fork_rng``), so they depend on this seed alone: not on what data preparation consumed,
             nor on the device or precision; None draws from the global generator as it is.
+        ignore_topk: Sun et al.'s "ignore-k" (Sun et al. 2025, "How new data permeates LLM knowledge and how to
+            dilute it", arXiv:2504.09522), a percentage k in (0, 100); None or 0 = off (the default). After each
+            optimizer step, in each parameter tensor separately, the ``ceil(k / 100 * numel)`` entries (at least
+            one) whose realised update ``|after - before|`` is largest get their value before the step back
+            (:func:`revert_topk_updates`); the other entries keep their update, and the optimizer state (Adam's
+            moments, momentum buffers, step counts) is left as the step computed it. Only steps the optimizer
+            takes count (not accumulating micro-batches). Cost: one copy of the trainable parameters per step, a
+            ``topk`` per tensor; none at all when off. Under a sharding strategy (FSDP) the top-k is taken per
+            local shard, not over the whole tensor.
 
     The resolved GPTConfig is saved as ``hparams["net"]`` (plain data), so a checkpoint alone rebuilds the model:
     ``LitGPT.load_from_checkpoint(path)``, or ``GPT(GPTConfig(**ckpt["hyper_parameters"]["net"]))`` plus the
@@ -186,7 +260,8 @@ class LitGPT(L.LightningModule):
     Raises:
         ConfigError: for a non-positive learning rate, betas outside [0, 1), a negative eps / weight_decay /
             momentum (:func:`check_optimizer_settings`), a bad schedule setting, a ``net.vocab_size`` below the
-            tokenizer's, or an optimizer setting its class does not take.
+            tokenizer's, an optimizer setting its class does not take, or an ``ignore_topk`` outside (0, 100) other
+            than 0 or None (:func:`check_ignore_topk`).
     """
 
     def __init__(
@@ -196,6 +271,7 @@ class LitGPT(L.LightningModule):
         scheduler: Callable[..., Any] | Mapping | None,
         compile: bool,
         init_seed: int | None,
+        ignore_topk: float | None = None,
     ) -> None:
         super().__init__()
         self.net = _as_partial(dict(net), "net") if isinstance(net, Mapping) and "_target_" in net else net
@@ -204,6 +280,7 @@ class LitGPT(L.LightningModule):
         if init_seed is not None and (isinstance(init_seed, bool) or not isinstance(init_seed, int)):
             raise ConfigError(f"model.init_seed={init_seed!r}: expected an integer or null")
         self.compile, self.init_seed = bool(compile), init_seed
+        self.ignore_topk = check_ignore_topk(ignore_topk)
         opt_kw = self.optimizer_factory.keywords if isinstance(self.optimizer_factory, functools.partial) else {}
         check_optimizer_settings(opt_kw, "model.optimizer")
         sched = self.scheduler_factory
@@ -217,6 +294,7 @@ class LitGPT(L.LightningModule):
                 "scheduler": partial_spec(self.scheduler_factory),
                 "compile": self.compile,
                 "init_seed": init_seed,
+                "ignore_topk": self.ignore_topk,
             }
         )
         self.model: GPT | None = None
@@ -361,6 +439,18 @@ class LitGPT(L.LightningModule):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         sched = self.scheduler_factory(opt, **kwargs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step (``optimizer.step(closure=optimizer_closure)``: the closure runs the training step and
+        backward, once), then, with ``ignore_topk`` on, the largest updates undone (:func:`revert_topk_updates`).
+        The parameters are copied before the step only when ``ignore_topk`` is on. Lightning calls this only when
+        the optimizer steps (not while gradients accumulate); a step skipped by AMP's scaler changes nothing."""
+        if self.ignore_topk is None:
+            optimizer.step(closure=optimizer_closure)
+            return
+        snapshot = snapshot_params(optimizer)
+        optimizer.step(closure=optimizer_closure)
+        revert_topk_updates(snapshot, self.ignore_topk)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
