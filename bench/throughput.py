@@ -12,6 +12,8 @@ CPU (bf16-mixed on CUDA). The Lightning runs use the real ``LitGPT`` with the de
 runs minus checkpoint writes; once without and once with the ``LedgerCallback``. Runs alternate and the
 median of ``--repeats`` is kept. The ledger's own per-step cost (``ExposureLedger.update``) is also timed
 in isolation. Prints tokens/s and ratios. Not a test: numbers go into notes and the README.
+
+    python bench/throughput.py --only-priming  # one priming probe call (a cohort of the default experiment)
 """
 
 from __future__ import annotations
@@ -451,6 +453,41 @@ def memorization_call_cost(device, repeats: int = 3) -> dict:
     return out
 
 
+def priming_call_cost(device, repeats: int = 3) -> dict:
+    """Seconds of the priming probe's work for one cohort of ``experiment=priming`` (40 facts + 12 controls, 5
+    relations x 12 thematic prompts, prompts of ~9 tokens, one-token keywords) on the tiny model (vocab 2256):
+    the keyword choice (next-token distributions of the 52 own prompts), one measurement (52 own + 52 x 12
+    thematic probabilities; the thematic ones share 60 distinct sequences) and the density at the names."""
+    from densitylab.probes import priming as P
+
+    g = torch.Generator().manual_seed(0)
+    model = GPT(GPTConfig(**MODEL, vocab_size=2256)).to(device).eval()
+
+    def prompt() -> list[int]:
+        return torch.randint(1, 2256, (int(torch.randint(7, 11, (1,), generator=g)),), generator=g).tolist()
+
+    own = [prompt() for _ in range(52)]
+    thematic = {a: [prompt() for _ in range(12)] for a in range(5)}
+    keywords = [[int(t)] for t in torch.randint(1, 2256, (52,), generator=g)]
+    pairs = [(o, kw) for o, kw in zip(own, keywords)]
+    pairs += [(t, kw) for i, kw in enumerate(keywords) for t in thematic[i % 5]]
+    out = {"choose_s": [], "measure_s": [], "density_s": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        P.next_token_logprobs(model, own)
+        t1 = time.perf_counter()
+        P.continuation_logprobs(model, pairs)
+        t2 = time.perf_counter()
+        P.name_density(model, own, [3] * len(own))
+        t3 = time.perf_counter()
+        out["choose_s"].append(t1 - t0)
+        out["measure_s"].append(t2 - t1)
+        out["density_s"].append(t3 - t2)
+    res = {k: float(np.median(v)) for k, v in out.items()}
+    res["pairs"] = len(pairs)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
@@ -465,6 +502,7 @@ def main() -> None:
     ap.add_argument("--only-density", action="store_true", help="time the density probe call only")
     ap.add_argument("--only-knowledge", action="store_true", help="time closed-set knowledge scoring only")
     ap.add_argument("--only-modularity", action="store_true", help="time the modularity probe's calls (v1, v2) only")
+    ap.add_argument("--only-priming", action="store_true", help="time one priming probe call (a cohort) only")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
@@ -472,6 +510,9 @@ def main() -> None:
 
         tune_malloc()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.only_priming:
+        print(json.dumps(priming_call_cost(device), indent=2))
+        return
     if args.only_knowledge:
         with tempfile.TemporaryDirectory() as cache:
             print(json.dumps(knowledge_call_cost(synthetic_datamodule(cache), device), indent=2))

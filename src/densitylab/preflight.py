@@ -16,7 +16,10 @@ bad value and what was expected. What is checked:
   and ``data.length`` <= ``model.net.block_size`` + 1 for ``data=uniform`` (:func:`check_uniform`);
 - ``trainer.max_steps`` an integer >= 1 (or -1 with ``trainer.max_epochs`` >= 1), ``seed`` an integer;
 - ``tokenizer=file``: the file exists and is a ``tokenizer.json``
-  (:func:`densitylab.data.tokenizer.check_tokenizer_file`).
+  (:func:`densitylab.data.tokenizer.check_tokenizer_file`);
+- ``callbacks.priming``: its schedule against ``trainer.max_steps`` (no ``t0`` beyond it), its relations, its
+  pre-registered endpoint and a new-facts file's lines (an unknown attribute, an empty keyword)
+  (:func:`check_priming`).
 """
 
 from __future__ import annotations
@@ -330,6 +333,27 @@ def check_trainer(cfg: DictConfig) -> None:
         )
 
 
+def check_priming(cfg: DictConfig) -> None:
+    """``callbacks.priming`` (when on): :func:`densitylab.callbacks.priming.check_priming_settings` on its settings
+    with ``trainer.max_steps``.
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    node = _get(cfg, "callbacks.priming", None)
+    if not isinstance(node, dict) or "_target_" not in node:
+        return
+    from densitylab.callbacks.priming import check_priming_settings
+
+    keys = ("n_facts", "n_controls", "k_values", "n_cohorts", "t0", "start_frac", "interval", "offsets", "attributes",
+            "n_thematic", "log10_range", "facts", "select_lead", "ignore_topk", "endpoint")  # fmt: skip
+    settings = {
+        k: _get(cfg, f"callbacks.priming.{k}") for k in keys if _get(cfg, f"callbacks.priming.{k}") is not _UNSET
+    }
+    steps = _get(cfg, "callbacks.priming.max_steps", _get(cfg, "trainer.max_steps", None))
+    check_priming_settings(settings, steps)
+
+
 def check_seed(cfg: DictConfig) -> None:
     """``seed``: an integer.
 
@@ -377,6 +401,7 @@ def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None
     check_canaries(cfg)
     check_uniform(cfg)
     check_tokenizer(cfg)
+    check_priming(cfg)
     check_checkpoint(cfg, ckpt)
 
 

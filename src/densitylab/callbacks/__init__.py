@@ -11,6 +11,7 @@ from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.callbacks.memorization import MemorizationCallback
 from densitylab.callbacks.modularity import ModularityCallback
 from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
+from densitylab.callbacks.priming import PrimingCallback
 
 __all__ = [
     "DensityCallback",
@@ -19,6 +20,7 @@ __all__ = [
     "LedgerCallback",
     "MemorizationCallback",
     "ModularityCallback",
+    "PrimingCallback",
     "ProbeCallback",
     "ThroughputLogger",
     "connect_callbacks",

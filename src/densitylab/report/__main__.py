@@ -1,4 +1,4 @@
-"""``python -m densitylab.report [density|knowledge|capacity|compare|study] RUN_DIR [RUN_DIR ...] [--out DIR]``
+"""``python -m densitylab.report [density|knowledge|capacity|compare|study|priming] RUN_DIR [RUN_DIR ...] [--out DIR]``
 
 ``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run
 folders or a
@@ -27,6 +27,10 @@ automatically when exactly one numeric value varies). Default output ``<common p
 (``verdicts.md``, ``verdicts.csv``, also logged to W&B as a table unless ``--no-wandb``), the within-person estimates
 per layer, role and metric, the pairwise (per pair of corpora) estimates and the controls, in ``--out`` (default
 ``<multirun>/report/study``). ``--capacity DIR`` and ``--depth-width DIR`` add claims 8 and 9 from those multiruns.
+
+``priming``: per ``experiment=priming`` run folder, the end analysis again from the folder alone (the hinge fit, ρ and
+its verdict, ρ per k, the controls' null, the control check, density at insertion): tables and
+``priming_vs_pbefore.png`` in ``--out`` (default ``RUN_DIR/report/priming``), the headline printed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "density"
-    if argv and argv[0] in ("density", "knowledge", "capacity", "compare", "study"):
+    if argv and argv[0] in ("density", "knowledge", "capacity", "compare", "study", "priming"):
         command, argv = argv[0], argv[1:]
     ap = argparse.ArgumentParser(
         prog="python -m densitylab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args)
     if command == "knowledge":
         return _knowledge(args)
+    if command == "priming":
+        return _priming(args)
     from densitylab.report.density import density_report, format_table
 
     try:
@@ -91,6 +97,30 @@ def _knowledge(args) -> int:
             paths = knowledge_report(run, args.out if len(runs) == 1 else out)
             print(f"{run}: wrote " + ", ".join(str(p) for p in paths))
             print(knowledge_headline(run))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _priming(args) -> int:
+    from pathlib import Path
+
+    from densitylab.report.priming import format_priming, priming_report
+
+    try:
+        runs = []
+        for p in map(Path, args.runs):
+            if not p.exists():
+                raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
+            runs += sorted(f.parent.parent for f in p.rglob("probes/priming_log.parquet"))
+        if not runs:
+            raise FileNotFoundError(f"no run folder with probes/priming_log.parquet under {args.runs}")
+        for run in runs:
+            out = None if args.out is None else (Path(args.out) if len(runs) == 1 else Path(args.out) / run.name)
+            out, stats = priming_report(run, out)
+            print(f"{run}: wrote {out}/priming_threshold.parquet, {out}/priming_vs_pbefore.png")
+            print(format_priming(stats))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
