@@ -454,9 +454,9 @@ def memorization_call_cost(device, repeats: int = 3) -> dict:
 
 
 def priming_call_cost(device, repeats: int = 3) -> dict:
-    """Seconds of the priming probe's work for one cohort of ``experiment=priming`` (40 facts + 12 controls, 5
+    """Seconds of the priming probe's work for one cohort of ``experiment=priming`` (40 facts + 20 controls, 5
     relations x 12 thematic prompts, prompts of ~9 tokens, one-token keywords) on the tiny model (vocab 2256):
-    the keyword choice (next-token distributions of the 52 own prompts), one measurement (52 own + 52 x 12
+    the keyword choice (next-token distributions of the 60 own prompts), one measurement (60 own + 60 x 12
     thematic probabilities; the thematic ones share 60 distinct sequences) and the density at the names."""
     from densitylab.probes import priming as P
 
@@ -466,9 +466,9 @@ def priming_call_cost(device, repeats: int = 3) -> dict:
     def prompt() -> list[int]:
         return torch.randint(1, 2256, (int(torch.randint(7, 11, (1,), generator=g)),), generator=g).tolist()
 
-    own = [prompt() for _ in range(52)]
+    own = [prompt() for _ in range(60)]
     thematic = {a: [prompt() for _ in range(12)] for a in range(5)}
-    keywords = [[int(t)] for t in torch.randint(1, 2256, (52,), generator=g)]
+    keywords = [[int(t)] for t in torch.randint(1, 2256, (60,), generator=g)]
     pairs = [(o, kw) for o, kw in zip(own, keywords)]
     pairs += [(t, kw) for i, kw in enumerate(keywords) for t in thematic[i % 5]]
     out = {"choose_s": [], "measure_s": [], "density_s": []}

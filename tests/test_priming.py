@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_command
+from conftest import REPO, require_success, run_command, run_train_py
 
 from densitylab import preflight
 from densitylab.callbacks.priming import PrimingCallback, check_priming_settings, load_new_facts
@@ -247,7 +247,10 @@ def test_analysis_on_a_simulated_threshold():
     assert head["priming/control_S_mem_covers_1"] == 1.0 and head["priming/n_facts"] == n
     assert head["priming/smallest_k"] == 1.0
     assert head["priming/slope_difference_S_prime_ci_high"] < 0  # facts fall with P_before, the (flat) controls do not
-    assert head["priming/rho_controls_S_prime_ci_low"] < 0 < head["priming/rho_controls_S_prime_ci_high"]
+    for k in range(1, 6):
+        assert (
+            head[f"priming/rho_controls_S_prime_k{k}_ci_low"] < 0 < head[f"priming/rho_controls_S_prime_k{k}_ci_high"]
+        )
     assert head["priming/verdict"] == "supported"
     row = stats[(stats["statistic"] == "slope_difference") & stats["subset"].str.startswith("S_prime")].iloc[0]
     assert "PRIMARY: supported" in row["note"]
@@ -279,7 +282,7 @@ def test_a_dependence_the_controls_share_is_not_priming():
     _, _, stats, head = _simulated(-0.3, -0.3)
     facts_rho = stats[(stats["statistic"] == "spearman_rho") & (stats["subset"] == "S_prime, offset 0, inserted facts")]
     assert facts_rho["ci_high"].iloc[0] < -0.5
-    assert head["priming/rho_controls_S_prime_ci_high"] < -0.5
+    assert all(head[f"priming/rho_controls_S_prime_k{k}_ci_high"] < -0.4 for k in range(1, 6))
     assert head["priming/verdict"] == "negligible" and head["priming/supported"] == 0.0
     _, _, _, head = _simulated(-0.6, -0.3)  # the facts fall faster: priming beyond the controls
     assert head["priming/verdict"] == "supported"
@@ -357,16 +360,24 @@ def test_train_py_refuses_bad_priming_input_and_writes_nothing(tmp_path, overrid
 
 
 # ----------------------------------------------------------------------------- the experiment, cut short
+@pytest.fixture(scope="module")
+def priming_run(tmp_path_factory, cache_dir) -> Path:
+    """``experiment=priming_smoke`` once (checkpoints every 70 steps, so the resume test below can restart after the
+    keywords were chosen and copies were trained)."""
+    run = tmp_path_factory.mktemp("priming") / "run"
+    args = (
+        "experiment=priming_smoke",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+        "callbacks.model_checkpoint.every_n_train_steps=70",
+    )
+    require_success(run_train_py(*args, cache_dir=cache_dir), "experiment=priming_smoke")
+    return run
+
+
 @pytest.mark.slow
-def test_priming_smoke_run(tmp_path):
-    out = tmp_path / "out"
-    proc = run_command(
-        [sys.executable, str(REPO / "train.py"), "experiment=priming_smoke", "logger=csv", f"paths.log_dir={out}",
-         "trainer.enable_progress_bar=false"],
-        timeout=600, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((out / "priming_smoke" / "runs").iterdir())
+def test_priming_smoke_run(priming_run):
+    run = priming_run
     table = pd.read_parquet(run / "probes" / "priming.parquet")
     facts = pd.read_parquet(run / "ground_truth" / "new_facts.parquet")
     for c in ("p_before", "p_after", "S_mem", "S_prime", "S_mem_corrected", "S_prime_corrected", "ratio_corrected"):
@@ -430,3 +441,54 @@ def test_priming_with_a_facts_file(tmp_path):
     assert (ent["subject_docs"].to_numpy() == facts["k"].to_numpy()).all()
     table = pd.read_parquet(run / "probes" / "priming.parquet")
     assert set(table["fact_id"]) == set(facts["fact_id"]) and table["p_before"].gt(0).all()
+
+
+@pytest.mark.slow
+def test_a_killed_priming_run_resumes_to_the_uninterrupted_record(priming_run, tmp_path, cache_dir):
+    """kill -9 after step 75 (checkpoint at 70: both cohorts' keywords chosen, copies trained at 60 and 65), resume
+    with ckpt_path=last: the same keywords, slots, measurements and ledger counts as the uninterrupted run."""
+    from densitylab.checkpoint import KILL_ENV
+
+    run = tmp_path / "run"
+    args = (
+        "experiment=priming_smoke",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+        "callbacks.model_checkpoint.every_n_train_steps=70",
+    )
+    proc = run_train_py(*args, cache_dir=cache_dir, env={KILL_ENV: "75"})
+    assert proc.returncode != 0 and not (run / "summary.json").exists()
+    require_success(run_train_py(*args, "ckpt_path=last", cache_dir=cache_dir), "the resumed priming run")
+    for name in ("ground_truth/new_facts.parquet", "probes/priming_insertions.parquet", "ledger/entities.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(run / name), pd.read_parquet(priming_run / name))
+    for name in ("priming_log", "priming", "priming_threshold"):
+        a, b = (
+            pd.read_parquet(run / "probes" / f"{name}.parquet"),
+            pd.read_parquet(priming_run / "probes" / f"{name}.parquet"),
+        )
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_ignore_topk_is_on_for_the_insertion_steps_only_on_every_rank():
+    cb = PrimingCallback(max_steps=200, n_facts=2, n_controls=2, k_values=[1], n_cohorts=1, t0=[50], interval=7,
+                         offsets=[0], seed=0, ignore_topk=10)  # fmt: skip
+    cb._planned, cb.first_window, cb.block_size = True, 1000, 6
+    cb.per_step = {50: [0]}
+    cb.windows = {0: (torch.arange(6), torch.arange(6))}
+    module = SimpleNamespace(ignore_topk=None)
+
+    def batch():
+        return {"input_ids": torch.zeros(2, 6, dtype=torch.int64), "labels": torch.zeros(2, 6, dtype=torch.int64),
+                "sample_id": torch.arange(2)}  # fmt: skip
+
+    for rank_zero in (True, False):
+        seen = []
+        for step in (49, 50, 51):
+            t = SimpleNamespace(global_step=step - 1, is_global_zero=rank_zero)
+            for micro in range(2):  # gradient accumulation: the optimizer steps after the second micro-batch
+                cb.on_train_batch_start(t, module, batch(), 2 * step + micro)
+                seen.append((step, micro, module.ignore_topk))
+                t.global_step = step if micro == 1 else step - 1
+                cb.on_train_batch_end(t, module, None, None, 2 * step + micro)
+        assert seen == [(49, 0, None), (49, 1, None), (50, 0, 10.0), (50, 1, 10.0), (51, 0, None), (51, 1, None)]
+        cb._inserted_step = -1

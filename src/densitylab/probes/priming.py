@@ -553,7 +553,7 @@ def priming_table(raw: pd.DataFrame, facts: pd.DataFrame, offsets: Sequence[int]
     ctrl = S[S["half"] == CORRECTION].reset_index()
     corr = ctrl.groupby(["cohort", "step_after"])[["S_mem", "S_prime"]].agg(lambda v: float(np.exp(np.log(v).mean())))
     prompt_ctrl = after[after["half"] == CORRECTION]
-    prompt_corr = prompt_ctrl.groupby(["cohort", "step_after", "kind", "prompt_index"])["ratio"].agg(
+    prompt_corr = prompt_ctrl.groupby(["cohort", "step_after", "attribute", "kind", "prompt_index"])["ratio"].agg(
         lambda v: float(np.exp(np.log(v).mean()))
     )
     S = S.reset_index().join(corr.rename(columns=lambda c: c + "_drift"), on=["cohort", "step_after"])
@@ -564,7 +564,9 @@ def priming_table(raw: pd.DataFrame, facts: pd.DataFrame, offsets: Sequence[int]
         on=["fact_id", "offset", "step_after"],
         how="left",
     )
-    drift = prompt_corr.reindex(pd.MultiIndex.from_frame(after[["cohort", "step_after", "kind", "prompt_index"]]))
+    drift = prompt_corr.reindex(
+        pd.MultiIndex.from_frame(after[["cohort", "step_after", "attribute", "kind", "prompt_index"]])
+    )
     after["ratio_corrected"] = after["ratio"].to_numpy() / drift.to_numpy()
     out = after[TABLE_COLUMNS].sort_values(["fact_id", "offset", "step_after", "kind", "prompt_index"])
     return out.reset_index(drop=True)
@@ -613,38 +615,103 @@ def _slope_ci(x: np.ndarray, y: np.ndarray, n_boot: int, level: float, seed: int
     return {"estimate": slope, "ci_low": float(lo), "ci_high": float(hi), "n": n}
 
 
-def _slope_difference(xf, yf, xc, yc, n_boot: int, level: float, seed: int) -> dict:
-    """OLS slope of y on x among inserted facts minus the same among controls, with a bootstrap CI that resamples
-    facts and controls separately (NaN with < 5 of either)."""
-    xf, yf, xc, yc = (np.asarray(v, dtype=np.float64) for v in (xf, yf, xc, yc))
-    if min(len(xf), len(xc)) < 5 or np.ptp(xf) == 0 or np.ptp(xc) == 0:
-        return {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": len(xf) + len(xc)}
+def _interval(facts: pd.DataFrame) -> int:
+    """K, the steps between copies, from a fact with k >= 2 (``last_copy = t0 + (k - 1) K``); 0 when none has."""
+    f = facts[facts["k"] >= 2]
+    if not len(f):
+        return 0
+    r = f.iloc[0]
+    return int((int(r["last_copy"]) - int(r["t0"])) // (int(r["k"]) - 1))
 
-    def slopes(x, y, idx):
-        xb, yb = x[idx], y[idx]
-        xc_ = xb - xb.mean(1, keepdims=True)
-        var = (xc_**2).sum(1)
-        return np.where(var > 0, (xc_ * (yb - yb.mean(1, keepdims=True))).sum(1) / np.where(var > 0, var, 1), np.nan)
 
-    est = float(np.polyfit(xf, yf, 1)[0] - np.polyfit(xc, yc, 1)[0])
+def _matched(at: pd.DataFrame, col: str, ks: Sequence[int], interval: int, off: int) -> dict:
+    """Per k: (the inserted facts with that k, the controls' rows at that k's P_after step of their own cohort,
+    ``t0 + (k - 1) K + off``), finite ``col`` and ``log10_p_before`` only."""
+    out = {}
+    ok = np.isfinite(at[col]) & np.isfinite(at["log10_p_before"])
+    ctrl = at[(at["half"] != INSERTED) & ok]
+    for k in ks:
+        f = at[(at["half"] == INSERTED) & (at["k"] == k) & ok]
+        step = ctrl["step_before"] + 1 + (k - 1) * interval + off  # t0 = step_before + 1
+        g = ctrl[ctrl["step_after"] == step]
+        out[k] = (f[["fact_id", "cohort", "k", "log10_p_before", col]].rename(columns={col: "y"}),
+                  g[["fact_id", "cohort", "log10_p_before", col]].rename(columns={col: "y"}))  # fmt: skip
+    return out
+
+
+def _ols_slope(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.ptp(x) == 0:
+        return math.nan
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc**2).sum())
+
+
+def _pooled_difference(matched: dict, n_boot: int, level: float, seed: int, clustered: bool = False) -> dict:
+    """The slope difference (facts minus controls, each k against the controls at its own step), weighted over k by
+    the facts per k, with a percentile bootstrap: facts resampled within k and the controls once per replicate (the
+    same controls at every k's step); ``clustered``: facts resampled by (cohort, k) group and controls by cohort.
+
+    Returns:
+        ``estimate``, ``ci_low``, ``ci_high``, ``n`` (facts + controls), ``facts`` and ``controls`` (the weighted
+        slopes), ``n_facts``, ``n_controls``; NaN when a k has fewer than 3 facts or controls.
+    """
+    ks = [k for k, (f, g) in matched.items() if len(f) >= 3 and len(g) >= 3]
+    nan = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0, "facts": math.nan,
+           "controls": math.nan, "n_facts": 0, "n_controls": 0}  # fmt: skip
+    if not ks:
+        return nan
+    w = np.asarray([len(matched[k][0]) for k in ks], dtype=np.float64)
+    w = w / w.sum()
+    ctrl_ids = np.unique(np.concatenate([matched[k][1]["fact_id"].to_numpy() for k in ks]))
+
+    def estimate(fact_idx: dict, ctrl_weight: dict | None) -> tuple[float, float]:
+        sf, sc = 0.0, 0.0
+        for wk, k in zip(w, ks):
+            f, g = matched[k]
+            fi = fact_idx[k]
+            sf += wk * _ols_slope(f["log10_p_before"].to_numpy()[fi], f["y"].to_numpy()[fi])
+            if ctrl_weight is None:
+                gi = np.arange(len(g))
+            else:
+                gi = np.repeat(np.arange(len(g)), [ctrl_weight.get(int(c), 0) for c in g["fact_id"]])
+            sc += wk * _ols_slope(g["log10_p_before"].to_numpy()[gi], g["y"].to_numpy()[gi])
+        return sf, sc
+
+    sf, sc = estimate({k: np.arange(len(matched[k][0])) for k in ks}, None)
     rng = np.random.default_rng(seed)
-    reps = slopes(xf, yf, rng.integers(0, len(xf), (n_boot, len(xf)))) - slopes(
-        xc, yc, rng.integers(0, len(xc), (n_boot, len(xc)))
-    )
+    reps = []
+    ctrl_cohort = {}
+    for k in ks:
+        ctrl_cohort.update(dict(zip(matched[k][1]["fact_id"].astype(int), matched[k][1]["cohort"].astype(int))))
+    cohorts = np.unique(list(ctrl_cohort.values()))
+    for _ in range(n_boot):
+        if clustered:
+            idx = {}
+            for k in ks:
+                f = matched[k][0]
+                groups = f["cohort"].to_numpy()
+                draw = rng.choice(np.unique(groups), size=len(np.unique(groups)), replace=True)
+                idx[k] = np.concatenate([np.flatnonzero(groups == c) for c in draw])
+            draw = rng.choice(cohorts, size=len(cohorts), replace=True)
+            cw: dict[int, int] = {}
+            for c in draw:
+                for cid, cc in ctrl_cohort.items():
+                    if cc == c:
+                        cw[cid] = cw.get(cid, 0) + 1
+        else:
+            idx = {k: rng.integers(0, len(matched[k][0]), len(matched[k][0])) for k in ks}
+            picks = rng.choice(ctrl_ids, size=len(ctrl_ids), replace=True)
+            u, c = np.unique(picks, return_counts=True)
+            cw = dict(zip(u.astype(int).tolist(), c.tolist()))
+        a, b = estimate(idx, cw)
+        reps.append(a - b)
+    reps = np.asarray(reps)
     reps = reps[np.isfinite(reps)]
-    a = (1 - level) / 2
-    lo, hi = np.quantile(reps, [a, 1 - a]) if len(reps) else (math.nan, math.nan)
-    return {"estimate": est, "ci_low": float(lo), "ci_high": float(hi), "n": len(xf) + len(xc)}
-
-
-def _control_trend(co: pd.DataFrame, col: str) -> tuple[float, float]:
-    """OLS (intercept, slope) of the controls' ``col`` on ``log10_p_before``: how a never-learnt keyword's log ratio
-    depends on its P_before (drift, regression to the mean of a keyword chosen by its probability, the other
-    facts' general effect on the relation's prompts); (NaN, NaN) with < 5 controls."""
-    if len(co) < 5 or np.ptp(co["log10_p_before"].to_numpy()) == 0:
-        return math.nan, math.nan
-    b, a = np.polyfit(co["log10_p_before"].to_numpy(np.float64), co[col].to_numpy(np.float64), 1)
-    return float(a), float(b)
+    q = (1 - level) / 2
+    lo, hi = np.quantile(reps, [q, 1 - q]) if len(reps) else (math.nan, math.nan)
+    n_f = int(sum(len(matched[k][0]) for k in ks))
+    return {"estimate": sf - sc, "ci_low": float(lo), "ci_high": float(hi), "n": n_f + len(ctrl_ids),
+            "facts": sf, "controls": sc, "n_facts": n_f, "n_controls": len(ctrl_ids)}  # fmt: skip
 
 
 def analyse(
@@ -662,20 +729,27 @@ def analyse(
 
     The pre-registered test (``endpoint.test``):
 
-    - ``slope_difference`` (default): the OLS slope of ln S (``endpoint.score``, a raw score: S_prime or S_mem) on
-      log10 P_before among the inserted facts minus the same slope among the controls (each control averaged over
-      its cohort's P_after steps), with a bootstrap CI resampling facts and controls separately; Sun et al. predict
-      a negative difference (the lower P_before, the more a *learnt* keyword spreads). The controls are chosen and
-      measured exactly as the facts, so everything that makes a never-learnt keyword's ratio depend on its P_before
-      (regression to the mean of a keyword chosen by its probability, drift, the other facts' general effect on the
-      relation's prompts) is in their slope. The hinge fit and ρ are then read on the facts' ln S minus the
-      controls' linear trend at their P_before (``log_s_vs_controls``);
-    - ``rho``: Spearman ρ of ln S (e.g. ``S_prime_corrected``) on log10 P_before among the inserted facts, and the
-      hinge on the same (the issue's first definition; the controls' own ρ is reported beside it).
+    - ``slope_difference`` (default): per k, the OLS slope of ln S (``endpoint.score``, a raw score: S_prime or
+      S_mem) on log10 P_before among the inserted facts with that k, read at their P_after step, minus the same slope
+      among the controls read at that same step of their own cohort (``t0 + (k - 1) K + offset``: the controls'
+      slope grows with the time since P_before); the differences averaged over k, weighted by the facts per k; a
+      percentile bootstrap resamples facts within k and the controls (once per replicate, the same controls at
+      every k). Sun et al. predict a negative difference (the lower P_before, the more a *learnt* keyword spreads).
+      The controls are chosen and measured exactly as the facts, so everything that makes a never-learnt keyword's
+      ratio depend on its P_before (regression to the mean of a keyword chosen by its probability, drift, the other
+      facts' general effect on the relation's prompts) is in their slope. A sensitivity CI resamples (cohort, k)
+      groups of facts and cohorts of controls (the facts of a group share a window, their steps and the model
+      state); the difference per cohort is reported too;
+    - ``rho``: Spearman ρ of ln S (e.g. ``S_prime_corrected``) on log10 P_before among the inserted facts (the
+      issue's first definition; the controls' own ρ is reported beside it).
 
-    The verdict (:func:`densitylab.probes.study.decide`, SESOI ``sesoi_slope`` or ``sesoi_rho``) is ``not measured``
-    when P_before does not span the pre-registered range: ``min_orders`` decades between the 5th and 95th percentile
-    and ``min_per_side`` facts on each side of ``threshold``.
+    The hinge is fitted on the facts' ln S of the endpoint's score (a line common to all facts, such as the
+    controls' trend, would change neither the knee nor the change of slope). The verdict
+    (:func:`densitylab.probes.study.decide`, SESOI ``sesoi_slope`` or ``sesoi_rho``) is ``not measured`` when the
+    pre-registered offset was not reached or P_before does not span the pre-registered range.
+
+    The range: ``min_orders`` decades between the 5th and 95th percentile and ``min_per_side`` facts on each side of
+    ``threshold``.
 
     Args:
         raw: every call's measurements (``probes/priming_log.parquet``).
@@ -687,7 +761,7 @@ def analyse(
         n_layer: the model's layers (``density_layer`` −1 = the last).
     Returns:
         ``(table, scores, stats, headline)``: :func:`priming_table`; :func:`fact_scores` with the density at
-        insertion (``density``) and ``log_s_vs_controls``; the statistics (``statistic``, ``subset``, ``estimate``,
+        insertion (``density``); the statistics (``statistic``, ``subset``, ``estimate``,
         ``ci_low``, ``ci_high``, ``n``, ``level``, ``note``); the ``priming/*`` scalars. Units: log10 P for the knee,
         ln S per decade of P_before for slopes, ln S per unit of active fraction for the density slopes.
     """
@@ -702,7 +776,8 @@ def analyse(
     scores["density"] = dens.reindex(scores["fact_id"]).to_numpy(dtype=np.float64)
     test, score, sign = str(endpoint.get("test", "rho")), str(endpoint["score"]), int(endpoint["predicted_sign"])
     ycol = "log_" + score.lower()
-    off = int(endpoint["offset"]) if int(endpoint["offset"]) in offsets else int(offsets[0])
+    offset_done = int(endpoint["offset"]) in offsets
+    off = int(endpoint["offset"]) if offset_done else int(offsets[0])
     at = scores[scores["offset"] == off]
     rows, head = [], {}
 
@@ -750,27 +825,49 @@ def analyse(
         add("p_before_by_cohort", f"cohort {int(c)}", {"estimate": float(np.median(v)), "ci_low": float(v.min()),
             "ci_high": float(v.max()), "n": len(v)}, "median, min, max of log10 P_before")  # fmt: skip
 
-    # ---- the controls' null and the facts-minus-controls slopes (both raw scores)
-    trend = {}
+    # ---- the controls' null and the facts-minus-controls slopes (both raw scores), each k against the controls
+    # read at that k's own P_after step (t0 + (k - 1)K + offset of the control's cohort): the controls' slope grows
+    # with the time since P_before, so a control averaged over steps is no null for one k
+    interval = _interval(facts)
+    ks = sorted(int(v) for v in at.loc[at["half"] == INSERTED, "k"].unique())
+    matched = {}
     for raw_score in ("S_prime", "S_mem"):
         rc = "log_" + raw_score.lower()
-        fa, co = facts_and_controls(rc)
-        trend[raw_score] = _control_trend(co, rc)
-        add("spearman_rho_controls", f"{raw_score}, offset {off}, controls (never inserted)",
-            rho_of(co["log10_p_before"], co[rc]), "the null: no learning of the keyword",
-            key=f"rho_controls_{raw_score}")  # fmt: skip
-        add("slope_difference", f"{raw_score}, offset {off}: inserted facts minus controls",
-            _slope_difference(fa["log10_p_before"], fa[rc], co["log10_p_before"], co[rc], n_boot, level, seed),
-            "ln S per decade of P_before", key=f"slope_difference_{raw_score}")  # fmt: skip
-        a, b = trend[raw_score]
-        scores[f"{rc}_vs_controls"] = scores[rc] - (a + b * scores["log10_p_before"])
+        m = _matched(at, rc, ks, interval, off)
+        matched[raw_score] = m
+        est = _pooled_difference(m, n_boot, level, seed)
+        add("slope_facts", f"{raw_score}, offset {off}, inserted facts",
+            {"estimate": est["facts"], "n": est["n_facts"]},
+            "OLS slope, ln S per decade of P_before (k-weighted over the matched steps)")  # fmt: skip
+        add("slope_controls", f"{raw_score}, offset {off}, controls at the facts' steps",
+            {"estimate": est["controls"], "n": est["n_controls"]}, "the null: never inserted; same weights",
+            key=f"slope_controls_{raw_score}")  # fmt: skip
+        add(
+            "slope_difference",
+            f"{raw_score}, offset {off}: inserted facts minus controls",
+            est,
+            "ln S per decade of P_before; bootstrap over facts and controls",
+            key=f"slope_difference_{raw_score}",
+        )
+        add("slope_difference_clustered", f"{raw_score}, offset {off}: inserted facts minus controls",
+            _pooled_difference(m, n_boot, level, seed, clustered=True),
+            "sensitivity: resampling (cohort, k) groups of facts and cohorts of controls",
+            key=f"slope_difference_{raw_score}_clustered")  # fmt: skip
+        for c in sorted(int(v) for v in at["cohort"].unique()):
+            sub = {k: (f[f["cohort"] == c], g[g["cohort"] == c]) for k, (f, g) in m.items()}
+            q = _pooled_difference(sub, n_boot, level, seed)
+            add("slope_difference_by_cohort", f"{raw_score}, offset {off}, cohort {c}", q)
+        for k, (f, g) in m.items():  # one row per control: each at that k's step (CIs over controls)
+            add("spearman_rho_controls", f"{raw_score}, offset {off}, controls at the step of k={k}",
+                rho_of(g["log10_p_before"], g["y"]), "the null: no learning of the keyword",
+                key=f"rho_controls_{raw_score}_k{k}")  # fmt: skip
+            add("spearman_rho_facts", f"{raw_score}, offset {off}, inserted facts, k={k}",
+                rho_of(f["log10_p_before"], f["y"]), key=f"rho_{raw_score}_k{k}")  # fmt: skip
 
     # ---- the primary test
     if test == "slope_difference":
         primary = next(r for r in rows if r["statistic"] == "slope_difference" and r["subset"].startswith(score))
         sesoi = float(endpoint["sesoi_slope"])
-        hcol = f"{ycol}_vs_controls"
-        hsubset = f"{score} minus the controls' trend, offset {off}, inserted facts"
     else:
         fa, _ = facts_and_controls(ycol)
         primary = dict(rho_of(fa["log10_p_before"], fa[ycol]))
@@ -778,11 +875,12 @@ def analyse(
                      "level": level, "note": ""})  # fmt: skip
         primary = rows[-1]
         sesoi = float(endpoint["sesoi_rho"])
-        hcol, hsubset = ycol, f"{score}, offset {off}, inserted facts"
-    verdict = decide(primary["ci_low"], primary["ci_high"], sesoi, sign) if range_ok else "not measured"
+    measured = range_ok and offset_done
+    verdict = decide(primary["ci_low"], primary["ci_high"], sesoi, sign) if measured else "not measured"
+    why = "" if range_ok else "; P_before misses the pre-registered range"
+    why += "" if offset_done else f"; the pre-registered offset {endpoint['offset']} was not reached"
     primary["note"] = (primary["note"] + "; " if primary["note"] else "") + (
-        f"PRIMARY: {verdict} (predicted sign {sign:+d}, SESOI {sesoi:g})"
-        + ("" if range_ok else "; P_before misses the pre-registered range")
+        f"PRIMARY: {verdict} (predicted sign {sign:+d}, SESOI {sesoi:g}){why}"
     )
     head["priming/primary"] = float(primary["estimate"])
     head["priming/primary_ci_low"], head["priming/primary_ci_high"] = (
@@ -793,10 +891,12 @@ def analyse(
     head["priming/contradicted"] = float(verdict == "contradicted")
     head["priming/negligible"] = float(verdict == "negligible")
 
-    # ---- the threshold: hinge and rho on the primary's y
-    fa = at[(at["half"] == INSERTED)]
-    fa = fa[np.isfinite(scores.loc[fa.index, hcol]) & np.isfinite(fa["log10_p_before"])]
-    x, y = fa["log10_p_before"].to_numpy(np.float64), scores.loc[fa.index, hcol].to_numpy(np.float64)
+    # ---- the threshold: the hinge of the facts' ln S (the endpoint's score) on log10 P_before; a line common to all
+    # facts (the controls' trend) changes neither the knee nor the change of slope, only both slopes alike
+    hcol = ycol
+    hsubset = f"{score}, offset {off}, inserted facts"
+    fa = at[(at["half"] == INSERTED) & np.isfinite(at[hcol]) & np.isfinite(at["log10_p_before"])]
+    x, y = fa["log10_p_before"].to_numpy(np.float64), fa[hcol].to_numpy(np.float64)
     try:
         h = hinge_bootstrap(x, y, n_boot=n_boot, level=level, seed=seed, min_side=max(5, len(x) // 10))
     except ValueError as e:
@@ -806,21 +906,19 @@ def analyse(
         for name in ("knee", "slope_below", "slope_above", "slope_change"):
             r = {"estimate": h[name], "ci_low": h[f"{name}_ci_low"], "ci_high": h[f"{name}_ci_high"], "n": h["n"]}
             add(f"hinge_{name}", hsubset, r, "knee in log10 P_before; slopes in ln S per decade", key=f"hinge_{name}")
-    add("spearman_rho", hsubset, rho_of(x, y), key="rho")
-    # ---- the smallest k: rho CI on the predicted side (the issue's), and beyond the controls (the slopes)
+    # ---- the smallest k: the slope difference per k (matched controls) and the issue's rho of the facts alone
     kmin_rho = kmin = None
-    for k in sorted(int(v) for v in fa["k"].unique()):
+    mk = matched[score.replace("_corrected", "")]
+    for k in ks:
         sub = fa[fa["k"] == k]
-        r = rho_of(sub["log10_p_before"], scores.loc[sub.index, hcol])
+        r = rho_of(sub["log10_p_before"], sub[hcol])
         holds = (r["ci_high"] < 0) if sign < 0 else (r["ci_low"] > 0)
         add("spearman_rho_k", f"{hsubset}, k={k}", r, "holds" if holds else "")
         kmin_rho = k if holds and kmin_rho is None else kmin_rho
-        rs = score.replace("_corrected", "")
-        rc = "log_" + rs.lower()
-        fk, co = facts_and_controls(rc, k)
-        d = _slope_difference(fk["log10_p_before"], fk[rc], co["log10_p_before"], co[rc], n_boot, level, seed)
-        holds = (d["ci_high"] < 0) if sign < 0 else (d["ci_low"] > 0)
-        add("slope_difference_k", f"{rs}, offset {off}, k={k} minus controls", d, "holds" if holds else "")
+        d = _pooled_difference({k: mk[k]}, n_boot, level, seed) if k in mk else {}
+        holds = bool(d) and ((d["ci_high"] < 0) if sign < 0 else (d["ci_low"] > 0))
+        add("slope_difference_k", f"{score.replace('_corrected', '')}, offset {off}, k={k} minus controls", d,
+            "holds" if holds else "")  # fmt: skip
         kmin = k if holds and kmin is None else kmin
     head["priming/smallest_k"] = float(kmin) if kmin is not None else math.nan
     head["priming/smallest_k_rho"] = float(kmin_rho) if kmin_rho is not None else math.nan
@@ -828,7 +926,10 @@ def analyse(
     for other in ("S_mem", "S_mem_corrected", "S_prime", "S_prime_corrected"):
         oc = "log_" + other.lower()
         sub = at[(at["half"] == INSERTED) & np.isfinite(at[oc])]
-        add("spearman_rho", f"{other}, offset {off}, inserted facts", rho_of(sub["log10_p_before"], sub[oc]))
+        if test == "rho" and other == score:
+            continue  # the primary, above
+        add("spearman_rho", f"{other}, offset {off}, inserted facts", rho_of(sub["log10_p_before"], sub[oc]),
+            key="rho" if other == score else f"rho_{other}")  # fmt: skip
     # ---- geometric mean scores per k (every offset)
     for o in offsets:
         for k, g in scores[(scores["half"] == INSERTED) & (scores["offset"] == o)].groupby("k"):

@@ -17,8 +17,8 @@ def plot_priming(scores: pd.DataFrame, stats: pd.DataFrame, endpoint: dict, path
     1. the endpoint's score (S_prime by default) of every inserted fact (coloured by k) and every control (grey
        crosses, never inserted), with each group's least-squares line: the pre-registered test is the difference
        of the two slopes;
-    2. the facts' score relative to the controls' line (``log_s_vs_controls``; with ``test: rho`` the score itself),
-       with the hinge fit and its knee (the threshold Sun et al. report near 10⁻³, dashed);
+    2. the pre-registered test per k: the facts' slope minus the controls' slope at the same step, with its CI, and
+       the pooled estimate (band) against ±SESOI;
     3. S_mem, facts and controls, as panel 1.
 
     Args:
@@ -60,22 +60,26 @@ def plot_priming(scores: pd.DataFrame, stats: pd.DataFrame, endpoint: dict, path
     scatter(axes[0], rcol, True)
     axes[0].set_ylabel(f"ln {raw}")
     axes[0].set_title(f"ln {raw}, offset {off}: facts and controls")
-    hcol = f"{rcol}_vs_controls" if endpoint.get("test") == "slope_difference" else "log_" + score.lower()
-    if hcol in facts:
-        scatter(axes[1], hcol, False)
-        get = stats.set_index("statistic")["estimate"] if len(stats) else pd.Series(dtype=float)
-        get = get[~get.index.duplicated()]
-        if {"hinge_knee", "hinge_slope_below", "hinge_slope_above"} <= set(get.index):
-            c, b1, b2 = (float(get[k]) for k in ("hinge_knee", "hinge_slope_below", "hinge_slope_above"))
-            ok = np.isfinite(facts[hcol])
-            xs, ys = facts.loc[ok, "log10_p_before"].to_numpy(), facts.loc[ok, hcol].to_numpy()
-            a = float(np.mean(ys - b1 * np.minimum(xs - c, 0) - b2 * np.maximum(xs - c, 0)))
-            x = np.linspace(xs.min(), xs.max(), 200)
-            axes[1].plot(x, a + b1 * np.minimum(x - c, 0) + b2 * np.maximum(x - c, 0), color="C1", lw=1.5,
-                         label=f"hinge, knee {c:.2f}")  # fmt: skip
-            axes[1].axvline(c, color="C1", lw=0.8)
-        axes[1].set_ylabel(hcol)
-        axes[1].set_title("relative to the controls' line" if hcol.endswith("_vs_controls") else hcol)
+    ax = axes[1]  # the per-k test: facts minus controls at the same step, with its CI
+    sd = stats[stats["statistic"] == "slope_difference_k"] if len(stats) else pd.DataFrame()
+    for name, color, dx in ((raw, "C3", 0.0),):
+        sub = sd[sd["subset"].str.startswith(name)]
+        kk = sub["subset"].str.extract(r"k=(\d+)")[0].astype(int).to_numpy()
+        est = sub["estimate"].to_numpy(np.float64)
+        err = np.vstack([est - sub["ci_low"].to_numpy(np.float64), sub["ci_high"].to_numpy(np.float64) - est])
+        ax.errorbar(np.arange(len(kk)) + dx, est, yerr=np.nan_to_num(err), fmt="o", color=color, capsize=3,
+                    label=f"{name}: facts minus controls")  # fmt: skip
+        ax.set_xticks(np.arange(len(kk)), [f"k={k}" for k in kk])
+    prim = stats[(stats["statistic"] == "slope_difference") & stats["subset"].str.startswith(raw)] if len(stats) else []
+    if len(prim):
+        r = prim.iloc[0]
+        ax.axhspan(r["ci_low"], r["ci_high"], color="C3", alpha=0.12, label=f"pooled {r['estimate']:+.3f}")
+    sesoi = float(endpoint.get("sesoi_slope", 0.1))
+    ax.axhline(0, color="grey", lw=0.8, ls=":")
+    for v in (-sesoi, sesoi):
+        ax.axhline(v, color="k", lw=0.6, ls="--")
+    ax.set_ylabel(f"slope difference, ln {raw} per decade")
+    ax.set_title("facts minus controls, per k (dashed: ±SESOI)")
     scatter(axes[2], "log_s_mem", True)
     axes[2].set_ylabel("ln S_mem")
     axes[2].set_title(f"ln S_mem, offset {off}: facts and controls")
@@ -131,7 +135,10 @@ def priming_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[
     node = OmegaConf.to_container(cfg.callbacks.priming, resolve=False)
     keys = ("n_facts", "n_controls", "k_values", "n_cohorts", "t0", "start_frac", "interval", "offsets", "attributes",
             "n_thematic", "log10_range", "select_lead", "ignore_topk", "endpoint")  # fmt: skip
-    s = check_priming_settings({k: node[k] for k in keys if k in node}, int(cfg.trainer.max_steps))
+    settings = {k: node[k] for k in keys if k in node}
+    if node.get("facts"):  # a facts-file run: its k values are the file's (the file itself may be gone)
+        settings["k_values"] = sorted({int(k) for k in facts["k"] if int(k) > 0}) or [1]
+    s = check_priming_settings(settings, int(cfg.trainer.max_steps))
     facts = facts[facts["keyword"].notna()]
     done = set(raw["step"].astype(int))
     offsets = [o for o in s["offsets"] if all(int(x) + o in done for x in facts.loc[facts["k"] > 0, "last_copy"])]
