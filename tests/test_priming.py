@@ -314,8 +314,12 @@ def test_bad_new_facts_file(tmp_path, line, words):
 def test_settings_refuse_t0_beyond_max_steps_and_bad_attributes():
     with pytest.raises(ConfigError, match=r"t0\[1\]=1300: its last P_after is at step 1580"):
         check_priming_settings({"t0": [700, 1300], "n_cohorts": 2, "offsets": [0, 100]}, 1400)
-    with pytest.raises(ConfigError, match="too short"):
-        check_priming_settings({}, 100)
+    off = check_priming_settings({}, 100)  # the default schedule does not fit: the probe is off, with the reason
+    assert (
+        off["t0"] == []
+        and "trainer.max_steps=100 is too short" in off["off"]
+        and "expected max_steps >= 230" in off["off"]
+    )
     with pytest.raises(ConfigError, match="'colour' is unknown"):
         check_priming_settings({"attributes": ["major", "colour"]}, 1400)
     with pytest.raises(ConfigError, match="endpoint.offset=5"):

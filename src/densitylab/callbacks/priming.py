@@ -107,7 +107,10 @@ def check_priming_settings(settings: Mapping, max_steps: int | None) -> dict:
     pre-flight (:func:`densitylab.preflight.check_priming`), so a bad value is refused before anything is written.
 
     Returns:
-        The normalised settings, with ``t0`` resolved (the default spread when ``t0`` is null).
+        The normalised settings, with ``t0`` resolved (the default spread when ``t0`` is null). When ``t0`` is null
+        and training is too short for the default schedule, ``t0`` is ``[]`` and ``off`` holds the reason (the probe
+        logs it and stays off: ``trainer.max_steps=1`` checks of every experiment still run); an explicit ``t0``
+        beyond ``max_steps`` is an error.
     Raises:
         ConfigError: one line naming the key, the bad value and what was expected.
     """
@@ -207,9 +210,13 @@ def check_priming_settings(settings: Mapping, max_steps: int | None) -> dict:
     t0 = s.get("t0")
     if max_steps is None or isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ConfigError(f"{WHERE}.max_steps={max_steps!r}: expected trainer.max_steps, an integer >= 1")
+    out["off"] = None
     if t0 is None:
-        t0 = P.cohort_starts(out["n_cohorts"], max_steps, out["k_values"], out["interval"], out["offsets"],
-                             out["start_frac"])  # fmt: skip
+        try:
+            t0 = P.cohort_starts(out["n_cohorts"], max_steps, out["k_values"], out["interval"], out["offsets"],
+                                 out["start_frac"])  # fmt: skip
+        except ConfigError as e:  # the default schedule does not fit (a 1-step check of every experiment): off
+            out["off"], t0 = str(e), []
     else:
         t0 = [t0] if isinstance(t0, int) and not isinstance(t0, bool) else list(t0)
         if len(t0) != out["n_cohorts"]:
@@ -361,6 +368,10 @@ class PrimingCallback(ProbeCallback):
         if self._planned:
             return
         self._planned = True
+        if self.s["off"]:
+            self.enabled = False
+            log.warning("priming: off (%s; or give callbacks.priming.t0)", self.s["off"])
+            return
         dm = trainer.datamodule
         gt = getattr(dm, "ground_truth_dir", None)
         path = None if gt is None else Path(gt) / "people.parquet"
