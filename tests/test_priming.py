@@ -241,7 +241,7 @@ def test_analysis_on_a_simulated_threshold():
         raw[f"L{i}/active_frac_live"] = 0.3
     settings = {"offsets": [0], "t0": [10], "n_cohorts": 1, "k_values": [1, 2, 3, 4, 5], "select_lead": 0}
     endpoint = check_priming_settings(settings, 100)["endpoint"]
-    _, scores, stats, head = P.analyse(raw, facts, [0], endpoint, n_boot=300, level=0.95, seed=0, n_layer=4)
+    _, scores, stats, head = P.analyse(raw, facts, [0], endpoint, n_boot=200, level=0.95, seed=0, n_layer=4)
     assert head["priming/hinge_knee_ci_low"] <= -3 <= head["priming/hinge_knee_ci_high"]
     assert head["priming/rho_ci_high"] < 0 and head["priming/supported"] == 1.0
     assert head["priming/control_S_mem_covers_1"] == 1.0 and head["priming/n_facts"] == n
@@ -273,7 +273,7 @@ def _simulated(facts_slope: float, controls_slope: float, lo: float = -6, hi: fl
         "half": [0] * n + [1, 2] * (nc // 2), "t0": 10, "last_copy": [10] * n + [9] * nc,
     })  # fmt: skip
     endpoint = check_priming_settings({"offsets": [0], "t0": [10], "n_cohorts": 1, "select_lead": 0}, 1000)["endpoint"]
-    return P.analyse(raw, facts, [0], endpoint, n_boot=300, level=0.95, seed=0, n_layer=1)
+    return P.analyse(raw, facts, [0], endpoint, n_boot=200, level=0.95, seed=0, n_layer=1)
 
 
 def test_a_dependence_the_controls_share_is_not_priming():

@@ -646,6 +646,25 @@ def _ols_slope(x: np.ndarray, y: np.ndarray) -> float:
     return float((xc * (y - y.mean())).sum() / (xc**2).sum())
 
 
+def _weighted_slopes(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """OLS slopes of y on x under each row of integer weights ``W`` (B, n) (bootstrap counts): (B,), NaN where fewer
+    than 3 points are drawn or x does not vary."""
+    sw = W.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = (W @ x) / sw, (W @ y) / sw
+        sxx = W @ (x * x) - sw * mx * mx
+        sxy = W @ (x * y) - sw * mx * my
+        out = sxy / sxx
+    return np.where((sw >= 3) & (sxx > 1e-12 * np.maximum(sw, 1)), out, np.nan)
+
+
+def _counts(draws: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) how often each of n units was drawn in each row of ``draws`` (B, m) (unit indices)."""
+    W = np.zeros((draws.shape[0], n), dtype=np.float64)
+    np.add.at(W, (np.repeat(np.arange(draws.shape[0]), draws.shape[1]), draws.ravel()), 1.0)
+    return W
+
+
 def _pooled_difference(matched: dict, n_boot: int, level: float, seed: int, clustered: bool = False) -> dict:
     """The slope difference (facts minus controls, each k against the controls at its own step), weighted over k by
     the facts per k, with a percentile bootstrap: facts resampled within k and the controls once per replicate (the
@@ -662,50 +681,35 @@ def _pooled_difference(matched: dict, n_boot: int, level: float, seed: int, clus
         return nan
     w = np.asarray([len(matched[k][0]) for k in ks], dtype=np.float64)
     w = w / w.sum()
-    ctrl_ids = np.unique(np.concatenate([matched[k][1]["fact_id"].to_numpy() for k in ks]))
-
-    def estimate(fact_idx: dict, ctrl_weight: dict | None) -> tuple[float, float]:
-        sf, sc = 0.0, 0.0
-        for wk, k in zip(w, ks):
-            f, g = matched[k]
-            fi = fact_idx[k]
-            sf += wk * _ols_slope(f["log10_p_before"].to_numpy()[fi], f["y"].to_numpy()[fi])
-            if ctrl_weight is None:
-                gi = np.arange(len(g))
-            else:
-                gi = np.repeat(np.arange(len(g)), [ctrl_weight.get(int(c), 0) for c in g["fact_id"]])
-            sc += wk * _ols_slope(g["log10_p_before"].to_numpy()[gi], g["y"].to_numpy()[gi])
-        return sf, sc
-
-    sf, sc = estimate({k: np.arange(len(matched[k][0])) for k in ks}, None)
+    ctrl = pd.concat([matched[k][1][["fact_id", "cohort"]] for k in ks]).drop_duplicates("fact_id")
+    ctrl_ids = ctrl["fact_id"].to_numpy(np.int64)
+    pos = {int(c): i for i, c in enumerate(ctrl_ids)}
+    cohorts = np.unique(ctrl["cohort"].to_numpy(np.int64))
     rng = np.random.default_rng(seed)
-    reps = []
-    ctrl_cohort = {}
-    for k in ks:
-        ctrl_cohort.update(dict(zip(matched[k][1]["fact_id"].astype(int), matched[k][1]["cohort"].astype(int))))
-    cohorts = np.unique(list(ctrl_cohort.values()))
-    for _ in range(n_boot):
+    B = n_boot
+    if clustered:  # controls: cohorts drawn with replacement; a control's weight = its cohort's count
+        cc = _counts(rng.integers(0, len(cohorts), (B, len(cohorts))), len(cohorts))
+        cidx = np.searchsorted(cohorts, ctrl["cohort"].to_numpy(np.int64))
+        Wc = cc[:, cidx]
+    else:
+        Wc = _counts(rng.integers(0, len(ctrl_ids), (B, len(ctrl_ids))), len(ctrl_ids))
+    sf = sc = 0.0
+    reps = np.zeros(B)
+    for wk, k in zip(w, ks):
+        f, g = matched[k]
+        xf, yf = f["log10_p_before"].to_numpy(np.float64), f["y"].to_numpy(np.float64)
+        xg, yg = g["log10_p_before"].to_numpy(np.float64), g["y"].to_numpy(np.float64)
+        sf += wk * _ols_slope(xf, yf)
+        sc += wk * _ols_slope(xg, yg)
         if clustered:
-            idx = {}
-            for k in ks:
-                f = matched[k][0]
-                groups = f["cohort"].to_numpy()
-                draw = rng.choice(np.unique(groups), size=len(np.unique(groups)), replace=True)
-                idx[k] = np.concatenate([np.flatnonzero(groups == c) for c in draw])
-            draw = rng.choice(cohorts, size=len(cohorts), replace=True)
-            cw: dict[int, int] = {}
-            for c in draw:
-                for cid, cc in ctrl_cohort.items():
-                    if cc == c:
-                        cw[cid] = cw.get(cid, 0) + 1
+            fc = f["cohort"].to_numpy(np.int64)
+            groups = np.unique(fc)
+            gc = _counts(rng.integers(0, len(groups), (B, len(groups))), len(groups))
+            Wf = gc[:, np.searchsorted(groups, fc)]
         else:
-            idx = {k: rng.integers(0, len(matched[k][0]), len(matched[k][0])) for k in ks}
-            picks = rng.choice(ctrl_ids, size=len(ctrl_ids), replace=True)
-            u, c = np.unique(picks, return_counts=True)
-            cw = dict(zip(u.astype(int).tolist(), c.tolist()))
-        a, b = estimate(idx, cw)
-        reps.append(a - b)
-    reps = np.asarray(reps)
+            Wf = _counts(rng.integers(0, len(f), (B, len(f))), len(f))
+        Wg = Wc[:, [pos[int(c)] for c in g["fact_id"]]]
+        reps += wk * (_weighted_slopes(xf, yf, Wf) - _weighted_slopes(xg, yg, Wg))
     reps = reps[np.isfinite(reps)]
     q = (1 - level) / 2
     lo, hi = np.quantile(reps, [q, 1 - q]) if len(reps) else (math.nan, math.nan)
