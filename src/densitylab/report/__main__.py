@@ -79,19 +79,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_folders(paths: list[str], table: str) -> list:
+    """The run folders under ``paths`` (run or multirun folders) that hold ``table`` (e.g.
+    ``probes/priming_log.parquet``), each folder's in sorted order.
+
+    Raises:
+        FileNotFoundError: for a path that does not exist, or when no folder holds the table.
+    """
+    from pathlib import Path
+
+    runs = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
+        runs += sorted(f.parent.parent for f in p.rglob(table))
+    if not runs:
+        raise FileNotFoundError(f"no run folder with {table} under {paths}")
+    return runs
+
+
 def _knowledge(args) -> int:
     from pathlib import Path
 
     from densitylab.report.knowledge import knowledge_headline, knowledge_report
 
     try:
-        runs = []
-        for p in map(Path, args.runs):
-            if not p.exists():
-                raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
-            runs += sorted(f.parent.parent for f in p.rglob("probes/knowledge_curve.parquet"))
-        if not runs:
-            raise FileNotFoundError(f"no run folder with probes/knowledge_curve.parquet under {args.runs}")
+        runs = _run_folders(args.runs, "probes/knowledge_curve.parquet")
         for run in runs:
             out = None if args.out is None or len(runs) == 1 else Path(args.out) / Path(run).name
             paths = knowledge_report(run, args.out if len(runs) == 1 else out)
@@ -109,13 +122,7 @@ def _priming(args) -> int:
     from densitylab.report.priming import format_priming, priming_report
 
     try:
-        runs = []
-        for p in map(Path, args.runs):
-            if not p.exists():
-                raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
-            runs += sorted(f.parent.parent for f in p.rglob("probes/priming_log.parquet"))
-        if not runs:
-            raise FileNotFoundError(f"no run folder with probes/priming_log.parquet under {args.runs}")
+        runs = _run_folders(args.runs, "probes/priming_log.parquet")
         for run in runs:
             out = None if args.out is None else (Path(args.out) if len(runs) == 1 else Path(args.out) / run.name)
             out, stats = priming_report(run, out)
