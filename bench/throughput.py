@@ -488,6 +488,45 @@ def priming_call_cost(device, repeats: int = 3) -> dict:
     return res
 
 
+def probe_checkpoint_cost(dm, device, repeats: int = 5) -> dict:
+    """One probe checkpoint of the default run (checkpoints.keep=probe_steps): the tiny model's weights and
+    hyper-parameters plus the ledger state over the default synthetic data, written through AtomicCheckpointIO as
+    ProbeCheckpoint writes it; against a full checkpoint (the same plus AdamW's state after one step). Median
+    seconds of ``repeats`` writes and the file sizes in bytes."""
+    import statistics
+    import tempfile as _tempfile
+
+    from densitylab.checkpoint import AtomicCheckpointIO
+
+    lit = make_lit(MODEL | {"vocab_size": 4096})
+    lit.configure_model()
+    lit.to(device)
+    ledger = make_ledger(dm, device)
+    opt = torch.optim.AdamW(lit.parameters(), lr=1e-3)
+    x = torch.randint(0, 4096, (2, MODEL["block_size"]), device=device)
+    lit.loss_fn(lit(x[:, :-1]), x[:, 1:]).backward()
+    opt.step()
+    light = {
+        "state_dict": lit.state_dict(),
+        "hyper_parameters": dict(lit.hparams),
+        "global_step": 1,
+        "callbacks": {"LedgerCallback": ledger.state_dict()},
+        "densitylab": {"kind": "probe", "probes": {}},
+    }
+    full = {**light, "optimizer_states": [opt.state_dict()]}
+    io_ = AtomicCheckpointIO()
+    times = []
+    with _tempfile.TemporaryDirectory() as d:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            io_.save_checkpoint(light, Path(d) / "probe.ckpt")
+            times.append(time.perf_counter() - t0)
+        io_.save_checkpoint(full, Path(d) / "full.ckpt")
+        light_b, full_b = (Path(d) / "probe.ckpt").stat().st_size, (Path(d) / "full.ckpt").stat().st_size
+    return {"probe_checkpoint_write_s": statistics.median(times), "probe_checkpoint_bytes": light_b,
+            "full_checkpoint_bytes": full_b, "ratio": light_b / full_b}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
@@ -503,6 +542,7 @@ def main() -> None:
     ap.add_argument("--only-knowledge", action="store_true", help="time closed-set knowledge scoring only")
     ap.add_argument("--only-modularity", action="store_true", help="time the modularity probe's calls (v1, v2) only")
     ap.add_argument("--only-priming", action="store_true", help="time one priming probe call (a cohort) only")
+    ap.add_argument("--only-probe-checkpoint", action="store_true", help="time one probe checkpoint write only")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
@@ -512,6 +552,10 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.only_priming:
         print(json.dumps(priming_call_cost(device), indent=2))
+        return
+    if args.only_probe_checkpoint:
+        with tempfile.TemporaryDirectory() as cache:
+            print(json.dumps(probe_checkpoint_cost(synthetic_datamodule(cache), device), indent=2))
         return
     if args.only_knowledge:
         with tempfile.TemporaryDirectory() as cache:

@@ -354,6 +354,19 @@ def check_priming(cfg: DictConfig) -> None:
     check_priming_settings(settings, steps)
 
 
+def check_keep(cfg: DictConfig) -> None:
+    """``checkpoints.keep``: ``last`` or ``probe_steps`` (:class:`densitylab.callbacks.ProbeCheckpoint`).
+
+    Raises:
+        ConfigError: one line naming the bad value.
+    """
+    from densitylab.runfolder import CHECKPOINT_KEEP as KEEP
+
+    keep = _get(cfg, "checkpoints.keep", "last")
+    if keep not in KEEP:
+        raise ConfigError(f"checkpoints.keep={keep!r}: expected one of {KEEP}")
+
+
 def check_seed(cfg: DictConfig) -> None:
     """``seed``: an integer.
 
@@ -389,7 +402,8 @@ def check_tokenizer(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None:
     """Every value check of this module on a composed config, before any data is prepared: seed, trainer,
-    model and optimizer, canaries, tokenizer file, and the resume checkpoint ``ckpt`` (already resolved by
+    model and optimizer, canaries, tokenizer file, priming, ``checkpoints.keep``, and the resume checkpoint ``ckpt``
+    (already resolved by
     :func:`resolve_checkpoint`).
 
     Raises:
@@ -402,6 +416,7 @@ def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None
     check_uniform(cfg)
     check_tokenizer(cfg)
     check_priming(cfg)
+    check_keep(cfg)
     check_checkpoint(cfg, ckpt)
 
 

@@ -262,6 +262,15 @@ def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
     wandb_logger = find_wandb_logger(loggers)
     if wandb_logger is not None:
         wandb_logger.experiment.summary.update(final_summary(summary))
+    write_reports(output_dir)
+    write_json_atomic(output_dir / "summary.json", summary)  # last: a folder with summary.json is complete
+    clear_failed(output_dir)  # an earlier attempt's FAILED marker: this attempt finished the run
+
+
+def write_reports(output_dir: Path) -> None:
+    """The report plots (``plots/``) of every probe table in ``output_dir/probes`` (density, knowledge, modularity,
+    memorization), with the density and knowledge headlines in the log; a report that fails is a warning only
+    (knowledge). Used at the end of training and of a re-measurement (:mod:`densitylab.reprobe`)."""
     if (output_dir / "probes" / "density.parquet").is_file():
         from densitylab.report.density import density_report, format_table
 
@@ -283,8 +292,6 @@ def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
         from densitylab.report.memorization import plot_memorization
 
         plot_memorization(output_dir)
-    write_json_atomic(output_dir / "summary.json", summary)  # last: a folder with summary.json is complete
-    clear_failed(output_dir)  # an earlier attempt's FAILED marker: this attempt finished the run
 
 
 class _WandbRunSetup(L.Callback):

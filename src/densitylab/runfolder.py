@@ -27,6 +27,24 @@ from typing import Any
 
 from densitylab.errors import ConfigError
 
+# checkpoints.keep: Lightning's checkpoints only, or also a light one at every probe step (checkpoints/probe/)
+CHECKPOINT_KEEP = ("last", "probe_steps")
+
+# `densitylab probe` writes each re-measurement of a run to RUN_DIR/reprobe/<name>/ (densitylab.reprobe): a folder
+# that looks like a run folder (probes/, metrics.csv, hparams.yaml) but is not a run, so multirun reports skip it
+REMEASUREMENT_DIR = "reprobe"
+
+
+def is_remeasurement(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True when ``path`` (found below ``root`` by a search for run folders) lies in a ``reprobe/`` folder: a
+    re-measurement of a run, never a run of its own (a seed counted twice otherwise)."""
+    try:
+        parts = Path(path).resolve().relative_to(Path(root).resolve()).parts
+    except ValueError:
+        parts = Path(path).parts
+    return REMEASUREMENT_DIR in parts
+
+
 # what a run writes once it has started (Hydra writes .hydra/ and train.log before main runs)
 _RUN_MARKERS = ("metrics.csv", "checkpoints", "probes", "ledger", "wandb", "hparams.yaml")
 

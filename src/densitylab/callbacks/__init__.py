@@ -12,6 +12,7 @@ from densitylab.callbacks.memorization import MemorizationCallback
 from densitylab.callbacks.modularity import ModularityCallback
 from densitylab.callbacks.perf import FiniteLossGuard, ThroughputLogger
 from densitylab.callbacks.priming import PrimingCallback
+from densitylab.callbacks.probe_checkpoint import ProbeCheckpoint
 
 __all__ = [
     "DensityCallback",
@@ -22,6 +23,7 @@ __all__ = [
     "ModularityCallback",
     "PrimingCallback",
     "ProbeCallback",
+    "ProbeCheckpoint",
     "ThroughputLogger",
     "connect_callbacks",
 ]

@@ -87,6 +87,7 @@ class ProbeCallback(L.Callback):
         rows: the records so far (list of DataFrames, each with a ``step`` column).
         calls, seconds: probe calls so far and their total measurement seconds.
         last_step: step of the last probe (-1: none yet).
+        last_final: whether that probe was the one at the end of training (``final``; kept in probe checkpoints).
         final_call: True while the probe at the end of training runs (see :meth:`is_last_call`).
         config_key: this callback's key in ``cfg.callbacks`` (set by :func:`connect_callbacks`).
 
@@ -123,6 +124,7 @@ class ProbeCallback(L.Callback):
         self.needs: dict[str, str | L.Callback | None] = {k: needs.get(k) for k in self.requires}
         self.config_key = self.name
         self.final_call = False
+        self.last_final = False
         self.enabled = True
         self.rows: list[pd.DataFrame] = []
         self.last_step = -1
@@ -267,7 +269,7 @@ class ProbeCallback(L.Callback):
         ``self.final_call`` is ``final`` while the call runs."""
         step = trainer.global_step
         self.before_measure(trainer, pl_module, step)
-        self.last_step = step
+        self.last_step, self.last_final = step, final
         t0 = time.perf_counter()
         result = None
         self.final_call = final

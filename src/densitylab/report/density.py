@@ -42,6 +42,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     Raises:
         FileNotFoundError: if a path does not exist or holds no run with density probes.
     """
+    from densitylab.runfolder import is_remeasurement
+
     runs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -49,7 +51,9 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if (p / "probes" / "density.parquet").is_file():
             runs.append(p)
             continue
-        found = sorted(f.parent.parent for f in p.rglob("probes/density.parquet"))
+        found = sorted(
+            f.parent.parent for f in p.rglob("probes/density.parquet") if not is_remeasurement(f.parent.parent, p)
+        )
         if not found:
             raise FileNotFoundError(
                 f"{str(p)!r} holds no probes/density.parquet: expected a run folder of train.py with density probes"

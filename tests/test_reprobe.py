@@ -1,0 +1,199 @@
+"""Probe checkpoints (``checkpoints.keep=probe_steps``) and the re-measurement of a finished run (``densitylab probe``).
+
+The slow tests train one smoke run with probe checkpoints, then re-run its probes over them: for the unchanged
+probes every table must equal the one recorded during training, bit for bit (same batch size, threads, device).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, require_success, run_command, run_train_py
+
+from densitylab.callbacks.probe_checkpoint import ProbeCheckpoint, probe_checkpoint_name
+from densitylab.errors import ConfigError
+from densitylab.reprobe import kept_checkpoints, main, split_arguments
+
+PROBE_TABLES = ("density", "knowledge_curve", "modularity", "memorization")
+
+
+# ---------------------------------------------------------------------------------------------------- fast
+def test_keep_must_be_last_or_probe_steps():
+    with pytest.raises(ConfigError, match=r"checkpoints.keep='all': expected one of \('last', 'probe_steps'\)"):
+        ProbeCheckpoint("/tmp/x", keep="all")
+    assert not ProbeCheckpoint(None, keep="last").enabled
+    assert ProbeCheckpoint("/tmp/x", keep="probe_steps").enabled
+    assert probe_checkpoint_name(16) == "step000016.ckpt"
+
+
+def test_split_arguments_separates_probe_names_from_overrides():
+    probes, overrides = split_arguments(["probes=density,knowledge", "callbacks.density.batch_size=8", "+x.y=1"])
+    assert probes == ["density", "knowledge"]
+    assert overrides == ["callbacks.density.batch_size=8", "+x.y=1"]
+    assert split_arguments([]) == (None, [])
+    with pytest.raises(ConfigError, match="expected probes=NAME"):
+        split_arguments(["density"])
+    with pytest.raises(ConfigError, match="expected probes=NAME"):
+        split_arguments(["probes="])
+
+
+def test_kept_checkpoints_one_per_step_probe_checkpoint_preferred(tmp_path):
+    (tmp_path / "checkpoints" / "probe").mkdir(parents=True)
+
+    def save(path: Path, step: int) -> None:
+        torch.save({"global_step": step, "state_dict": {}}, path)
+
+    save(tmp_path / "checkpoints" / "step000040.ckpt", 40)
+    save(tmp_path / "checkpoints" / "last.ckpt", 40)
+    for s in (0, 16, 40):
+        save(tmp_path / "checkpoints" / "probe" / probe_checkpoint_name(s), s)
+    (tmp_path / "checkpoints" / "probe" / "step000050.ckpt").write_bytes(b"torn")  # unreadable: left out
+    kept = kept_checkpoints(tmp_path)
+    assert [s for s, _ in kept] == [0, 16, 40]
+    assert all(p.parent.name == "probe" for _, p in kept)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_run_folders_exit_2_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in _one_error_line(capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    assert "has no checkpoint" in _one_error_line(capsys)
+    (empty / "checkpoints").mkdir()
+    torch.save({"global_step": 3, "state_dict": {}}, empty / "checkpoints" / "last.ckpt")
+    assert main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "has no .hydra/config.yaml" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+    assert main([str(empty), "density"]) == 2
+    assert "expected probes=NAME" in _one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------- slow
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory, cache_dir) -> Path:
+    """A smoke run (W&B offline) with ``checkpoints.keep=probe_steps``."""
+    run_dir = tmp_path_factory.mktemp("kept") / "run"
+    proc = run_train_py(
+        "experiment=smoke", "checkpoints.keep=probe_steps", f"hydra.run.dir={run_dir}", cache_dir=cache_dir
+    )
+    require_success(proc, "the smoke run with checkpoints.keep=probe_steps")
+    return run_dir
+
+
+def _reprobe(*args: str, cache_dir: Path):
+    env = dict(os.environ, WANDB_MODE="offline", DENSITYLAB_CACHE_DIR=str(cache_dir))
+    return run_command(
+        [sys.executable, "-m", "densitylab.reprobe", *args], cwd=REPO, env=env, timeout=600, what="densitylab probe"
+    )
+
+
+def _steps(run: Path, table: str) -> set[int]:
+    return {int(s) for s in pd.read_parquet(run / "probes" / f"{table}.parquet")["step"].unique() if s >= 0}
+
+
+@pytest.mark.slow
+def test_probe_checkpoints_at_every_probe_step(kept_run):
+    folder = kept_run / "checkpoints" / "probe"
+    steps = {int(p.stem[4:]) for p in folder.glob("step*.ckpt")}
+    probed = set().union(*(_steps(kept_run, t) for t in PROBE_TABLES))
+    assert steps == probed | {0}
+    full = (kept_run / "checkpoints" / "last.ckpt").stat().st_size
+    for step in sorted(steps):
+        path = folder / probe_checkpoint_name(step)
+        assert path.stat().st_size < 0.45 * full  # no optimizer state: about a third of a full checkpoint
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == step and "optimizer_states" not in ckpt
+        assert ckpt["densitylab"]["kind"] == "probe"
+        assert "LedgerCallback" in ckpt["callbacks"]
+        ran = set(ckpt["densitylab"]["probes"])
+        expected = {name for name, table in zip(("density", "knowledge", "modularity", "memorization"), PROBE_TABLES)
+                    if step in _steps(kept_run, table)}  # fmt: skip
+        assert ran == expected, step
+    last = torch.load(folder / probe_checkpoint_name(max(steps)), map_location="cpu", weights_only=True)
+    trained = torch.load(kept_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for k, v in trained["state_dict"].items():
+        assert torch.equal(v, last["state_dict"][k]), k
+    assert last["densitylab"]["probes"]["knowledge"]["final"] is True  # the end-of-training call
+
+
+@pytest.mark.slow
+def test_reprobe_reproduces_the_training_tables_bitwise(kept_run, cache_dir, tmp_path):
+    out = tmp_path / "again"
+    proc = _reprobe(str(kept_run), "--out", str(out), cache_dir=cache_dir)
+    require_success(proc, "densitylab probe")
+    assert f"into {out}" in proc.stdout
+    compared = 0
+    for path in sorted((kept_run / "probes").glob("*.parquet")):
+        trained = pd.read_parquet(path)
+        again = pd.read_parquet(out / "probes" / path.name)
+        pd.testing.assert_frame_equal(again, trained, check_exact=True, obj=path.name)
+        compared += 1
+    assert compared >= 10
+    record = json.loads((out / "reprobe.json").read_text())
+    assert record["probes"] == ["density", "knowledge", "modularity", "memorization"]
+    assert record["measured_steps"]["density"] == sorted(_steps(kept_run, "density"))
+    for png in ("density_over_training.png", "knowledge_vs_exposure.png", "modularity_over_training.png"):
+        assert (out / "plots" / png).stat().st_size > 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert "perf/density_probe_seconds" in metrics.columns
+    assert list((out / "wandb").glob("offline-run-*"))  # its own W&B run
+    assert not list(out.parent.glob(".again.partial-*"))
+
+
+@pytest.mark.slow
+def test_reprobe_changed_schedule_and_one_probe(kept_run, cache_dir, tmp_path):
+    out = tmp_path / "density40"
+    proc = _reprobe(str(kept_run), "probes=density", "callbacks.density.every_n_steps=40", "--out", str(out),
+                    cache_dir=cache_dir)  # fmt: skip
+    require_success(proc, "densitylab probe probes=density")
+    assert sorted(p.name for p in (out / "probes").glob("*.parquet")) == sorted(
+        [
+            "density.parquet",
+            "density_positions.parquet",
+            "density_regression.parquet",
+            "panel.parquet",
+            "probe_sets.parquet",
+            "units.parquet",
+        ]  # fmt: skip
+    )
+    again = pd.read_parquet(out / "probes" / "density.parquet")
+    trained = pd.read_parquet(kept_run / "probes" / "density.parquet")
+    # log-spaced steps (base 4) and multiples of 40 that were kept; 20 and 60 are no longer scheduled
+    assert sorted(again["step"].unique()) == [0, 1, 4, 16, 40, 80]
+    for step in (0, 40, 80):  # the whole panel at both cadences: the same rows
+        a = again[again["step"] == step].reset_index(drop=True)
+        b = trained[trained["step"] == step].reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"density at step {step}")
+
+
+@pytest.mark.slow
+def test_reprobe_bad_inputs_leave_nothing(kept_run, cache_dir, tmp_path, capsys):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    assert main([str(kept_run), "--out", str(full)]) == 2
+    assert "is not empty" in _one_error_line(capsys)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+    out = tmp_path / "o"
+    for args, message in (
+        (["probes=nope"], "probes=nope: not an enabled probe of this run"),
+        (["callbacks.density.no_such_key=1"], "the run's config has no key 'callbacks.density.no_such_key'"),
+    ):
+        assert main([str(kept_run), *args, "--out", str(out)]) == 2
+        assert message in _one_error_line(capsys)
+        assert not out.exists()
+    assert not list(tmp_path.glob(".o.partial-*"))
+    assert not (kept_run / "reprobe").exists()
