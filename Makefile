@@ -9,7 +9,7 @@ ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.densitylab-installed
 
-.PHONY: setup train smoke lint format test test-fast bench clean
+.PHONY: setup train smoke lint format test test-fast bench clean help
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -44,3 +44,7 @@ bench: setup            ## training throughput, plain PyTorch loop vs Lightning 
 
 clean:
 	rm -rf outputs multirun .cache .pytest_cache
+
+help:                   ## list the targets with what each does
+	@echo 'usage: make [TARGET] [ARGS="hydra overrides"] [TORCH="pip spec"]; no TARGET: setup (.venv, torch, densitylab)'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-10s %s\n", $$1, $$2 }'

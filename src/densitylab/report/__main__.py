@@ -1,8 +1,7 @@
 """``python -m densitylab.report [density|knowledge|capacity|compare|study|priming] RUN_DIR [RUN_DIR ...] [--out DIR]``
 
 ``density`` (the default): density plots from one run folder (written to ``RUN_DIR/plots/``) or, from several run
-folders or a
-Hydra multirun folder (seeds), mean ± 95% CI across runs (written to ``--out``, default
+folders or a Hydra multirun folder (seeds), mean ± 95% CI across runs (written to ``--out``, default
 ``<common parent>/report``). Prints, per layer and endpoint role (``name_last``, ``pre_value``), the final slope of
 ``active_frac_live`` per doubling of exposure and the ``64+`` vs ``0`` bin difference with CIs (persons are the unit:
 CR1 within a run, t across runs; bins with < 10 persons are insufficient).
@@ -38,25 +37,82 @@ from __future__ import annotations
 import argparse
 import sys
 
+from densitylab.cli import HelpFormatter
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = "density"
-    if argv and argv[0] in ("density", "knowledge", "capacity", "compare", "study", "priming"):
-        command, argv = argv[0], argv[1:]
-    ap = argparse.ArgumentParser(
-        prog="python -m densitylab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+#: The report's commands, each with its one-line help; the first (``density``) is the default.
+COMMANDS = {
+    "density": "density vs exposure plots and the slope/bin headline, one run or mean ± 95%% CI across seeds",
+    "knowledge": "the knowledge probe's plots and headline (accuracy per exposure bin, AUROCs), per run folder",
+    "capacity": "memorized bits vs dataset size and bits per parameter, from an experiment=capacity multirun",
+    "compare": "one self-contained HTML page (compare.html) plus PNGs comparing any runs",
+    "study": "the pre-registered claims' verdicts, from an experiment=familiarity_study multirun",
+    "priming": "the priming analysis (hinge fit, rho, controls) again, per experiment=priming run folder",
+}
+DEFAULT_COMMAND = "density"
+
+_OUT_DEFAULTS = {
+    "density": "RUN_DIR/plots for one run, else <common parent>/report",
+    "knowledge": "RUN_DIR/plots; with several runs, OUT/<run name>",
+    "capacity": "<first folder>/report",
+    "compare": "<common parent>/compare",
+    "study": "<multirun>/report/study",
+    "priming": "RUN_DIR/report/priming; with several runs, OUT/<run name>",
+}
+
+
+def _command_docs() -> dict[str, str]:
+    """Each command's paragraph of the module docstring (the one that starts with ````command````), for its
+    ``--help``."""
+    docs: dict[str, str] = {}
+    for para in (__doc__ or "").split("\n\n"):
+        for name in COMMANDS:
+            if para.startswith(f"``{name}``"):
+                docs[name] = para.strip()
+    return docs
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """``argv`` with ``density`` put first when it names no command (``RUN_DIR ...`` alone means ``density``);
+    ``-h``/``--help`` first is left as it is (the list of commands)."""
+    argv = list(argv)
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
+        return argv
+    return [DEFAULT_COMMAND, *argv]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the report's commands to ``parser`` as subcommands (``args.report_command``), each with its options:
+    ``runs`` and ``--out``; ``compare`` adds ``--by``; ``study`` adds ``--capacity``, ``--depth-width`` and
+    ``--no-wandb``. :func:`run` runs the parsed command."""
+    docs = _command_docs()
+    commands = parser.add_subparsers(
+        dest="report_command",
+        metavar="COMMAND",
+        title="commands",
+        description=f"RUN_DIR ... with no command means {DEFAULT_COMMAND}",
+        required=True,
     )
-    ap.add_argument("runs", nargs="+", help="run folders or multirun folders")
-    ap.add_argument("--out", help="output folder (default: RUN/plots for one run, else <common parent>/report)")
-    if command == "compare":
-        ap.add_argument("--by", help="config key to plot final numbers against (e.g. model.net.n_layer)")
-    if command == "study":
-        ap.add_argument("--capacity", nargs="+", help="an experiment=capacity multirun folder (claim 8)")
-        ap.add_argument("--depth-width", nargs="+", help="an experiment=depth_width multirun folder (claim 9)")
-        ap.add_argument("--no-wandb", action="store_true", help="do not log the verdict table to W&B")
-    args = ap.parse_args(argv)
+    for name, help_line in COMMANDS.items():
+        ap = commands.add_parser(
+            name,
+            help=help_line,
+            description=docs.get(name, help_line),
+            formatter_class=HelpFormatter,
+        )
+        ap.add_argument("runs", nargs="+", help="run folders or multirun folders")
+        ap.add_argument("--out", help=f"output folder (default: {_OUT_DEFAULTS[name]})")
+        if name == "compare":
+            ap.add_argument("--by", help="config key to plot final numbers against (e.g. model.net.n_layer)")
+        if name == "study":
+            ap.add_argument("--capacity", nargs="+", help="an experiment=capacity multirun folder (claim 8)")
+            ap.add_argument("--depth-width", nargs="+", help="an experiment=depth_width multirun folder (claim 9)")
+            ap.add_argument("--no-wandb", action="store_true", help="do not log the verdict table to W&B")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed report command (``args.report_command``, default ``density``); returns the exit status (2
+    with one ``error:`` line when no run is found)."""
+    command = getattr(args, "report_command", None) or DEFAULT_COMMAND
     if command == "study":
         return _study(args)
     if command == "capacity":
@@ -67,6 +123,29 @@ def main(argv: list[str] | None = None) -> int:
         return _knowledge(args)
     if command == "priming":
         return _priming(args)
+    return _density(args)
+
+
+def build_parser(prog: str = "python -m densitylab.report") -> argparse.ArgumentParser:
+    """The report's own parser (``python -m densitylab.report``): the commands' list, the module docstring after
+    it."""
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Plots and headline tables from run folders (no W&B needed).",
+        epilog=__doc__,
+        formatter_class=HelpFormatter,
+    )
+    add_arguments(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report CLI; returns the exit status (2 with one ``error:`` line when no run is found)."""
+    argv = with_default_command(sys.argv[1:] if argv is None else argv)
+    return run(build_parser().parse_args(argv))
+
+
+def _density(args) -> int:
     from densitylab.report.density import density_report, format_table
 
     try:
@@ -88,11 +167,13 @@ def _run_folders(paths: list[str], table: str) -> list:
     """
     from pathlib import Path
 
+    from densitylab.runfolder import is_remeasurement
+
     runs = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{str(p)!r} does not exist: expected a run folder or a multirun folder")
-        runs += sorted(f.parent.parent for f in p.rglob(table))
+        runs += sorted(f.parent.parent for f in p.rglob(table) if not is_remeasurement(f.parent.parent, p))
     if not runs:
         raise FileNotFoundError(f"no run folder with {table} under {paths}")
     return runs
