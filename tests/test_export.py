@@ -427,6 +427,12 @@ def test_refuses_a_non_empty_out_dir_unless_forced(tmp_path, tokenizer_json, cap
     assert str(out) in line and "not empty" in line and "--force" in line
     assert snapshot(out) == {"notes.txt": b"keep me"}
 
+    assert export.main([str(run), str(out), "--force"]) == 2  # --force replaces only an earlier export
+    assert "is not an earlier export" in error_line(capsys)
+    assert snapshot(out) == {"notes.txt": b"keep me"}
+    (out / "notes.txt").unlink()
+    assert export.main([str(run), str(out)]) == 0
+    (out / "notes.txt").write_text("added to the export")
     assert export.main([str(run), str(out), "--force"]) == 0
     assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
     assert siblings(out) == ["hf"]  # the old folder and the temporary one are gone
@@ -439,8 +445,16 @@ def test_force_never_replaces_a_run_folder(tmp_path, tokenizer_json, capsys):
     other = make_run(tmp_path / "other", tokenizer_json)
     before = snapshot(other)
     assert export.main([str(run), str(other), "--force"]) == 2
-    assert "is a densitylab run folder" in error_line(capsys)
+    assert "is not an earlier export (no densitylab_export.json)" in error_line(capsys)
     assert snapshot(other) == before
+    probes = other / "probes"  # a run's subfolder, or a multirun folder holding runs: never replaced either
+    probes.mkdir()
+    (probes / "density.parquet").write_bytes(b"table")
+    assert export.main([str(run), str(probes), "--force"]) == 2
+    assert "is not an earlier export" in error_line(capsys)
+    assert export.main([str(run), str(tmp_path), "--force"]) == 2
+    error_line(capsys)
+    assert (probes / "density.parquet").read_bytes() == b"table" and snapshot(other) != {}
     assert export.main([str(run / "checkpoints" / "last.ckpt"), str(run), "--force"]) == 2
     assert "holds the checkpoint being exported" in error_line(capsys)
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -81,6 +81,49 @@ def test_bad_run_folders_exit_2_with_one_line(tmp_path, capsys):
     assert "expected probes=NAME" in _one_error_line(capsys)
 
 
+def test_an_older_run_without_the_checkpoints_keys_still_resumes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from densitylab.runfolder import config_difference
+
+    (tmp_path / ".hydra").mkdir()
+    saved = {"seed": 0, "callbacks": {"ledger": {"top_k": 20}}}  # launched before checkpoints.keep existed
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    now = OmegaConf.create(
+        {**saved, "checkpoints": {"keep": "last"}, "callbacks": {**saved["callbacks"], "probe_checkpoint": {
+            "_target_": "densitylab.callbacks.ProbeCheckpoint", "keep": "${checkpoints.keep}"}}}
+    )  # fmt: skip
+    assert config_difference(tmp_path, now) is None
+    now.checkpoints.keep = "probe_steps"  # a different setting than the run had is still a difference
+    assert config_difference(tmp_path, now).startswith("checkpoints.keep='probe_steps'")
+
+
+def test_a_probe_checkpoint_cannot_resume_training(tmp_path):
+    from densitylab.preflight import load_checkpoint
+
+    path = tmp_path / "step000004.ckpt"
+    torch.save({"global_step": 4, "state_dict": {}, "pytorch-lightning_version": "2", "hyper_parameters": {"net": {}},
+                "densitylab": {"kind": "probe", "probes": {}}}, path)  # fmt: skip
+    with pytest.raises(ConfigError, match="is a probe checkpoint .* cannot resume training"):
+        load_checkpoint(path)
+
+
+def test_remeasurement_folders_are_never_runs_of_a_multirun(tmp_path):
+    from densitylab.report.compare import find_run_dirs
+    from densitylab.report.density import find_runs
+    from densitylab.runfolder import is_remeasurement
+
+    for d in ("0", "1", "elsewhere", "0/reprobe/a", ".x.partial-1234abcd"):
+        (tmp_path / d / "probes").mkdir(parents=True)
+        (tmp_path / d / "probes" / "density.parquet").write_bytes(b"")
+        (tmp_path / d / "metrics.csv").write_text("step\n")
+    (tmp_path / "elsewhere" / "reprobe.json").write_text("{}")  # a re-measurement written with --out elsewhere
+    assert is_remeasurement(tmp_path / "elsewhere", tmp_path)
+    assert not is_remeasurement(tmp_path / "0", tmp_path)
+    assert [p.name for p in find_runs([tmp_path])] == ["0", "1"]
+    assert [p.name for p in find_run_dirs([tmp_path])] == ["0", "1"]
+
+
 # ---------------------------------------------------------------------------------------------------- slow
 @pytest.fixture(scope="module")
 def kept_run(tmp_path_factory, cache_dir) -> Path:
@@ -197,3 +240,44 @@ def test_reprobe_bad_inputs_leave_nothing(kept_run, cache_dir, tmp_path, capsys)
         assert not out.exists()
     assert not list(tmp_path.glob(".o.partial-*"))
     assert not (kept_run / "reprobe").exists()
+    before = {p: p.stat().st_mtime_ns for p in kept_run.rglob("*") if p.is_file()}
+    for target, message in (
+        (kept_run, "is the run folder or holds it"),
+        (kept_run.parent, "is the run folder or holds it"),
+        (kept_run / "probes", "is inside the run folder"),
+        (full, "is not an earlier re-measurement"),
+    ):
+        assert main([str(kept_run), "--out", str(target), "--force"]) == 2
+        assert message in _one_error_line(capsys)
+    assert {p: p.stat().st_mtime_ns for p in kept_run.rglob("*") if p.is_file()} == before
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_reprobe_knowledge_alone_uses_the_density_panel(kept_run, cache_dir, tmp_path):
+    out = tmp_path / "knowledge"
+    require_success(_reprobe(str(kept_run), "probes=knowledge", "--out", str(out), cache_dir=cache_dir), "probe")
+    for table in ("knowledge", "knowledge_curve", "hallucination"):
+        again = pd.read_parquet(out / "probes" / f"{table}.parquet")
+        trained = pd.read_parquet(kept_run / "probes" / f"{table}.parquet")
+        pd.testing.assert_frame_equal(again, trained, check_exact=True, obj=table)
+    assert not (out / "probes" / "density.parquet").exists()  # set up for its panel, not measured
+
+
+@pytest.mark.slow
+def test_probe_checkpoints_of_a_killed_and_resumed_run_equal_an_uninterrupted_one(kept_run, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    common = ("experiment=smoke", "checkpoints.keep=probe_steps", f"hydra.run.dir={run}")
+    proc = run_train_py(*common, cache_dir=cache_dir, env={"DENSITYLAB_FAULT_KILL_AT_STEP": "50"})
+    assert proc.returncode in (-9, 137), proc.stderr[-2000:]
+    stale = run / "checkpoints" / "probe" / "step000070.ckpt"  # as if an earlier attempt had gone further
+    torch.save({"global_step": 70, "state_dict": {}}, stale)
+    require_success(run_train_py(*common, "ckpt_path=last", cache_dir=cache_dir), "resuming with ckpt_path=last")
+    mine = sorted(p.name for p in (run / "checkpoints" / "probe").glob("*.ckpt"))
+    assert mine == sorted(p.name for p in (kept_run / "checkpoints" / "probe").glob("*.ckpt"))
+    for name in mine:
+        a = torch.load(run / "checkpoints" / "probe" / name, map_location="cpu", weights_only=True)
+        b = torch.load(kept_run / "checkpoints" / "probe" / name, map_location="cpu", weights_only=True)
+        assert a["densitylab"] == b["densitylab"], name
+        for k, v in b["state_dict"].items():
+            assert torch.equal(a["state_dict"][k], v), (name, k)

@@ -419,10 +419,10 @@ def _check_out_dir(out: Path, force: bool, protected: list[Path]) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise ConfigError(f"{shown} is not empty: expected a new or empty folder (or --force to replace it)")
-        if (out / "checkpoints").is_dir() or (out / ".hydra").is_dir():
+        if not (out / "densitylab_export.json").is_file():
             raise ConfigError(
-                f"{shown} is a densitylab run folder (it has checkpoints/ or .hydra/): --force replaces only a folder "
-                "of exported files; expected another OUT_DIR"
+                f"{shown} is not an earlier export (no densitylab_export.json): --force replaces only a folder "
+                "densitylab export wrote; expected another OUT_DIR"
             )
 
 

@@ -121,7 +121,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     Raises:
         ConfigError: if the file is not a readable torch checkpoint, holds Python objects (not a safe
-            checkpoint), is not a Lightning checkpoint, or not a densitylab one (no ``hyper_parameters["net"]``).
+            checkpoint), is not a Lightning checkpoint, is a probe checkpoint (no optimizer state: it cannot resume),
+            or not a densitylab one (no ``hyper_parameters["net"]``).
     """
     import pickle
 
@@ -167,6 +168,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         what = type(ckpt).__name__ if not isinstance(ckpt, dict) else "a torch file without state_dict"
         raise ConfigError(
             f"{shown} is not a Lightning checkpoint ({what}): expected a densitylab checkpoint written by train.py"
+        )
+    if isinstance(ckpt.get("densitylab"), dict) and ckpt["densitylab"].get("kind") == "probe":
+        raise ConfigError(
+            f"{shown} is a probe checkpoint (weights and ledger, no optimizer state): it cannot resume training; "
+            "expected checkpoints/last.ckpt or checkpoints/step<N>.ckpt (densitylab export / densitylab probe read "
+            "probe checkpoints)"
         )
     hp = ckpt.get("hyper_parameters")
     if not isinstance(hp, dict) or not isinstance(hp.get("net"), dict):

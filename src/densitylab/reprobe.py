@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from densitylab.errors import ConfigError, DensitylabError
+from densitylab.runfolder import REMEASUREMENT_DIR as REPROBE_DIR
+from densitylab.runfolder import REMEASUREMENT_MARKER as MARKER  # the folder's mark (runfolder.is_remeasurement)
 
 log = logging.getLogger("densitylab")
 
-REPROBE_DIR = "reprobe"
 NOT_REPLAYABLE = {
     "priming": (
         "its measurements are tied to the new facts it inserted while training (keywords chosen at P_before, "
@@ -54,20 +55,30 @@ NOT_REPLAYABLE = {
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-def kept_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+def kept_checkpoints(run_dir: str | os.PathLike, with_skipped: bool = False):
     """The checkpoints a run folder kept, as (global step, path), one per step, oldest step first: the probe
     checkpoints (``checkpoints/probe/step*.ckpt``) and Lightning's (``checkpoints/*.ckpt``); at a step that has both,
-    the probe checkpoint (smaller; the same weights and ledger state). Unreadable files are left out."""
+    the probe checkpoint (smaller; the same weights and ledger state). Unreadable probe checkpoints are left out with
+    a warning (and listed in ``reprobe.json``).
+
+    Returns:
+        The list; with ``with_skipped``, ``(list, unreadable probe checkpoint paths)``.
+    """
     from densitylab.runfolder import checkpoint_step, checkpoints
 
     by_step: dict[int, Path] = {step: path for step, path in checkpoints(run_dir)}
     probe_dir = Path(run_dir) / "checkpoints" / "probe"
+    skipped = []
     if probe_dir.is_dir():
         for f in sorted(probe_dir.glob("step*.ckpt")):
             step = checkpoint_step(f)
-            if step is not None:
+            if step is None:
+                log.warning("%s is not a readable checkpoint: left out of the re-measurement", f)
+                skipped.append(f)
+            else:
                 by_step[step] = f
-    return sorted(by_step.items())
+    kept = sorted(by_step.items())
+    return (kept, skipped) if with_skipped else kept
 
 
 def _load(path: Path) -> dict:
@@ -113,11 +124,13 @@ def split_arguments(tokens: list[str]) -> tuple[list[str] | None, list[str]]:
     return probes, overrides
 
 
-def run_config(run_dir: Path, out_dir: Path, overrides: list[str]):
+def run_config(run_dir: Path, out_dir: Path, overrides: list[str], name: str | None = None):
     """The run's configuration (``RUN_DIR/.hydra/config.yaml``) for a re-measurement written to ``out_dir``:
     ``paths.root_dir`` is the folder the run was launched from (``.hydra/hydra.yaml``: ``runtime.cwd``, so
-    ``paths.cache_dir`` finds the run's data cache), ``paths.output_dir`` is ``out_dir``, the W&B logger keeps the
-    run's group with ``job_type=reprobe``; then the overrides (``key=value`` of an existing key, ``+key=value`` /
+    ``paths.cache_dir`` finds the run's data cache), ``paths.output_dir`` is ``out_dir``, the W&B run is named
+    ``<run>-reprobe-<name>`` (``name`` default ``out_dir``'s) in the group ``<the run's group>/reprobe`` (never
+    averaged with the training runs of that group) with ``job_type=reprobe`` and the tag ``reprobe``; then the
+    overrides (``key=value`` of an existing key, ``+key=value`` /
     ``++key=value`` to add one), merged with OmegaConf.
 
     Returns:
@@ -146,9 +159,11 @@ def run_config(run_dir: Path, out_dir: Path, overrides: list[str]):
             group = OmegaConf.select(cfg, "logger.wandb.group") or OmegaConf.select(cfg, "logger.wandb.run_group")
         cfg.paths.output_dir = str(out_dir)
         if group is not None:
-            cfg.logger.wandb.group = str(group)
+            cfg.logger.wandb.group = f"{group}/{REPROBE_DIR}"
             cfg.logger.wandb.job_type = "reprobe"
-            cfg.logger.wandb.name = f"{OmegaConf.select(cfg, 'run_name') or run_dir.name}-reprobe-{out_dir.name}"
+            label = name or out_dir.name
+            cfg.logger.wandb.name = f"{OmegaConf.select(cfg, 'run_name') or run_dir.name}-reprobe-{label}"
+        cfg.tags = [*(OmegaConf.select(cfg, "tags") or []), "reprobe"]
         for tok in overrides:
             key, _, value = tok.partition("=")
             add = key.startswith("+")
@@ -263,39 +278,93 @@ def reprobe(
     holder = lock_holder(run)
     if holder:
         raise ConfigError(f"RUN_DIR={str(run_dir)!r} has a run training in it ({holder}): wait until it finishes")
-    out = Path(out_dir) if out_dir else run / REPROBE_DIR / time.strftime("%Y-%m-%d_%H-%M-%S")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConfigError(
-            f"--out={str(out)!r} exists and is not empty: expected a new folder (or --force to replace it)"
-        )
-    kept = kept_checkpoints(run)
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    out = Path(out_dir) if out_dir else run / REPROBE_DIR / stamp
+    check_out_dir(out, run, force)
+    kept, skipped = kept_checkpoints(run, with_skipped=True)
     if not kept:
         raise ConfigError(
             f"RUN_DIR={str(run_dir)!r} has no checkpoint (checkpoints/probe/step*.ckpt or checkpoints/*.ckpt): "
             "expected a run trained by train.py (checkpoints.keep=probe_steps keeps one per probe step)"
         )
+    from densitylab.io import write_json_atomic
+
     probe_names, overrides = (probes, list(overrides))
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    cfg = run_config(run, partial, overrides)
+    cfg = run_config(run, partial, overrides, name=out.name)
     chosen = choose_probes(cfg, probe_names)
+    created = [d for d in (partial, *partial.parents) if not d.exists()]  # removed again on failure
     try:
         partial.mkdir(parents=True)
+        write_json_atomic(partial / MARKER, {"status": "running", "source_run": str(run.resolve())})
     except OSError as e:
         raise ConfigError(
             f"--out={str(out)!r} cannot be written ({e.strerror or type(e).__name__}): expected a writable folder"
         ) from None
     try:
-        summary = _replay(cfg, run, partial, chosen, kept, overrides, every_checkpoint)
-        from densitylab.io import write_json_atomic
-
-        write_json_atomic(partial / "reprobe.json", summary)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        try:
+            summary = _replay(cfg, run, partial, chosen, kept, overrides, every_checkpoint)
+        except ValueError as e:  # e.g. a ledger built for other data (a data.* override)
+            raise ConfigError(f"the re-measurement failed: {str(e).splitlines()[0]}") from None
+        summary["skipped_checkpoints"] = [str(p) for p in skipped]
+        summary["out_dir"] = str(out.resolve())
+        _fix_paths(partial, out)
+        write_json_atomic(partial / MARKER, summary)
+        old = None
+        if out.exists():  # --force over an earlier re-measurement (check_out_dir): moved aside, removed once replaced
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
         os.replace(partial, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        from densitylab.run import _finish_wandb
+
+        _finish_wandb()
         shutil.rmtree(partial, ignore_errors=True)
+        for d in created[1:]:  # the parents this call created, innermost first, when left empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
     return out
+
+
+def check_out_dir(out: Path, run: Path, force: bool) -> None:
+    """Refuse an output folder that would mix with or replace anything but an earlier re-measurement.
+
+    Raises:
+        ConfigError: when ``out`` is the run folder, a folder above it, a folder inside it other than below
+            ``RUN_DIR/reprobe/``, a file, or a non-empty folder (without ``force``; with ``force``, one that is not an
+            earlier re-measurement: no ``reprobe.json``).
+    """
+    o, r = out.resolve(), run.resolve()
+    if o == r or r.is_relative_to(o):
+        raise ConfigError(f"--out={str(out)!r} is the run folder or holds it: expected a new folder")
+    if o.is_relative_to(r) and not o.is_relative_to(r / REPROBE_DIR):
+        raise ConfigError(
+            f"--out={str(out)!r} is inside the run folder: expected a folder below {str(run / REPROBE_DIR)!r} or "
+            "outside the run (a run's own files are never replaced)"
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out={str(out)!r} is a file: expected a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"--out={str(out)!r} is not empty: expected a new folder (or --force to replace it)")
+        if not (out / MARKER).is_file():
+            raise ConfigError(
+                f"--out={str(out)!r} is not an earlier re-measurement (no {MARKER}): --force replaces only those"
+            )
+
+
+def _fix_paths(partial: Path, out: Path) -> None:
+    """``config.yaml`` names the final folder, not the temporary one the probes wrote to."""
+    path = partial / "config.yaml"
+    if path.is_file():
+        path.write_text(path.read_text().replace(str(partial), str(out)))
 
 
 def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every_checkpoint: bool) -> dict:
@@ -306,24 +375,30 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
     from omegaconf import OmegaConf
 
     from densitylab.callbacks.base import ProbeCallback
+    from densitylab.callbacks.density import DensityCallback
     from densitylab.callbacks.ledger import LedgerCallback
-    from densitylab.run import build_callbacks, build_loggers, instantiate, quiet_lightning_logging, write_reports
+    from densitylab.run import build_callback_map, build_loggers, instantiate, quiet_lightning_logging, write_reports
 
     quiet_lightning_logging()
     t_start = time.time()
     OmegaConf.save(cfg, out / "config.yaml")
     seed = int(cfg.seed)
     L.seed_everything(seed, workers=True, verbose=False)
+    if torch.cuda.is_available():  # as training set it (TF32 on by default): the same kernels
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     lit = instantiate(cfg.model, "model", _convert_="all")
     dm = instantiate(cfg.data, "data", _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
-    built = build_callbacks(cfg)  # every entry of the run (cheap constructors), connected by name
-    names = {id(cb): key for key, cb in _keyed(cfg, built)}
+    keyed = {k: cb for k, cb in build_callback_map(cfg).items() if cb is not None}  # cheap constructors, connected
+    built = list(keyed.values())
+    names = {id(cb): key for key, cb in keyed.items()}
     probes = [cb for cb in built if isinstance(cb, ProbeCallback) and names.get(id(cb)) in chosen]
     ledgers = [cb for cb in built if isinstance(cb, LedgerCallback)]
     providers = [cb for cb in built if callable(getattr(cb, "ledger_windows", None)) and cb not in probes]
-    selected = [cb for cb in built if cb in probes or cb in ledgers or cb in providers]
+    # set up but not measured: the density probe's person panel is the knowledge probe's (KnowledgeCallback.prepare)
+    passive = [cb for cb in built if isinstance(cb, DensityCallback) and cb not in probes]
+    selected = [cb for cb in built if cb in probes or cb in ledgers or cb in providers or cb in passive]
     loggers = build_loggers(cfg)
     trainer = _replay_trainer_class()(
         accelerator=cfg.trainer.get("accelerator", "cpu"),
@@ -377,23 +452,34 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
             if cb.last_step == step and step not in measured[names[id(cb)]]:
                 measured[names[id(cb)]].append(step)
 
+    keys = [t.lstrip("+").partition("=")[0] for t in overrides]
+    global_change = any(not k.startswith("callbacks.") for k in keys)  # seed, data, trainer ...: every probe
+
     def overridden(key: str) -> bool:
-        return any(t.lstrip("+").partition("=")[0].startswith((f"callbacks.{key}.", f"callbacks.{key}=")) or
-                   t.lstrip("+").partition("=")[0] == f"callbacks.{key}" for t in overrides)  # fmt: skip
+        return global_change or any(k == f"callbacks.{key}" or k.startswith(f"callbacks.{key}.") for k in keys)
 
     as_trained = {id(cb): not overridden(names[id(cb)]) for cb in probes}  # settings unchanged: its training steps
 
     def during_training(ran: dict, step: int) -> None:
+        """The probes that measured at ``step`` during training outside their step schedule (epoch cadence), or
+        every probe with --every-checkpoint; a final call (train end) is left to ``on_train_end``, at its epoch."""
         for cb in probes:
-            due = every_checkpoint or (as_trained[id(cb)] and cb.name in ran)
+            rec = ran.get(cb.name) or {}
+            due = every_checkpoint or (as_trained[id(cb)] and cb.name in ran and not rec.get("final", False))
             if cb.enabled and due and cb.last_step != step:
-                cb.probe(trainer, lit, final=bool((ran.get(cb.name) or {}).get("final", False)))
+                cb.probe(trainer, lit)
 
     torch_threads = torch.get_num_threads()
     for cb in selected:
         cb.setup(trainer, lit, stage="fit")
     first_step, first_path = kept[0]
     ran = restore(first_step, first_path)
+    if first_step > 0:  # stateful probes (memorization's plateau rule) continue from that step's state, restored
+        states = _load(first_path).get("callbacks") or {}  # before fit start as Lightning restores a checkpoint
+        for cb in probes:
+            if states.get(cb.state_key):
+                cb.load_state_dict(states[cb.state_key])
+                cb.calls, cb.seconds = 0, 0.0  # this re-measurement's own calls
     for cb in selected:
         cb.on_fit_start(trainer, lit)
     for cb in probes:
@@ -411,12 +497,14 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
             cb.on_train_batch_end(trainer, lit, None, None, 0)  # the probe's own schedule
         during_training(ran, step)
         note(step)
-    trainer.replay_epoch = train_end_epoch[0]
-    for cb in probes:
-        cb.on_train_end(trainer, lit)  # the final probe (when not measured at this step) and end analyses
-    note(trainer.global_step)
-    for cb in probes:
-        cb.on_fit_end(trainer, lit)
+    finished = (run / "summary.json").is_file() or trainer.global_step >= int(cfg.trainer.max_steps)
+    if finished:  # an unfinished run (crashed) had no final call nor end analyses: neither has its re-measurement
+        trainer.replay_epoch = train_end_epoch[0]
+        for cb in probes:
+            cb.on_train_end(trainer, lit)  # the final probe (when not measured at this step) and end analyses
+        note(trainer.global_step)
+        for cb in probes:
+            cb.on_fit_end(trainer, lit)
     summary_metrics: dict[str, Any] = {}
     for cb in probes:
         summary_metrics.update(cb.summary_metrics())
@@ -440,23 +528,19 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
         "probes": chosen,
         "overrides": list(overrides),
         "every_checkpoint": every_checkpoint,
+        "run_finished": finished,
         "checkpoints": [
             {"step": s, "path": str(p.relative_to(run)) if p.is_relative_to(run) else str(p)} for s, p in kept
         ],
         "measured_steps": measured,
         "torch_threads": torch_threads,
+        "matmul_precision": torch.get_float32_matmul_precision(),
         "device": str(lit.device),
         "densitylab_version": getattr(densitylab, "__version__", None),
         "torch_version": torch.__version__,
         "wall_time_s": time.time() - t_start,
         **summary_metrics,
     }
-
-
-def _keyed(cfg, built: list) -> list[tuple[str, Any]]:
-    """(``cfg.callbacks`` key, callback) pairs of :func:`densitylab.run.build_callbacks`' list (same order)."""
-    keys = [str(k) for k, c in (cfg.get("callbacks") or {}).items() if c is not None and "_target_" in c]
-    return list(zip(keys, built))
 
 
 def _prepare_wandb(cfg, loggers: list, lit, dm) -> None:

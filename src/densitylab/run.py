@@ -112,10 +112,12 @@ def resume_loggers(loggers: list, output_dir: Path, ckpt: str) -> None:
             lg.resume_in(output_dir, step)
 
 
-def build_callbacks(cfg: DictConfig) -> list:
-    """Instantiate every entry of ``cfg.callbacks`` (in config order) and connect the callbacks that name
-    another one (``callbacks.density.ledger: ledger``; :func:`densitylab.callbacks.base.connect_callbacks`).
+def build_callback_map(cfg: DictConfig) -> dict:
+    """Instantiate every entry of ``cfg.callbacks`` and connect the callbacks that name another one
+    (``callbacks.density.ledger: ledger``; :func:`densitylab.callbacks.base.connect_callbacks`).
 
+    Returns:
+        ``cfg.callbacks`` key -> callback (None for a disabled entry), in config order.
     Raises:
         ConfigError: for an entry that cannot be built, or a callback name that does not resolve.
     """
@@ -126,7 +128,20 @@ def build_callbacks(cfg: DictConfig) -> list:
         for n, c in (cfg.get("callbacks") or {}).items()
     }
     connect_callbacks(built)
-    return [c for c in built.values() if c is not None]
+    return built
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """The callbacks of :func:`build_callback_map`, in config order with a ``ProbeCheckpoint`` moved to the end (after
+    every probe, a ``+callbacks.<new probe>`` too: it records which probes measured at each step).
+
+    Raises:
+        ConfigError: for an entry that cannot be built, or a callback name that does not resolve.
+    """
+    from densitylab.callbacks.probe_checkpoint import ProbeCheckpoint
+
+    cbs = [c for c in build_callback_map(cfg).values() if c is not None]
+    return [c for c in cbs if not isinstance(c, ProbeCheckpoint)] + [c for c in cbs if isinstance(c, ProbeCheckpoint)]
 
 
 def train(cfg: DictConfig) -> dict:

@@ -35,14 +35,21 @@ CHECKPOINT_KEEP = ("last", "probe_steps")
 REMEASUREMENT_DIR = "reprobe"
 
 
+REMEASUREMENT_MARKER = "reprobe.json"  # written into a re-measurement's folder when it starts
+
+
 def is_remeasurement(path: str | os.PathLike, root: str | os.PathLike) -> bool:
-    """True when ``path`` (found below ``root`` by a search for run folders) lies in a ``reprobe/`` folder: a
-    re-measurement of a run, never a run of its own (a seed counted twice otherwise)."""
+    """True when ``path`` (found below ``root`` by a search for run folders) is a re-measurement of a run, never a
+    run of its own (a seed counted twice otherwise): it holds ``reprobe.json`` (from the moment it starts), lies in
+    a ``reprobe/`` folder below ``root``, or is (inside) a hidden temporary folder of one (``.<name>.partial-*``)."""
+    p = Path(path)
+    if (p / REMEASUREMENT_MARKER).is_file():
+        return True
     try:
-        parts = Path(path).resolve().relative_to(Path(root).resolve()).parts
+        parts = p.resolve().relative_to(Path(root).resolve()).parts
     except ValueError:
-        parts = Path(path).parts
-    return REMEASUREMENT_DIR in parts
+        parts = p.parts
+    return REMEASUREMENT_DIR in parts or any(x.startswith(".") and ".partial-" in x for x in parts)
 
 
 # what a run writes once it has started (Hydra writes .hydra/ and train.log before main runs)
@@ -265,6 +272,16 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+# config keys added after runs were launched, with the value that means what an older run did (its saved config
+# lacks them): a resume of such a run is not refused for them
+_ADDED_KEYS = {"checkpoints.keep": "last"}
+_ADDED_PREFIXES = ("callbacks.probe_checkpoint.",)  # inert with checkpoints.keep=last
+
+
+def _added_later(key: str, value: Any) -> bool:
+    return _ADDED_KEYS.get(key, object()) == value or key.startswith(_ADDED_PREFIXES)
+
+
 def config_difference(run_dir: str | os.PathLike, cfg: Any) -> str | None:
     """How the composed (unresolved) ``cfg`` differs from the configuration the run of ``run_dir`` was launched
     with (``.hydra/config.yaml``), ``ckpt_path`` and ``hydra`` aside: one line naming the first differing key, or
@@ -284,6 +301,8 @@ def config_difference(run_dir: str | os.PathLike, cfg: Any) -> str | None:
         d.pop("ckpt_path", None)
     a, b = _flatten(saved), _flatten(mine)
     for k in sorted(set(a) | set(b)):
+        if k not in a and _added_later(k, b[k]):  # a run launched before the key existed: it ran with this value
+            continue
         if a.get(k, "<absent>") != b.get(k, "<absent>"):
             return f"{k}={b.get(k, '<absent>')!r} (the run was launched with {a.get(k, '<absent>')!r})"
     return None

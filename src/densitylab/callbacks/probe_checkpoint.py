@@ -43,7 +43,8 @@ class ProbeCheckpoint(L.Callback):
 
     Args:
         dirpath: the folder of the probe checkpoints (``${paths.output_dir}/checkpoints/probe``).
-        keep: ``last`` (default: nothing is written, the run keeps Lightning's checkpoints only) or ``probe_steps``.
+        keep: ``last`` (None = ``last``, the default: nothing is written, the run keeps Lightning's checkpoints only)
+            or ``probe_steps`` (``${checkpoints.keep}`` in the config).
 
     Attributes:
         saved: the steps written by this process so far (this attempt).
@@ -53,7 +54,8 @@ class ProbeCheckpoint(L.Callback):
             before a probe callback.
     """
 
-    def __init__(self, dirpath: str | Path | None = None, keep: str = "last") -> None:
+    def __init__(self, dirpath: str | Path | None = None, keep: str | None = None) -> None:
+        keep = "last" if keep is None else keep
         if keep not in KEEP:
             raise ConfigError(f"checkpoints.keep={keep!r}: expected one of {KEEP}")
         if keep == "probe_steps" and not dirpath:
@@ -93,14 +95,27 @@ class ProbeCheckpoint(L.Callback):
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Step 0 (a fresh run): the initial weights, after the probes at step 0. A resumed attempt: nothing (its
-        restored step's probe checkpoint was written by the attempt that took that step)."""
+        """Step 0 (a fresh run): the initial weights, after the probes at step 0. A resumed attempt at step S: the
+        probe checkpoint of S is the one the attempt that took S wrote (never rewritten: every probe's ``last_step``
+        is S now, though none measured in this attempt), and the probe checkpoints after S, of steps this attempt
+        takes again (as the probe tables drop their rows after S), are removed on rank 0."""
         if not self.enabled:
             return
         step = trainer.global_step
-        self._last_saved = step if step > 0 else -1
         if step == 0:
+            self._last_saved = -1
             self.save(trainer)
+            return
+        self._last_saved, self._recorded = step, {cb.name for cb in self._probes(trainer)}
+        if trainer.is_global_zero and self.dirpath is not None and self.dirpath.is_dir():
+            for f in self.dirpath.glob("step*.ckpt"):
+                try:
+                    later = int(f.stem[len("step") :]) > step
+                except ValueError:
+                    continue
+                if later:
+                    f.unlink(missing_ok=True)
+                    log.info("removed %s: a step after the resumed one (%d), taken again", f, step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """After the probes of this step: a probe checkpoint when one of them measured at this step."""

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from densitylab.report.common import pyplot, save_figure
-from densitylab.runfolder import REMEASUREMENT_DIR
+from densitylab.runfolder import is_remeasurement
 
 SLOPE_RE = re.compile(r"density/L(\d+)/(name_last|pre_value)/slope")
 SLOPE_ROLES = ("name_last", "pre_value")
@@ -68,7 +68,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
             (
                 f.parent
                 for f in p.rglob("metrics.csv")
-                if not {"report", "compare", REMEASUREMENT_DIR} & set(f.relative_to(p).parts)
+                if not {"report", "compare"} & set(f.relative_to(p).parts) and not is_remeasurement(f.parent, p)
             ),
             key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))],
         )
