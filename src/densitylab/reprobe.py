@@ -307,6 +307,8 @@ def reprobe(
         try:
             summary = _replay(cfg, run, partial, chosen, kept, overrides, every_checkpoint)
         except ValueError as e:  # e.g. a ledger built for other data (a data.* override)
+            if isinstance(e, DensitylabError):
+                raise
             raise ConfigError(f"the re-measurement failed: {str(e).splitlines()[0]}") from None
         summary["skipped_checkpoints"] = [str(p) for p in skipped]
         summary["out_dir"] = str(out.resolve())
@@ -400,21 +402,12 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
     passive = [cb for cb in built if isinstance(cb, DensityCallback) and cb not in probes]
     selected = [cb for cb in built if cb in probes or cb in ledgers or cb in providers or cb in passive]
     loggers = build_loggers(cfg)
-    trainer = _replay_trainer_class()(
-        accelerator=cfg.trainer.get("accelerator", "cpu"),
-        devices=1,
-        precision=cfg.trainer.get("precision", "32-true"),
-        logger=loggers or False,
-        callbacks=selected,
-        max_steps=int(cfg.trainer.max_steps),
-        max_epochs=-1,
-        log_every_n_steps=int(cfg.trainer.get("log_every_n_steps", 50)),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(out),
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = _make_trainer(cfg, loggers, selected, out)
+    except (MisconfigurationException, RuntimeError, ValueError) as e:  # e.g. trainer.accelerator=gpu without a GPU
+        raise ConfigError(f"trainer: {str(e).splitlines()[0]} (override it, e.g. trainer.accelerator=cpu)") from None
     trainer.strategy.connect(lit)
     trainer._data_connector.attach_datamodule(lit, datamodule=dm)
     lit.trainer = trainer
@@ -541,6 +534,25 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
         "wall_time_s": time.time() - t_start,
         **summary_metrics,
     }
+
+
+def _make_trainer(cfg, loggers: list, callbacks: list, out: Path):
+    """The :func:`_replay_trainer_class` trainer: the run's accelerator and precision, one device, nothing fitted."""
+    return _replay_trainer_class()(
+        accelerator=cfg.trainer.get("accelerator", "cpu"),
+        devices=1,
+        precision=cfg.trainer.get("precision", "32-true"),
+        logger=loggers or False,
+        callbacks=callbacks,
+        max_steps=int(cfg.trainer.max_steps),
+        max_epochs=-1,
+        log_every_n_steps=int(cfg.trainer.get("log_every_n_steps", 50)),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out),
+    )
 
 
 def _prepare_wandb(cfg, loggers: list, lit, dm) -> None:
