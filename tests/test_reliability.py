@@ -136,7 +136,7 @@ class _NanAt(L.LightningModule):
 
 
 def _fit_until_nan(root: Path, nan_step: int) -> tuple[str, L.Trainer]:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
     ckpt = ModelCheckpoint(
         dirpath=root / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
@@ -144,7 +144,8 @@ def _fit_until_nan(root: Path, nan_step: int) -> tuple[str, L.Trainer]:
     )  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu", max_steps=10, logger=False, enable_model_summary=False, log_every_n_steps=1,
-        callbacks=[FiniteLossGuard(checkpoint_every_n_steps=2), ckpt], plugins=[AtomicCheckpointIO()],
+        callbacks=[FiniteLossGuard(checkpoint_every_n_steps=2), ckpt, TQDMProgressBar()],  # train.py's (run.console)
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=root,
     )  # fmt: skip
     with pytest.raises(DivergenceError) as info:

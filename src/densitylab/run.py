@@ -144,6 +144,23 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [c for c in cbs if not isinstance(c, ProbeCheckpoint)] + [c for c in cbs if isinstance(c, ProbeCheckpoint)]
 
 
+def console(cfg: DictConfig) -> list:
+    """The progress bar and model summary of the console, fixed as Lightning's plain ones (``TQDMProgressBar``,
+    ``ModelSummary``) when ``trainer.enable_progress_bar`` / ``trainer.enable_model_summary`` are on: Lightning
+    would otherwise switch to its rich ones whenever the ``rich`` package is installed (``transformers`` brings it),
+    and the console output of a run (the bar closed before an error line, ``FiniteLossGuard``) must not depend on
+    what else is installed."""
+    from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+
+    trainer = cfg.get("trainer") or {}
+    out = []
+    if trainer.get("enable_progress_bar", True):
+        out.append(TQDMProgressBar())
+    if trainer.get("enable_model_summary", True):
+        out.append(ModelSummary())
+    return out
+
+
 def train(cfg: DictConfig) -> dict:
     """Build every object from ``cfg``, fit, validate once more, and write the run folder's summary and reports.
 
@@ -186,7 +203,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float) 
     trainer = instantiate(
         cfg.trainer,
         "trainer",
-        callbacks=[_WandbRunSetup(cfg, _hydra_choices()), *callbacks, *([fault] if fault else [])],
+        callbacks=[_WandbRunSetup(cfg, _hydra_choices()), *callbacks, *([fault] if fault else []), *console(cfg)],
         logger=loggers or False,
         default_root_dir=str(output_dir),
     )
