@@ -194,6 +194,9 @@ def test_reprobe_reproduces_the_training_tables_bitwise(kept_run, cache_dir, tmp
     assert "perf/density_probe_seconds" in metrics.columns
     assert list((out / "wandb").glob("offline-run-*"))  # its own W&B run
     assert not list(out.parent.glob(".again.partial-*"))
+    for name in ("config.yaml", "hparams.yaml"):  # they name the final folder, not the temporary one
+        text = (out / name).read_text()
+        assert ".partial-" not in text and str(out) in text, name
 
 
 @pytest.mark.slow

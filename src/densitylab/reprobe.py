@@ -363,10 +363,11 @@ def check_out_dir(out: Path, run: Path, force: bool) -> None:
 
 
 def _fix_paths(partial: Path, out: Path) -> None:
-    """``config.yaml`` names the final folder, not the temporary one the probes wrote to."""
-    path = partial / "config.yaml"
-    if path.is_file():
-        path.write_text(path.read_text().replace(str(partial), str(out)))
+    """``config.yaml`` and ``hparams.yaml`` name the final folder, not the temporary one the probes wrote to."""
+    for name in ("config.yaml", "hparams.yaml"):
+        path = partial / name
+        if path.is_file():
+            path.write_text(path.read_text().replace(str(partial), str(out)))
 
 
 def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every_checkpoint: bool) -> dict:
