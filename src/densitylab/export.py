@@ -30,12 +30,9 @@ import argparse
 import dataclasses
 import json
 import os
-import pickle
-import re
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -321,51 +318,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, Any, int | None]:
         ConfigError: one line for an empty, truncated or corrupt file, a file that holds Python objects (not a
             safe checkpoint), or a torch file that is not a densitylab checkpoint.
     """
-    import torch
+    from densitylab.preflight import read_torch_checkpoint
 
-    p = Path(path)
-    shown = str(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise ConfigError(f"checkpoint {shown!r} cannot be read ({e.strerror}): expected a readable file") from None
-    if size == 0:
-        raise ConfigError(f"checkpoint {shown!r} is an empty file: expected a densitylab checkpoint")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:  # mmap: the optimizer state of a full checkpoint is never read into memory
-                ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                ckpt = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as e:
-        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
-        if found:
-            raise ConfigError(
-                f"checkpoint {shown!r} is not a safe checkpoint: it holds a Python object ({found.group(1)}) that "
-                "could run code when loaded: expected a densitylab checkpoint (tensors and plain data)"
-            ) from None
-        raise ConfigError(
-            f"checkpoint {shown!r} is not a readable checkpoint (corrupt or not a torch file): expected a densitylab "
-            "checkpoint written by train.py"
-        ) from None
-    except Exception as e:  # truncated zip, text, random bytes: RuntimeError, EOFError, OSError ...
-        detail = "truncated or corrupt" if "zip archive" in str(e) or isinstance(e, EOFError) else "not a torch file"
-        raise ConfigError(
-            f"checkpoint {shown!r} is not a readable checkpoint ({detail}: {type(e).__name__}): expected a "
-            "densitylab checkpoint written by train.py"
-        ) from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
-        what = type(ckpt).__name__ if not isinstance(ckpt, dict) else "a torch file without state_dict"
-        raise ConfigError(f"checkpoint {shown!r} is not a Lightning checkpoint ({what}): expected one from train.py")
-    hp = ckpt.get("hyper_parameters")
-    if not isinstance(hp, Mapping) or not isinstance(hp.get("net"), Mapping):
-        raise ConfigError(
-            f"checkpoint {shown!r} is a Lightning checkpoint but not a densitylab one (no hyper_parameters['net']): "
-            "expected a checkpoint written by train.py"
-        )
+    ckpt = read_torch_checkpoint(path, f"checkpoint {str(path)!r}")
+    hp = ckpt["hyper_parameters"]
     step = ckpt.get("global_step")
     return dict(ckpt["state_dict"]), _net(hp["net"]), int(step) if isinstance(step, int) else None
 

@@ -29,6 +29,7 @@ import numbers
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,31 +116,37 @@ def resolve_checkpoint(ckpt_path: Any, output_dir: str | os.PathLike) -> Path | 
     return p
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint once with ``torch.load(map_location="cpu", weights_only=True)`` and return its
-    ``hyper_parameters`` (cached by path, size and modification time; the weights are not kept).
+def read_torch_checkpoint(path: str | os.PathLike, shown: str) -> dict:
+    """Read a densitylab checkpoint with ``torch.load(map_location="cpu", weights_only=True, mmap=True)`` (the
+    legacy non-zip format without ``mmap``): the one reader of ``ckpt_path``, ``densitylab export`` and
+    ``densitylab probe``.
 
+    Args:
+        path: a Lightning checkpoint written by ``train.py`` (full or probe checkpoint).
+        shown: how error lines name it, e.g. ``ckpt_path='x.ckpt'`` or ``checkpoint 'x.ckpt'``.
+    Returns:
+        The checkpoint dict: ``state_dict`` (name -> tensor, memory-mapped), ``hyper_parameters`` with its ``net``
+        mapping, ``global_step`` ... as Lightning wrote them.
     Raises:
-        ConfigError: if the file is not a readable torch checkpoint, holds Python objects (not a safe
-            checkpoint), is not a Lightning checkpoint, is a probe checkpoint (no optimizer state: it cannot resume),
-            or not a densitylab one (no ``hyper_parameters["net"]``).
+        ConfigError: one line for an unreadable, empty, truncated or corrupt file, a file that holds Python objects
+            (not a safe checkpoint), a torch file that is not a Lightning checkpoint, or a Lightning checkpoint that
+            is not a densitylab one (no ``hyper_parameters["net"]``).
     """
     import pickle
 
     import torch
 
     p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _CKPT_CACHE:
-        return _CKPT_CACHE[key]
-    shown = f"ckpt_path={str(path)!r}"
-    if st.st_size == 0:
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ConfigError(f"{shown} cannot be read ({e.strerror}): expected a readable checkpoint file") from None
+    if size == 0:
         raise ConfigError(f"{shown} is an empty file: expected a densitylab checkpoint")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 56" for random bytes
             warnings.simplefilter("ignore")
-            try:  # mmap: every process of a DDP launch reads it, and only the metadata is needed here
+            try:  # mmap: every process of a DDP launch reads it, and the optimizer state is never read into memory
                 ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as e:
                 if "mmap" not in str(e):
@@ -164,10 +171,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"{shown} is not a readable checkpoint ({detail}: {type(e).__name__}): expected a densitylab "
             "checkpoint written by train.py"
         ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
         what = type(ckpt).__name__ if not isinstance(ckpt, dict) else "a torch file without state_dict"
         raise ConfigError(
             f"{shown} is not a Lightning checkpoint ({what}): expected a densitylab checkpoint written by train.py"
+        )
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, Mapping) or not isinstance(hp.get("net"), Mapping):
+        raise ConfigError(
+            f"{shown} is a Lightning checkpoint but not a densitylab one (no hyper_parameters['net']): expected a "
+            "checkpoint written by train.py"
+        )
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint once (:func:`read_torch_checkpoint`) and return its ``hyper_parameters`` (cached by path,
+    size and modification time; the weights are not kept).
+
+    Raises:
+        ConfigError: as :func:`read_torch_checkpoint` (naming ``ckpt_path=...``), and for a probe checkpoint (no
+            optimizer state: it cannot resume).
+    """
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _CKPT_CACHE:
+        return _CKPT_CACHE[key]
+    shown = f"ckpt_path={str(path)!r}"
+    ckpt = read_torch_checkpoint(p, shown)
+    if "pytorch-lightning_version" not in ckpt:  # Lightning's restore needs it
+        raise ConfigError(
+            f"{shown} is not a Lightning checkpoint (no pytorch-lightning_version): expected a densitylab checkpoint "
+            "written by train.py"
         )
     if isinstance(ckpt.get("densitylab"), dict) and ckpt["densitylab"].get("kind") == "probe":
         raise ConfigError(
@@ -175,12 +211,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             "expected checkpoints/last.ckpt or checkpoints/step<N>.ckpt (densitylab export / densitylab probe read "
             "probe checkpoints)"
         )
-    hp = ckpt.get("hyper_parameters")
-    if not isinstance(hp, dict) or not isinstance(hp.get("net"), dict):
-        raise ConfigError(
-            f"{shown} is a Lightning checkpoint but not a densitylab one (no hyper_parameters['net']): expected a "
-            "checkpoint written by train.py"
-        )
+    hp = ckpt["hyper_parameters"]
     _CKPT_CACHE.clear()  # one entry: a resumed run reads one checkpoint
     _CKPT_CACHE[key] = hp
     return hp

@@ -36,7 +36,6 @@ import shutil
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,23 +81,15 @@ def kept_checkpoints(run_dir: str | os.PathLike, with_skipped: bool = False):
 
 
 def _load(path: Path) -> dict:
-    """``torch.load`` of a kept checkpoint (CPU, ``weights_only``: tensors and plain data only).
+    """A kept checkpoint, read by :func:`densitylab.preflight.read_torch_checkpoint` (CPU, ``weights_only``: tensors
+    and plain data only, memory-mapped).
 
     Raises:
         ConfigError: for a file that is not a readable densitylab checkpoint.
     """
-    import torch
+    from densitylab.preflight import read_torch_checkpoint
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(
-            f"checkpoint {str(path)!r} is not readable ({type(e).__name__}): expected a checkpoint written by train.py"
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"checkpoint {str(path)!r} has no state_dict: expected a checkpoint written by train.py")
+    ckpt = read_torch_checkpoint(path, f"checkpoint {str(path)!r}")
     return ckpt
 
 
