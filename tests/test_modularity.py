@@ -350,7 +350,9 @@ def test_planted_modules_score_near_one_and_far_above_their_permutation_null():
     names = [c.name for c in r.components]
     assert names == ["L0.H0", "L0.H1", "L0.M[class_0]", "L0.M[class_1]", "L0.M[class_2]", "L0.M[rest]"]
     En = r.effects_norm
-    assert np.abs(En[[0, 1, 5]]).max() < 1e-6  # heads and dead units do nothing
+    # heads and dead units do nothing: their effect is float32 rounding of the loss (~1e-7 nats, which kernel
+    # a batch shape selects varies), four orders of magnitude below a module's 2.5 nats
+    assert np.abs(r.effects[[0, 1, 5]]).max() < 1e-5 and np.abs(En[[0, 1, 5]]).max() < 1e-2
     assert (np.diag(En[2:5]) > 1.0).all()  # ablating a module more than doubles its task's loss
     assert (En[2:5] - np.diag(np.diag(En[2:5]))).max() < 0.05 * np.diag(En[2:5]).min()
     s = r.summary()
