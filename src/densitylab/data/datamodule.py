@@ -25,7 +25,7 @@ from densitylab.data.entities import EntityExtractor
 from densitylab.data.loaders import WindowDataset, heldout_loader, resumable_train_loader
 from densitylab.data.packing import PackedSplit
 from densitylab.data.prepare import CACHE_VERSION, DataRecipe, export_run_artifacts, load_prepared, wait_for_prepared
-from densitylab.data.sources import Source, SyntheticSource
+from densitylab.data.sources import Source, SyntheticSource, warn_single_documents
 from densitylab.data.tokenizer import EOS, TokenizerSpec
 from densitylab.errors import ConfigError
 
@@ -154,6 +154,7 @@ class DataModule(L.LightningDataModule):
         self.canaries: pd.DataFrame | None = None
         self.ground_truth_dir: Path | None = None
         self._key: str | None = None
+        self._warned = False  # warn_single_documents once per data module (prepare_data runs more than once)
 
     # ------------------------------------------------------------------ cache
     def cache_key(self) -> str:
@@ -168,7 +169,11 @@ class DataModule(L.LightningDataModule):
         return self.cache_dir / "data" / self.cache_key()
 
     def prepare_data(self) -> None:
-        """Build and cache everything once (local rank 0). Raises the source's errors."""
+        """Build and cache everything once (local rank 0). Raises the source's errors. A text file that reads as
+        one long document gets a warning (:func:`~densitylab.data.sources.warn_single_documents`), cached or not."""
+        if not self._warned:
+            self._warned = True
+            warn_single_documents(self.source)
         if (self.data_dir / "meta.json").is_file():
             if not self.splits:
                 log.info("data: cache hit %s", self.data_dir)

@@ -21,6 +21,7 @@ it keys the tokenized-data cache.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -29,6 +30,12 @@ from typing import Protocol, runtime_checkable
 
 from densitylab.data.corpus import Corpus
 from densitylab.errors import ConfigError, DataError, HubUnreachableError
+
+log = logging.getLogger(__name__)
+
+#: A ``.txt`` file read with ``sample_by=paragraph`` that is one document of at least this many lines (no blank
+#: line in it: e.g. one verse per line) gets a warning suggesting ``data.source.sample_by=line``.
+SINGLE_DOCUMENT_MIN_LINES = 10
 
 TEXT_SUFFIXES = {
     ".txt": "text",
@@ -208,6 +215,60 @@ def check_text_file(path: str | os.PathLike) -> str:
                     "expected UTF-8 text"
                 ) from None
     return builder
+
+
+def paragraph_lines(path: str | os.PathLike) -> int | None:
+    """The non-blank lines of a text file that ``sample_by=paragraph`` reads as **one** document, or None when it
+    has more than one paragraph.
+
+    ``datasets``' text builder splits paragraphs at an empty line (``"\\n\\n"``, universal newlines); so does this
+    scan, which stops at the second paragraph (a file of many paragraphs costs one paragraph's read).
+    """
+    paragraphs, lines, current = 0, 0, 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line == "\n":
+                if current:
+                    paragraphs, lines, current = paragraphs + 1, current, 0
+                    if paragraphs > 1:
+                        return None
+                continue
+            if line.strip():
+                current += 1
+    if current:
+        paragraphs, lines = paragraphs + 1, current
+    return lines if paragraphs == 1 else None
+
+
+def warn_single_documents(source) -> list[str]:
+    """Log one warning line per ``.txt`` file of a :class:`TextSource` with ``sample_by=paragraph`` that is a single
+    document of at least :data:`SINGLE_DOCUMENT_MIN_LINES` lines (no blank line: one verse or sentence per line),
+    suggesting ``data.source.sample_by=line``; a single document gives one held-out cut and no document
+    boundaries to train on. Other sources, other ``sample_by`` and unreadable files are left to :meth:`TextSource.load`.
+
+    Returns:
+        The warned files' paths.
+    """
+    if not isinstance(source, TextSource) or source.sample_by != "paragraph":
+        return []
+    warned = []
+    try:
+        files = source._files()
+    except ConfigError:
+        return []
+    for f in files:
+        if TEXT_SUFFIXES.get(Path(f).suffix.lower()) != "text" or not Path(f).is_file():
+            continue
+        n = paragraph_lines(f)
+        if n is not None and n >= SINGLE_DOCUMENT_MIN_LINES:
+            log.warning(
+                "data.source.files: %s is one document of %d lines under data.source.sample_by=paragraph (no blank "
+                "line in it); for one document per line set data.source.sample_by=line",
+                f,
+                n,
+            )
+            warned.append(f)
+    return warned
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from densitylab.report.common import pyplot, save_figure
+from densitylab.report.common import pyplot, save_figure, step_axis
 
 # the pre-registered familiarity bins of distinct_docs (default edges 0, 1, 4, 16, 64), bin_index 0..4 (0 = the {0}
 # bin, the reference); the plots and the table take the labels from the records (other edges work too)
@@ -192,6 +192,28 @@ def endpoint_exposure(df: pd.DataFrame) -> str:
     return str(exposures[0])
 
 
+#: What each exposure measure counts, for axis labels and titles (the familiarity measure named, not only its column).
+EXPOSURE_MEANING = {
+    "distinct_docs": "documents about the person trained at least once",
+    "subject_docs": "training documents whose subject is the person",
+    "mentions": "name mentions trained on",
+    "comentions": "training documents naming the person beside another",
+}
+
+
+def reference_set(exposure: str) -> str:
+    """The reference bin ``0`` of ``exposure`` in words (what every other bin is compared with): on synthetic data
+    (``distinct_docs``, ``subject_docs``) the people with no training document, probed on their unfamiliar
+    biography; on text data (``mentions``: the density probe's familiarity measure there, since text has no document
+    subjects) the panel's entities (capitalized names) never mentioned in the training split, probed on a held-out
+    window with their first held-out mention."""
+    if exposure == "mentions":
+        return "entities never mentioned in training (held-out window of their first mention)"
+    if exposure == "comentions":
+        return "people never co-mentioned in training"
+    return "people with no training document (unfamiliar biography)"
+
+
 def _bin_rows(df: pd.DataFrame, metric: str, estimand: str, exposure: str) -> pd.DataFrame:
     return df[
         (df["probe_set"] == "panel")
@@ -253,6 +275,11 @@ def plot_vs_familiarity(
     persons in it or in bin ``0``) is a hollow marker labelled ``n<10`` (``ref n<10`` when only bin ``0`` is short)
     with no error bar (at the bottom of the panel when its value is NaN). ``step`` defaults to
     :func:`last_common_step`; ``note`` ends the title (how the CIs were made).
+
+    The title names the metric and the familiarity measure (the exposure column and what it counts,
+    :data:`EXPOSURE_MEANING`; ``mentions`` on text data); the x label names the reference bin ``0``
+    (:func:`reference_set`). The figure legend has one entry per kind of mark drawn, and only those drawn: the
+    panel mean with its CI (``note``), a mean without a CI, an insufficient bin.
     """
     plt = pyplot()
     exposure = endpoint_exposure(df)
@@ -273,6 +300,7 @@ def plot_vs_familiarity(
         squeeze=False,
     )
     labels = bin_labels(sel)
+    drawn: set[str] = set()  # the kinds of mark drawn, for the legend
     for i, role in enumerate(roles):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
@@ -281,10 +309,8 @@ def plot_vs_familiarity(
             ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.grid(alpha=0.3)
             ax.set_title(f"layer {layer}, {role}", fontsize=9)
-            if i == len(roles) - 1:
-                ax.set_xlabel(f"{exposure} bin")
-            if j == 0:
-                ax.set_ylabel(f"{metric} (panel)")
+            ax.set_xlabel(f"{exposure} bin (0: reference)", fontsize=8)
+            ax.set_ylabel(f"{metric} (panel mean)", fontsize=8)
             if not len(d):
                 ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes, fontsize=8)
                 continue
@@ -295,16 +321,20 @@ def plot_vs_familiarity(
             if good.any():
                 ok_ci = good & np.isfinite(lo) & np.isfinite(hi)
                 ax.plot(x[good], v[good], "-", color="tab:blue", linewidth=0.8)
-                ax.errorbar(
-                    x[ok_ci],
-                    v[ok_ci],
-                    yerr=[v[ok_ci] - lo[ok_ci], hi[ok_ci] - v[ok_ci]],
-                    fmt="o",
-                    color="tab:blue",
-                    ms=4,
-                    capsize=2,
-                )
-                ax.plot(x[good & ~ok_ci], v[good & ~ok_ci], "o", color="tab:blue", ms=4)
+                if ok_ci.any():
+                    ax.errorbar(
+                        x[ok_ci],
+                        v[ok_ci],
+                        yerr=[v[ok_ci] - lo[ok_ci], hi[ok_ci] - v[ok_ci]],
+                        fmt="o",
+                        color="tab:blue",
+                        ms=4,
+                        capsize=2,
+                    )
+                    drawn.add("ci")
+                if (good & ~ok_ci).any():
+                    ax.plot(x[good & ~ok_ci], v[good & ~ok_ci], "o", color="tab:blue", ms=4)
+                    drawn.add("no_ci")
             trans = ax.get_xaxis_transform()  # x in data, y in axes fraction
             persons = dict(zip(x, d["n_entities"].to_numpy(int)))
             ax.set_xticks(
@@ -313,6 +343,7 @@ def plot_vs_familiarity(
             for xi, vi, ne, b in zip(x, v, d["n_entities"].to_numpy(int), bad):
                 if not b:
                     continue
+                drawn.add("insufficient")
                 label = _insufficient_label(ne, min_entities)
                 if math.isfinite(vi):
                     ax.plot([xi], [vi], "o", mfc="none", mec="tab:gray", ms=5)
@@ -321,8 +352,26 @@ def plot_vs_familiarity(
                 else:
                     ax.plot([xi], [0.08], "o", mfc="none", mec="tab:gray", ms=5, transform=trans)
                     ax.text(xi, 0.13, label, transform=trans, ha="center", fontsize=6, color="tab:gray")
-    fig.suptitle(f"{metric} against familiarity, step {step} ({note})")
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+
+    entries = {
+        "ci": (Line2D([], [], color="tab:blue", marker="o", ms=4, linewidth=0.8), f"panel mean ({note})"),
+        "no_ci": (Line2D([], [], color="tab:blue", marker="o", ms=4, linestyle="none"), "panel mean, no CI"),
+        "insufficient": (
+            Line2D([], [], marker="o", mfc="none", mec="tab:gray", ms=5, linestyle="none"),
+            f"insufficient: < {min_entities} persons in the bin (n<{min_entities}) or in bin 0 (ref n<{min_entities})",
+        ),
+    }
+    shown = [entries[k] for k in ("ci", "no_ci", "insufficient") if k in drawn]
+    if shown:
+        fig.legend(*zip(*shown), loc="lower center", ncol=len(shown), fontsize=7, frameon=False)
+    meaning = EXPOSURE_MEANING.get(exposure, exposure)
+    fig.suptitle(
+        f"{metric} against familiarity, step {step}\nfamiliarity: {exposure} ({meaning})\n"
+        f"bin 0, the reference: {reference_set(exposure)}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.06 if shown else 0, 1, 1))
     return save_figure(fig, path)
 
 
@@ -354,6 +403,7 @@ def plot_over_training(df: pd.DataFrame, units: pd.DataFrame | None, path: Path,
         return save_figure(_empty_figure(plt, "no whole-set panel rows and no units rows"), path)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), dpi=110, sharey=True, squeeze=False)
     styles = {"active_frac": "tab:blue", "active_frac_live": "tab:orange", "dead_frac": "tab:red"}
+    steps = sorted(set(whole["step"]) | set(units["step"]))
     for ax, layer in zip(axes[0], layers):
         for metric in ("active_frac", "active_frac_live"):
             d = whole[(whole["layer"] == layer) & (whole["metric"] == metric)].sort_values("step")
@@ -364,11 +414,10 @@ def plot_over_training(df: pd.DataFrame, units: pd.DataFrame | None, path: Path,
         if len(u):
             ax.plot(u["step"], u["dead_frac"], marker=".", color=styles["dead_frac"], label="dead_frac (all sets)")
             _finite_band(ax, u["step"], u["ci_low"], u["ci_high"], styles["dead_frac"])
-        ax.set_xscale("symlog", linthresh=1)
+        step_axis(ax, steps)
         ax.set_title(f"layer {layer}")
-        ax.set_xlabel("training step")
+        ax.set_ylabel("fraction of MLP units")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("fraction of MLP units")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title or "density over training (95% CI)")
     fig.tight_layout()
@@ -376,7 +425,13 @@ def plot_over_training(df: pd.DataFrame, units: pd.DataFrame | None, path: Path,
 
 
 def heatmap_by_bin(
-    records: pd.DataFrame, step: int, role: str = "name_last", metric: str = PRIMARY_METRIC, min_entities: int = 10
+    records: pd.DataFrame,
+    step: int,
+    role: str = "name_last",
+    metric: str = PRIMARY_METRIC,
+    min_entities: int = 10,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ):
     """Heatmap layer × familiarity bin of the panel mean of ``metric`` for one position ``role`` at one probe
     step (the W&B image of the density callback).
@@ -393,12 +448,15 @@ def heatmap_by_bin(
         role: the position role (``name_last`` or ``pre_value``).
         metric: the density metric (default the pre-registered primary ``active_frac_live``).
         min_entities: the threshold named in the ``n<..`` labels.
+        vmin, vmax: the colour scale's ends (None: the drawn cells' range); fixed ends (e.g. 0 and 1 for a fraction
+            of units) make the colours of different steps and runs comparable.
 
     Returns:
         A matplotlib Figure (Agg backend); the caller closes it.
     """
     plt = pyplot()
-    sel = _bin_rows(records, metric, "mean", endpoint_exposure(records))
+    exposure = endpoint_exposure(records)
+    sel = _bin_rows(records, metric, "mean", exposure)
     sel = sel[sel["role"] == role]
     if "step" in sel and (sel["step"] == step).any():
         sel = sel[sel["step"] == step]
@@ -411,7 +469,7 @@ def heatmap_by_bin(
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * max(len(grid), 1) + 2.2), dpi=100)
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     data = np.ma.masked_invalid(grid.to_numpy(float)) if len(grid) else np.ma.masked_all((1, len(cols)))
-    im = ax.imshow(data, aspect="auto", cmap=cmap)
+    im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
     for i in range(len(grid)):
         for j in range(len(cols)):
             v, ne, st = grid.iat[i, j], count.iat[i, j], status.iat[i, j]
@@ -424,9 +482,10 @@ def heatmap_by_bin(
             ax.text(j, i, text, ha="center", va="center", fontsize=6, color="k" if pd.isna(v) else "w")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(grid)), [f"L{i}" for i in grid.index])
-    ax.set_xlabel("familiarity bin (distinct_docs)")
+    ax.set_xlabel(f"familiarity bin ({exposure})")
+    ax.set_ylabel("layer")
     ax.set_title(f"{metric}, panel {role}, step {step}", fontsize=9)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label=f"{metric} (panel mean)")
     fig.tight_layout()
     return fig
 

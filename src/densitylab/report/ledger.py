@@ -33,8 +33,8 @@ def plot_rank_frequency(tables: dict[str, pd.DataFrame], path: str | Path, step:
         c = c[c > 0]
         if len(c):
             ax.loglog(np.arange(1, len(c) + 1), c, label=f"{label}: {len(c)} seen")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("exposures")
+    ax.set_xlabel("rank (1 = most exposed)")
+    ax.set_ylabel("exposures (input positions or mentions)")
     ax.set_title("Exposure rank-frequency" + (f" at step {step}" if step is not None else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

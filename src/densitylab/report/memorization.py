@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from densitylab.report.common import pyplot, read_probe, save_figure
+from densitylab.report.common import pyplot, read_probe, save_figure, step_axis
 
 
 def by_group(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -62,15 +62,12 @@ def plot_memorization(run_dir: str | Path, path: str | Path | None = None) -> Pa
         fontsize=9,
     )
     a2.set_title("(32,32)-extractable fraction", fontsize=9)
-    for ax, yl in ((a1, "bits (mean over canaries, 95% CI)"), (a2, "fraction of canaries")):
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("training step")
+    for ax, yl in ((a1, "bits per canary (mean, 95% CI)"), (a2, "fraction of canaries")):
+        step_axis(ax, g["step"])
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
     a2.set_ylim(-0.02, 1.02)
     a1.set_ylim(-0.02 * g["max_bits"].max(), 1.06 * g["max_bits"].max())
-    for ax in (a1, a2):
-        ax.set_xlim(left=0)
     a1.legend(fontsize=7, title="inserted", title_fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path or run / "plots" / "memorization_over_training.png")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from densitylab.probes.modularity import Component, modularity_summary
-from densitylab.report.common import pyplot, read_probe, save_figure
+from densitylab.report.common import pyplot, read_probe, save_figure, step_axis
 
 
 def scores_by_step(df: pd.DataFrame, eps: float = 1e-3) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def scores_by_step(df: pd.DataFrame, eps: float = 1e-3) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def ablation_heatmap(comps: list[Component], E: np.ndarray, tasks: list[str], step: int):
+def ablation_heatmap(comps: list[Component], E: np.ndarray, tasks: list[str], step: int, limit: float | None = None):
     """Heatmap of one ablation sweep: Δloss (nats) on each task (columns) when each component (rows)
     is mean-ablated (Lepori et al., arXiv:2301.10884); the ``modularity/heatmap`` W&B image.
 
@@ -32,18 +32,22 @@ def ablation_heatmap(comps: list[Component], E: np.ndarray, tasks: list[str], st
         E: (C, K) loss changes in nats, component × task.
         tasks: the K task names, in the column order of ``E``.
         step: training step of the sweep; negative for the untrained control.
+        limit: the colour scale runs from ``-limit`` to ``+limit`` nats (None: the largest ``|E|`` of this sweep); one
+            fixed limit for a whole run makes the colours of its steps comparable.
 
     Returns:
         A matplotlib Figure (Agg backend); the caller closes it.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(tasks), 1 + 0.22 * len(comps)), dpi=100)
-    lim = float(np.abs(E).max()) or 1.0
+    lim = float(limit) if limit else (float(np.abs(E).max()) or 1.0)
     im = ax.imshow(E, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_yticks(range(len(comps)), [c.name for c in comps], fontsize=6)
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("task", fontsize=7)
+    ax.set_ylabel("ablated component", fontsize=7)
     ax.set_title(f"Δloss (nats) when ablated, {'init control' if step < 0 else f'step {step}'}", fontsize=8)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label="Δloss (nats/token)")
     fig.tight_layout()
     return fig
 
@@ -73,8 +77,9 @@ def modularity_table(run_dir: str | Path, eps: float = 1e-3) -> pd.DataFrame:
 
 
 def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Write ``plots/modularity_over_training.png``: v1's modularity scores against step, the untrained
-    control as dashed lines; with a ``probes/modularity_v2.parquet``, a second panel with ``score_v2`` at its
+    """Write ``plots/modularity_over_training.png``: v1's modularity scores against training step (ticks at the
+    probe steps, :func:`~densitylab.report.common.step_axis`), the untrained control as dashed lines; with a
+    ``probes/modularity_v2.parquet``, a second panel with ``score_v2`` at its
     steps, its permutation null (mean and 2.5-97.5% quantiles as error bars), ``score_v1`` for comparison and
     the control's score_v2 (dotted).
 
@@ -98,7 +103,7 @@ def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path
         if len(control) and np.isfinite(control[col].iloc[0]):
             ax.axhline(control[col].iloc[0], color=c, linestyle="--", linewidth=0.8)
     ax.set_title("Modularity v1 under mean-ablation (dashed: untrained control)", fontsize=9)
-    ax.set_ylabel("mean specialization")
+    ax.set_ylabel("mean specialization (0-1)")
     if v2 is not None:
         ax2 = axes[1]
         t2, c2 = v2[v2["step"] >= 0], v2[v2["step"] < 0]
@@ -110,13 +115,12 @@ def plot_modularity(run_dir: str | Path, path: str | Path | None = None) -> Path
         if len(c2) and np.isfinite(c2["score_v2"].iloc[0]):
             ax2.axhline(c2["score_v2"].iloc[0], color="tab:red", linestyle=":", linewidth=0.8, label="control v2")
         ax2.set_title("v2: attribution groups, normalised, effect-weighted, vs permutation null", fontsize=9)
-        ax2.set_ylabel("effect-weighted specialization")
-    last = max(float(trained["step"].max()) if len(trained) else 1.0, 1.0)
+        ax2.set_ylabel("effect-weighted specialization (0-1)")
+        ax2.yaxis.set_tick_params(labelleft=True)
+    steps = sorted(set(trained["step"]) | (set(v2.loc[v2["step"] >= 0, "step"]) if v2 is not None else set()))
     for a in axes:
-        a.set_xscale("symlog", linthresh=1)
-        a.set_xlim(-0.3, last * 1.3)  # the first and the last step inside the frame
+        step_axis(a, steps)  # ticks at the probe steps, the first and the last inside the frame
         a.set_ylim(0, 1)
-        a.set_xlabel("training step")
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.tight_layout()

@@ -70,6 +70,7 @@ def plot_priming(scores: pd.DataFrame, stats: pd.DataFrame, endpoint: dict, path
         ax.errorbar(np.arange(len(kk)) + dx, est, yerr=np.nan_to_num(err), fmt="o", color=color, capsize=3,
                     label=f"{name}: facts minus controls")  # fmt: skip
         ax.set_xticks(np.arange(len(kk)), [f"k={k}" for k in kk])
+    ax.set_xlabel("k (copies of the fact trained on)")
     prim = stats[(stats["statistic"] == "slope_difference") & stats["subset"].str.startswith(raw)] if len(stats) else []
     if len(prim):
         r = prim.iloc[0]

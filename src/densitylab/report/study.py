@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from densitylab.probes.study import VERDICT_COLUMNS, verdict_table, within_person_effect
-from densitylab.report.common import pyplot, save_figure
+from densitylab.report.common import pyplot, run_labels, save_figure
 
 #: Density metrics of the within-person table (``jin_*`` exist at the last layer only).
 STUDY_METRICS = ("active_frac_live", "active_frac", "hoyer", "jin_top5_energy")
@@ -820,7 +820,7 @@ def _plot_density(runs: list[dict], metric: str, path: Path) -> Path | None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
-    for r in runs:
+    for r, label in zip(runs, run_labels([r["path"] for r in runs], [r["name"] for r in runs])):
         f = r["path"] / "probes" / "density.parquet"
         if not f.is_file():
             continue
@@ -829,7 +829,7 @@ def _plot_density(runs: list[dict], metric: str, path: Path) -> Path | None:
         d = d[(d["exposure"] == "all") & (d["layer"] == r["n_layer"] - 1)].sort_values("step")
         if not len(d):
             continue
-        ax.plot(d["step"].clip(lower=1), d["value"], marker=".", label=f"{r['name']} ({r['arm']})")
+        ax.plot(d["step"].clip(lower=1), d["value"], marker=".", label=f"{label} ({r['arm']})")
         drawn += 1
     if not drawn:
         plt.close(fig)
