@@ -295,7 +295,8 @@ class LitGPT(L.LightningModule):
                 "compile": self.compile,
                 "init_seed": init_seed,
                 "ignore_topk": self.ignore_topk,
-            }
+            },
+            logger=False,  # hparams.yaml / checkpoints only: the loggers get the whole resolved config (run.py)
         )
         self.model: GPT | None = None
         self.n_params = self.n_params_non_embedding = self.flops_per_token = None

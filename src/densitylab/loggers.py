@@ -248,10 +248,30 @@ class WandbLogger(_LightningWandbLogger):
             attempts of one run folder are one group (group the runs table by ``experiment_name`` in its
             config to compare experiments).
         run_group: the run folder's group name used when ``group`` is None.
-        **kwargs: Lightning's ``WandbLogger`` arguments.
+        table_max_rows: the most rows of one probe table logged as a ``wandb.Table`` at the end of the run (more
+            are thinned by probe step, with a warning; :func:`densitylab.callbacks.wandb_util.thin_by_step`).
+        log_artifacts: log the ``model-<run id>`` and ``ledger-<run id>`` artifacts at the end of the run
+            (:func:`densitylab.callbacks.wandb_util.log_artifacts`).
+        **kwargs: Lightning's ``WandbLogger`` arguments (``name`` and ``job_type``: None = densitylab's
+            :func:`~densitylab.callbacks.wandb_util.run_identity`, filled in by ``densitylab.run.build_loggers``).
+    Raises:
+        ConfigError: for a ``table_max_rows`` that is not a positive integer.
     """
 
-    def __init__(self, *args: Any, group: str | None = None, run_group: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        group: str | None = None,
+        run_group: str | None = None,
+        table_max_rows: int = 200_000,
+        log_artifacts: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        from densitylab.errors import ConfigError
+
+        if isinstance(table_max_rows, bool) or not isinstance(table_max_rows, int) or table_max_rows < 1:
+            raise ConfigError(f"logger.wandb.table_max_rows={table_max_rows!r}: expected a positive integer")
+        self.table_max_rows, self.log_artifacts = table_max_rows, bool(log_artifacts)
         group = group if group is not None else run_group
         if group is not None:
             kwargs["group"] = str(group)[-128:]  # W&B's limit; the end of the path is the distinctive part

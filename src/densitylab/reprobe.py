@@ -312,10 +312,10 @@ def reprobe(
         os.replace(partial, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         from densitylab.run import _finish_wandb
 
-        _finish_wandb()
+        _finish_wandb(err)  # a failed re-measurement is a failed W&B run (exit code 2 for a ConfigError)
         shutil.rmtree(partial, ignore_errors=True)
         for d in created[1:]:  # the parents this call created, innermost first, when left empty
             try:
@@ -497,13 +497,12 @@ def _replay(cfg, run: Path, out: Path, chosen: list[str], kept, overrides, every
         lg.save()
         lg.finalize("success")
     write_reports(out)
-    from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger
+    from densitylab.callbacks.wandb_util import find_wandb_logger
+    from densitylab.run import _finish_wandb, log_wandb_outputs
 
     wandb_logger = find_wandb_logger(loggers)
-    if wandb_logger is not None:
-        wandb_logger.experiment.summary.update(final_summary(summary_metrics))
-    from densitylab.run import _finish_wandb
-
+    if wandb_logger is not None:  # the probe tables, report images and summary, as at the end of training
+        log_wandb_outputs(wandb_logger, out, {**summary_metrics, "global_step": int(trainer.global_step)})
     _finish_wandb()
     import densitylab
 
@@ -552,7 +551,8 @@ def _prepare_wandb(cfg, loggers: list, lit, dm) -> None:
 
     wandb_logger = find_wandb_logger(loggers)
     if wandb_logger is not None:
-        prepare_wandb_run(wandb_logger, cfg, lit.n_params, dm.meta.get("corpus"), {"job": "reprobe"})
+        identity = getattr(wandb_logger, "identity", None)
+        prepare_wandb_run(wandb_logger, cfg, lit.n_params, dm.meta.get("corpus"), {"job": "reprobe"}, identity)
 
 
 # ---------------------------------------------------------------------------------------------------- command line

@@ -59,9 +59,10 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def instantiate(node: Any, name: str, **kwargs: Any) -> Any:
+def instantiate(node: Any, name: str, /, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that turns a construction error into a one-line ConfigError
-    naming the config node (``name``) and the problem."""
+    naming the config node (``name``, positional only: ``kwargs`` may hold a ``name`` of the object) and the
+    problem."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as _instantiate
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -84,15 +85,47 @@ def instantiate(node: Any, name: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{name}: {_one_line(e)}") from None
 
 
+def check_loggers(cfg: DictConfig) -> None:
+    """Refuse a logger whose package is missing before anything is built: ``logger=tensorboard`` needs
+    ``tensorboard`` (or ``tensorboardX``).
+
+    Raises:
+        ConfigError: one line naming the logger and the package to install.
+    """
+    import importlib.util
+
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        target = str((lcfg or {}).get("_target_", "")) if lcfg is not None else ""
+        if target.endswith("TensorBoardLogger") and not any(
+            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
+        ):
+            raise ConfigError(
+                f"logger.{name}: the tensorboard package is not installed: expected `pip install tensorboard` "
+                "(or pip install -e '.[tb]'), or another logger (logger=wandb, logger=csv)"
+            )
+
+
 def build_loggers(cfg: DictConfig) -> list:
-    """Instantiate every entry of ``cfg.logger`` (CSV, W&B)."""
+    """Instantiate every entry of ``cfg.logger`` (CSV, W&B, TensorBoard). The W&B logger gets the run name and job
+    type of :func:`densitylab.callbacks.wandb_util.run_identity` where ``logger.wandb.name`` / ``job_type`` are
+    null, and keeps the whole identity (with ``run/sweep_dir``, ``run/study``) as its ``identity`` attribute."""
+    from densitylab.callbacks.wandb_util import run_identity
+
+    check_loggers(cfg)
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is not None and "_target_" in lcfg:
-            if name == "wandb" and "WANDB_SWEEP_ID" not in os.environ:  # a sweep agent's runs must report online
-                os.environ.setdefault("WANDB_MODE", "offline")
-                os.environ.setdefault("WANDB_SILENT", "true")
-            loggers.append(instantiate(lcfg, f"logger.{name}"))
+            kwargs = {}
+            if name == "wandb":
+                if "WANDB_SWEEP_ID" not in os.environ:  # a sweep agent's runs must report online
+                    os.environ.setdefault("WANDB_MODE", "offline")
+                    os.environ.setdefault("WANDB_SILENT", "true")
+                identity = run_identity(cfg)
+                kwargs = {"name": identity["name"], "job_type": identity["job_type"]}
+            lg = instantiate(lcfg, f"logger.{name}", **kwargs)
+            if name == "wandb":
+                lg.identity = identity
+            loggers.append(lg)
     return loggers
 
 
@@ -192,6 +225,17 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float) 
     dm.setup("fit")  # other local ranks wait for rank 0's cache
     check_checkpoint_vocab(cfg, ckpt, dm.vocab_size)  # the only check that needs the tokenizer
     loggers = build_loggers(cfg)
+    try:
+        summary = _fit_and_write(cfg, output_dir, ckpt, t_start, lit, dm, loggers)
+    except BaseException as err:  # the W&B run is marked failed with this process's own exit code
+        _finish_wandb(err)
+        raise
+    _finish_wandb()
+    return summary
+
+
+def _fit_and_write(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float, lit, dm, loggers) -> dict:
+    """:func:`_train` once the loggers exist (the W&B run starts here): callbacks, trainer, fit, validate, write."""
     if ckpt is not None:  # this attempt continues a run: its history is kept, each (step, metric) once
         resume_loggers(loggers, output_dir, ckpt)
     for lg in loggers:
@@ -207,26 +251,24 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float) 
         logger=loggers or False,
         default_root_dir=str(output_dir),
     )
-
-    try:
-        # ---- fit
-        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        # ---- validate
-        if lit.last_val_step == trainer.global_step:  # validated at the last step already: log (step, val/loss) once
-            val = [{"val/loss": float(trainer.callback_metrics["val/loss"])}]
-        else:
-            val = trainer.validate(lit, datamodule=dm, verbose=False)
-        # ---- write
-        _save_final_checkpoint(trainer)
-        summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
-        if trainer.is_global_zero:
-            _write_outputs(output_dir, summary, loggers)
-        return summary
-    finally:
-        _finish_wandb()
+    # ---- fit
+    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    # ---- validate
+    if lit.last_val_step == trainer.global_step:  # validated at the last step already: log (step, val/loss) once
+        val = [{"val/loss": float(trainer.callback_metrics["val/loss"])}]
+    else:
+        val = trainer.validate(lit, datamodule=dm, verbose=False)
+    # ---- write
+    _save_final_checkpoint(trainer)
+    summary = _summary(cfg, trainer, lit, dm, val, callbacks, time.time() - t_start, train_metrics)
+    if trainer.is_global_zero:
+        if summary["val/loss"] is not None:
+            log.info("final val/loss %.4f nats/token at step %d", summary["val/loss"], summary["global_step"])
+        _write_outputs(output_dir, summary, loggers, trainer)
+    return summary
 
 
 def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
@@ -238,7 +280,8 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     Raises:
         ConfigError: for a missing or bad checkpoint, a finished run folder without ``ckpt_path``, or any value
             :func:`densitylab.preflight.check_config` refuses (seed, trainer, model, optimizer, canaries, tokenizer
-            file, checkpoint architecture), an unwritable run folder.
+            file, checkpoint architecture), an unwritable run folder, a logger whose package is missing
+            (:func:`check_loggers`).
     """
     from densitylab.preflight import check_config, check_output_dir
     from densitylab.runfolder import check_relaunch
@@ -253,8 +296,10 @@ def _start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     check_relaunch(output_dir, None if ckpt is None else Path(ckpt), "paths.output_dir")
     check_output_dir(output_dir, "paths.output_dir")
     check_config(cfg, ckpt)  # before the data are prepared (train.py ran it before Hydra, too)
+    check_loggers(cfg)
     if _is_rank_zero():
         print(f"run folder: {output_dir}", flush=True)
+        _to_log_files(f"run folder: {output_dir}")
     try:
         seed = int(cfg.seed)
     except (TypeError, ValueError):
@@ -285,18 +330,67 @@ def _save_final_checkpoint(trainer: L.Trainer) -> None:
         trainer.save_checkpoint(str(last))
 
 
-def _write_outputs(output_dir: Path, summary: dict, loggers: list) -> None:
-    """Rank 0, after the final validation: the W&B run summary, the report plots of every probe table the run
-    wrote (``plots/``), then ``summary.json`` (last: its presence marks a complete run folder)."""
-    from densitylab.callbacks.wandb_util import final_summary, find_wandb_logger
+def _to_log_files(message: str) -> None:
+    """Write ``message`` (an INFO record of the ``densitylab`` logger) to the log files only (Hydra's
+    ``train.log``), for a line the console already shows as printed."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and record.levelno >= h.level:
+            h.handle(record)
+
+
+def _write_outputs(output_dir: Path, summary: dict, loggers: list, trainer: L.Trainer | None = None) -> None:
+    """Rank 0, after the final validation: the report plots of every probe table the run wrote (``plots/``), the
+    W&B run's end (:func:`log_wandb_outputs`), then ``summary.json`` (last: its presence marks a complete run
+    folder)."""
+    from densitylab.callbacks.wandb_util import find_wandb_logger
     from densitylab.runfolder import clear_failed
 
+    write_reports(output_dir)
     wandb_logger = find_wandb_logger(loggers)
     if wandb_logger is not None:
-        wandb_logger.experiment.summary.update(final_summary(summary))
-    write_reports(output_dir)
+        log_wandb_outputs(wandb_logger, output_dir, summary, _last_checkpoint(trainer))
     write_json_atomic(output_dir / "summary.json", summary)  # last: a folder with summary.json is complete
     clear_failed(output_dir)  # an earlier attempt's FAILED marker: this attempt finished the run
+
+
+def _last_checkpoint(trainer: L.Trainer | None) -> Path | None:
+    """The run's final checkpoint (``ModelCheckpoint``'s ``last.ckpt``), or None."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for c in trainer.callbacks if trainer is not None else []:
+        if isinstance(c, ModelCheckpoint) and c.save_last and c.dirpath:
+            last = Path(c.dirpath) / f"{c.CHECKPOINT_NAME_LAST}{c.FILE_EXTENSION}"
+            return last if last.is_file() else None
+    return None
+
+
+def log_wandb_outputs(wandb_logger, output_dir: Path, summary: dict, checkpoint: Path | None = None) -> None:
+    """The end of a W&B run (rank 0): the probe tables (``tables/<stem>``) and report images (``plots/<stem>``) of
+    the run folder at ``trainer/global_step`` = the final step (:func:`densitylab.callbacks.wandb_util.
+    log_run_outputs`), ``summary``'s numbers and strings in the run summary (``final_summary``), and with
+    ``logger.wandb.log_artifacts=true`` the model and ledger artifacts (``log_artifacts``). Used by training and by
+    a re-measurement (:mod:`densitylab.reprobe`)."""
+    from densitylab.callbacks.wandb_util import TABLE_MAX_ROWS, final_summary, log_artifacts, log_run_outputs
+
+    step = summary.get("global_step") or 0
+    max_rows = getattr(wandb_logger, "table_max_rows", TABLE_MAX_ROWS)
+    try:  # what W&B gets at the end never fails a finished run: the run folder holds all of it
+        counts = log_run_outputs(wandb_logger, output_dir, step, max_rows)
+        if counts:
+            log.info(
+                "W&B: %d probe tables (%d rows) under tables/, %d report images under plots/",
+                counts["tables"], counts["rows"], counts["images"],
+            )  # fmt: skip
+    except Exception as err:
+        log.warning("W&B tables and plots skipped: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
+    wandb_logger.experiment.summary.update(final_summary(summary))
+    if getattr(wandb_logger, "log_artifacts", False):
+        try:
+            names = log_artifacts(wandb_logger, output_dir, checkpoint)
+            log.info("W&B artifacts: %s", ", ".join(names) or "none (no files)")
+        except Exception as err:
+            log.warning("W&B artifacts skipped: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
 def write_reports(output_dir: Path) -> None:
@@ -328,8 +422,8 @@ def write_reports(output_dir: Path) -> None:
 
 class _WandbRunSetup(L.Callback):
     """At fit start (the model is built by then): make the W&B run dashboard-ready on global rank 0
-    (:func:`densitylab.callbacks.wandb_util.prepare_wandb_run`: summaries, tags with the parameter count, Hydra
-    group choices)."""
+    (:func:`densitylab.callbacks.wandb_util.prepare_wandb_run`: x-axes, summaries, tags with the parameter count,
+    Hydra group choices, ``run/sweep_dir`` and ``run/study``)."""
 
     def __init__(self, cfg: DictConfig, choices: dict) -> None:
         self.cfg, self.choices = cfg, choices
@@ -342,7 +436,8 @@ class _WandbRunSetup(L.Callback):
         wandb_logger = find_wandb_logger(trainer.loggers)
         if wandb_logger is not None and rank_zero_only.rank == 0:  # RANK / LOCAL_RANK / SLURM_PROCID
             corpus = trainer.datamodule.meta.get("corpus")
-            prepare_wandb_run(wandb_logger, self.cfg, pl_module.n_params, corpus, self.choices)
+            identity = getattr(wandb_logger, "identity", None)
+            prepare_wandb_run(wandb_logger, self.cfg, pl_module.n_params, corpus, self.choices, identity)
             if hasattr(wandb_logger, "backfill"):  # a resumed attempt: what the killed one's W&B log had lost
                 n = wandb_logger.backfill()
                 if n:
@@ -398,13 +493,32 @@ def _hydra_choices() -> dict:
         return {}
 
 
-def _finish_wandb() -> None:
-    """Close the W&B run if one is open (Lightning never does; runs would merge in multirun)."""
+def exit_code_of(err: BaseException | None) -> int:
+    """The exit status this process ends with for ``err``: 0 for None, 2 for a ``DensitylabError`` (bad input, a
+    NaN stop: train.py's one ``error:`` line), 130 for ``KeyboardInterrupt`` (Python's status after SIGINT), a
+    ``SystemExit``'s own code (Ctrl-C during ``fit``: Lightning's graceful shutdown exits 1), 1 for any other
+    exception (a traceback)."""
+    if err is None:
+        return 0
+    if isinstance(err, DensitylabError):
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    if isinstance(err, SystemExit):
+        code = err.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 1
+
+
+def _finish_wandb(err: BaseException | None = None) -> None:
+    """Close the W&B run if one is open (Lightning never does; runs would merge in multirun), with
+    ``exit_code`` = :func:`exit_code_of` ``(err)``: a run that ends with an error (a NaN stop: 2) is a failed run in
+    W&B, not a finished one."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=exit_code_of(err))
 
 
 def mark_failed(output_dir: str | Path, message: str) -> None:

@@ -20,6 +20,8 @@ from densitylab.probes.panel import PanelSpec
 from densitylab.probes.sets import build_probe_sets, probe_sets_table, window_probe_sets
 
 log = logging.getLogger(__name__)
+# density metrics whose value is a fraction in [0, 1]: their W&B heatmap has the fixed colour scale 0-1
+FRACTION_METRICS = ("active_frac", "active_frac_live", "zero_frac", "hoyer", "top5_energy", "jin_top5_energy")
 
 
 def _plan_entities(dm) -> pd.DataFrame | None:
@@ -370,12 +372,21 @@ class DensityCallback(ProbeCallback):
             log.warning("density regression skipped: %s", str(err).splitlines()[0])
 
     def figures(self, step: int, records: pd.DataFrame) -> dict:
-        """``density/heatmap_by_bin`` (:func:`densitylab.report.density.heatmap_by_bin`)."""
+        """``density/heatmap_by_bin`` (:func:`densitylab.report.density.heatmap_by_bin`). A metric that is a
+        fraction (:data:`FRACTION_METRICS`: ``active_frac_live``, ``zero_frac``, ``hoyer`` ...) is drawn on the fixed
+        colour scale 0–1 at every step, so the colours of two steps or two runs compare; a rank metric keeps the
+        automatic scale of its step."""
         from densitylab.report.density import heatmap_by_bin
 
         if not (records["estimand"] == "mean").any() or "panel" not in set(records["probe_set"]):
             return {}
-        return {"density/heatmap_by_bin": heatmap_by_bin(records, step, "name_last", self.spec.metric)}
+        fig = heatmap_by_bin(records, step, "name_last", self.spec.metric)
+        if self.spec.metric in FRACTION_METRICS:
+            im = fig.axes[0].images[0]
+            im.set_clim(0.0, 1.0)
+            if im.colorbar is not None:
+                im.colorbar.set_label(f"{self.spec.metric} (fraction; fixed scale 0–1)", fontsize=8)
+        return {"density/heatmap_by_bin": fig}
 
     def final_metrics(self) -> dict[str, float]:
         """Final headline numbers for ``summary.json``: the endpoints ``density/L{i}/{role}/slope`` and

@@ -200,13 +200,14 @@ class MemorizationCallback(ProbeCallback):
 
     def final_metrics(self) -> dict:
         """Final numbers for ``summary.json``: every ``memorization/*`` scalar of the last call, the
-        number of calls, the canaries' length and count, and with the plateau rule
-        ``memorization/stopped_by`` and ``memorization/best_bits_per_param``."""
+        number of calls, the canaries' length and count, ``memorization/stopped_by`` (``plateau``: the plateau
+        rule stopped training; ``limit``: the trainer's step or epoch limit did, always so without the rule) and
+        with the plateau rule ``memorization/best_bits_per_param``."""
         out: dict = {f"memorization/{k}": v for k, v in self.scalars.items()}
         out["memorization/probe_calls"] = self.calls
         out["memorization/length"] = getattr(self, "length", None)
         out["memorization/canaries"] = 0 if self.tokens is None else int(self.tokens.shape[0])
+        out["memorization/stopped_by"] = self.stopped_by
         if self.plateau is not None:
-            out["memorization/stopped_by"] = self.stopped_by
             out["memorization/best_bits_per_param"] = self.plateau.max_seen
         return out

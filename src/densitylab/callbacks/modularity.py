@@ -295,13 +295,22 @@ class ModularityCallback(ProbeCallback):
 
     def figures(self, step: int, records: pd.DataFrame) -> dict:
         """``modularity/heatmap`` of the last v1 sweep (:func:`densitylab.report.modularity.ablation_heatmap`);
-        none for a v2-only call."""
+        none for a v2-only call. The colour scale is the same at every step and in every run: symmetric log
+        (``SymLogNorm``, linear within ±0.01 nats) from −1 to +1 nats of Δloss, larger changes in the end colours,
+        with a labelled colourbar."""
+        from matplotlib.colors import SymLogNorm
+
         from densitylab.report.modularity import ablation_heatmap
 
         if not len(records) or self._last is None:
             return {}
         comps, E = self._last
-        return {"modularity/heatmap": ablation_heatmap(comps, E, list(self.tasks), step)}
+        fig = ablation_heatmap(comps, E, list(self.tasks), step)
+        im = fig.axes[0].images[0]
+        im.set_norm(SymLogNorm(linthresh=0.01, linscale=0.5, vmin=-1.0, vmax=1.0, base=10))
+        if im.colorbar is not None:
+            im.colorbar.set_label("Δloss (nats; fixed symlog scale ±1)", fontsize=7)
+        return {"modularity/heatmap": fig}
 
     def final_metrics(self) -> dict[str, float]:
         """Final v1 and v2 scores, the init control's (``modularity/control_*``), v1's difference and
