@@ -14,6 +14,21 @@ median of ``--repeats`` is kept. The ledger's own per-step cost (``ExposureLedge
 in isolation. Prints tokens/s and ratios. Not a test: numbers go into notes and the README.
 
     python bench/throughput.py --only-priming  # one priming probe call (a cohort of the default experiment)
+
+The probe budget (``docs/design.md``, "Time accounting and the probe budget"):
+
+    python bench/throughput.py --budget RUN_DIR --long-steps 10000   # per-call costs, measured and predicted shares
+    python bench/throughput.py --on-off                              # probes on / off, alternating in one process
+
+``--budget`` reads a finished run folder (``probes/timing.parquet``, ``summary.json``, ``.hydra/config.yaml``) and
+prints each probe's calls and seconds per call by kind (start, early, periodic, final), the measured
+``perf/probe_share`` (and per probe), and the share predicted from per-call costs × the schedule
+(:func:`densitylab.probes.schedule.predict_run_share`) for the run's own length and for ``--long-steps`` steps: as
+configured, with ``thin_after`` = ``--thin-after`` for every probe, and without thinning. ``--on-off`` composes
+``conf/`` as the tests do (:func:`densitylab.config.compose_run_config`) and runs ``--on-off-steps`` steps of the
+default experiment with every default probe on, then off (``callbacks.<probe>=null``), ``--repeats`` times
+alternating, and prints ``perf/tokens_per_sec`` (probe and validation time out: on and off agree within 10%) and
+``perf/wall_tokens_per_sec`` (everything in: on/off ≈ 1 − the probe share).
 """
 
 from __future__ import annotations
@@ -527,6 +542,142 @@ def probe_checkpoint_cost(dm, device, repeats: int = 5) -> dict:
             "full_checkpoint_bytes": full_b, "ratio": light_b / full_b}  # fmt: skip
 
 
+PROBES = ("density", "knowledge", "modularity", "memorization", "priming", "probe_checkpoint")
+
+
+def budget(run_dir: Path, long_steps: int, thin_after: int | None) -> dict:
+    """The probe budget of a finished run folder: per-call costs by kind from ``probes/timing.parquet``, the measured
+    shares from ``summary.json`` and the shares predicted from costs × schedule for the run's length and for
+    ``long_steps`` (as configured, with ``thin_after`` for every periodic probe, without thinning)."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from densitylab.probes.schedule import call_kind, predict_run_share
+
+    missing = [
+        p for p in ("probes/timing.parquet", "summary.json", ".hydra/config.yaml") if not (run_dir / p).is_file()
+    ]
+    if missing:
+        sys.exit(f"error: --budget {run_dir}: {', '.join(missing)} not found: expected a finished train.py run folder")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    timing = pd.read_parquet(run_dir / "probes" / "timing.parquet")
+    max_steps = int(summary["global_step"])
+    calls = timing[timing["kind"] != "setup"].copy()
+    probes, rows = {}, {}
+    for name, t in calls.groupby("probe", sort=False):
+        node = (cfg.callbacks.get(name) or {}) if name in cfg.callbacks else {}
+        every = int(node.get("every_n_steps") or 0)
+        thin = node.get("thin_after")
+        t = t.assign(kind=[("final" if k == "final" else call_kind(s, max_steps, every, thin)) for s, k in
+                           zip(t["step"], t["kind"])])  # fmt: skip
+        per_kind = t.groupby("kind")["seconds"].agg(["count", "mean", "sum"])
+        rows[name] = per_kind
+        probes[name] = {
+            "seconds": per_kind["mean"].to_dict(),
+            "every_n_steps": every,
+            "log_spaced": node.get("log_spaced", True) if name != "probe_checkpoint" else False,
+            "thin_after": thin,
+            "probe_at_start": bool((t["step"] == 0).any()),
+            "min_step": int(node.get("min_step") or 0),
+        }
+    val_every = int(cfg.trainer.get("val_check_interval") or 0)
+    n_val = max_steps // val_every if val_every else 0
+    step_s = summary["perf/train_seconds"] / max_steps
+    val_s = summary["perf/val_seconds"] / n_val if n_val else 0.0
+    other_s = summary["perf/other_seconds"]
+
+    def predict(steps: int, thin: str | int | None) -> dict:
+        ps = {n: dict(p, thin_after=(p["thin_after"] if thin == "config" else thin)) for n, p in probes.items()}
+        return predict_run_share(ps, steps, step_s, val_s, val_every, other_s)
+
+    return {
+        "run_dir": str(run_dir),
+        "max_steps": max_steps,
+        "per_kind": rows,
+        "setup_seconds": timing[timing["kind"] == "setup"].groupby("probe")["seconds"].sum().to_dict(),
+        "measured": {k: v for k, v in summary.items() if k.startswith("perf/") and ("share" in k or "seconds" in k)},
+        "predicted_own": predict(max_steps, "config"),
+        "predicted_long": {
+            "as configured": predict(long_steps, "config"),
+            f"thin_after={thin_after}": predict(long_steps, thin_after),
+            "no thinning": predict(long_steps, None),
+        },
+        "long_steps": long_steps,
+        "step_seconds": step_s,
+        "val_seconds": val_s,
+        "other_seconds": other_s,
+    }
+
+
+def print_budget(b: dict) -> None:
+    m = b["measured"]
+    print(f"run {b['run_dir']}: {b['max_steps']} steps")
+    print(
+        f"loop {m['perf/loop_seconds']:.1f} s = train {m['perf/train_seconds']:.1f} + probes "
+        f"{m['perf/probe_seconds']:.1f} + val {m['perf/val_seconds']:.1f} + other {m['perf/other_seconds']:.1f} "
+        f"(end {m['perf/end_seconds']:.1f}); other = {100 * m['perf/other_seconds'] / m['perf/loop_seconds']:.2f}% "
+        f"of the loop; train {1e3 * b['step_seconds']:.0f} ms/step, one validation {b['val_seconds']:.2f} s"
+    )  # fmt: skip
+    print(f"{'probe':<17}{'kind':<10}{'calls':>6}{'s/call':>9}{'total s':>9}")
+    for name, t in b["per_kind"].items():
+        for kind, r in t.iterrows():
+            print(f"{name:<17}{kind:<10}{int(r['count']):>6}{r['mean']:>9.3f}{r['sum']:>9.2f}")
+    setup = ", ".join(f"{k} {v:.2f} s" for k, v in b["setup_seconds"].items())
+    print(f"set-up at fit start (outside the loop): {setup}")
+    shares = ", ".join(
+        f"{k.rsplit('/', 1)[1]} {100 * v:.2f}%" for k, v in m.items() if k.startswith("perf/probe_share/")
+    )
+    own = b["predicted_own"]
+    print(f"measured  perf/probe_share {100 * m['perf/probe_share']:.2f}% ({shares})")
+    print(f"predicted for this run ({b['max_steps']} steps) from per-call costs x schedule: {100 * own['share']:.2f}%")
+    for label, p in b["predicted_long"].items():
+        per = ", ".join(f"{k[len('share/') :]} {100 * v:.2f}%" for k, v in p.items() if k.startswith("share/"))
+        print(f"predicted for {b['long_steps']} steps, {label}: {100 * p['share']:.2f}% ({per}; probes "
+              f"{p['probe_seconds']:.0f} s of a {p['loop_seconds']:.0f} s loop)")  # fmt: skip
+
+
+def on_off(steps: int, repeats: int) -> dict:
+    """``steps`` steps of the default experiment with every default probe on, then off, ``repeats`` times alternating
+    in this process (``densitylab.run.train`` on a config composed as the tests compose it); the summary numbers."""
+    from densitylab.config import clear_hydra_config, compose_run_config
+    from densitylab.run import train
+
+    probes_off = [f"callbacks.{p}=null" for p in ("density", "knowledge", "modularity", "memorization")]
+    cache = os.environ.get("DENSITYLAB_CACHE_DIR") or str(REPO / ".cache")  # the default run's data cache
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for mode in ("on", "off"):
+                overrides = [f"trainer.max_steps={steps}", "logger=csv", "trainer.enable_progress_bar=false",
+                             "trainer.enable_model_summary=false", *(probes_off if mode == "off" else [])]  # fmt: skip
+                out = Path(tmp) / f"{mode}{i}"
+                cfg = compose_run_config(overrides, output_dir=out, cache_dir=cache)
+                try:
+                    summary = train(cfg)
+                finally:
+                    clear_hydra_config()
+                runs[mode].append({k: v for k, v in summary.items() if k.startswith("perf/")})
+                print(f"{mode:>3} #{i}: perf/tokens_per_sec {summary['perf/tokens_per_sec']:8.0f}  "
+                      f"perf/wall_tokens_per_sec {summary['perf/wall_tokens_per_sec']:8.0f}  "
+                      f"perf/probe_share {summary['perf/probe_share']:.3f}", flush=True)  # fmt: skip
+    med = {
+        mode: {
+            k: float(np.median([r[k] for r in rs]))
+            for k in ("perf/tokens_per_sec", "perf/wall_tokens_per_sec", "perf/probe_share")
+        }  # fmt: skip
+        for mode, rs in runs.items()
+    }
+    tps = med["on"]["perf/tokens_per_sec"] / med["off"]["perf/tokens_per_sec"]
+    wall = med["on"]["perf/wall_tokens_per_sec"] / med["off"]["perf/wall_tokens_per_sec"]
+    verdict = "within" if abs(tps - 1) <= 0.10 else "NOT within"
+    print(f"median of {repeats}: perf/tokens_per_sec on/off = {tps:.3f} ({verdict}"
+          f" 10%); perf/wall_tokens_per_sec on/off = {wall:.3f} against 1 - probe share = "
+          f"{1 - med['on']['perf/probe_share']:.3f}")  # fmt: skip
+    return {"steps": steps, "repeats": repeats, "runs": runs, "median": med, "tokens_per_sec_ratio": tps,
+            "wall_tokens_per_sec_ratio": wall}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
@@ -543,7 +694,26 @@ def main() -> None:
     ap.add_argument("--only-modularity", action="store_true", help="time the modularity probe's calls (v1, v2) only")
     ap.add_argument("--only-priming", action="store_true", help="time one priming probe call (a cohort) only")
     ap.add_argument("--only-probe-checkpoint", action="store_true", help="time one probe checkpoint write only")
+    ap.add_argument("--budget", metavar="RUN_DIR", help="the probe budget of a finished run folder")
+    ap.add_argument("--long-steps", type=int, default=10_000, help="--budget: predict the share for this many steps")
+    ap.add_argument("--thin-after", type=int, default=2000, help="--budget: also predict with this thin_after")
+    ap.add_argument("--on-off", action="store_true", help="alternate short runs with probes on and off")
+    ap.add_argument("--on-off-steps", type=int, default=60, help="--on-off: optimizer steps per run")
     args = ap.parse_args()
+    if args.budget:
+        if args.long_steps <= 0:
+            sys.exit(f"error: --long-steps {args.long_steps}: expected a positive number of steps")
+        result = budget(Path(args.budget), args.long_steps, args.thin_after)
+        print_budget(result)
+        if args.json:
+            result["per_kind"] = {k: v.reset_index().to_dict("records") for k, v in result["per_kind"].items()}
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
+    if args.on_off:
+        result = on_off(args.on_off_steps, args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     os.environ.setdefault("WANDB_MODE", "offline")
     if not args.no_malloc_tuning:  # as train.py does (malloc_tuning=true): applies to every loop below
         from densitylab.system import tune_malloc

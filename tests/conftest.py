@@ -15,7 +15,6 @@ Config fixtures compose ``conf/`` in-process, as lightning-hydra-template's test
 
 from __future__ import annotations
 
-import copy
 import inspect
 import os
 import shlex
@@ -155,55 +154,28 @@ def shakespeare() -> Path:
 
 
 # ----------------------------------------------------------------------------- composing conf/
-_COMPOSED: dict[tuple[str, ...], object] = {}
-
-
-def _composed(overrides: tuple[str, ...]):
-    """``conf/config.yaml`` composed with ``overrides`` and the Hydra config, once per session (callers
-    get a deep copy; interpolations such as ``${cwd:}`` resolve later, where the copy is read)."""
-    if overrides not in _COMPOSED:
-        from hydra import compose, initialize_config_dir
-
-        import densitylab.config  # noqa: F401  (registers ${cwd:} and ${width_at_budget:...})
-
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            _COMPOSED[overrides] = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    return _COMPOSED[overrides]
-
-
 def compose_conf(
     overrides: Sequence[str] = (), *, output_dir: str | Path, cache_dir: str | Path, return_hydra_config: bool = True
 ):
     """Compose ``conf/config.yaml`` in-process with ``overrides`` (as ``train.py`` would, without running
-    anything), point ``paths.output_dir`` and ``paths.cache_dir`` at the given folders and set
-    ``HydraConfig`` so that ``${hydra:...}`` interpolations resolve. Importing :mod:`densitylab.config`
-    registers the ``${cwd:}`` and ``${width_at_budget:...}`` resolvers the config uses.
+    anything): :func:`densitylab.config.compose_run_config` with this repository's ``conf/``. Call
+    :func:`clear_hydra_config` afterwards (the :func:`compose_config` fixture does)."""
+    from densitylab.config import compose_run_config
 
-    Call :func:`clear_hydra_config` afterwards (the :func:`compose_config` fixture does).
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    cfg = copy.deepcopy(_composed(tuple(overrides)))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.cache_dir = str(cache_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    if not return_hydra_config:
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
+    return compose_run_config(
+        overrides,
+        output_dir=output_dir,
+        cache_dir=cache_dir,
+        return_hydra_config=return_hydra_config,
+        config_dir=CONF_DIR,
+    )
 
 
 def clear_hydra_config() -> None:
-    """Undo :func:`compose_conf`'s global state (``HydraConfig`` and Hydra's global instance)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+    """Undo :func:`compose_conf`'s global state (:func:`densitylab.config.clear_hydra_config`)."""
+    from densitylab.config import clear_hydra_config as clear
 
-    HydraConfig.instance().cfg = None
-    GlobalHydra.instance().clear()
+    clear()
 
 
 @pytest.fixture

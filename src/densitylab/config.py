@@ -1,12 +1,17 @@
-"""Config helpers: turn Hydra's multi-line composition errors into one clear line."""
+"""Config helpers: the OmegaConf resolvers, Hydra's multi-line composition errors as one clear line, and composing
+``conf/`` in-process (:func:`compose_run_config`, for the tests and ``bench/``)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (a source checkout)
 
 
 def register_resolvers() -> None:
@@ -116,3 +121,67 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+_COMPOSED: dict[tuple[str, tuple[str, ...]], object] = {}
+
+
+def _composed(config_dir: Path, overrides: tuple[str, ...]):
+    """``config.yaml`` of ``config_dir`` composed with ``overrides`` and the Hydra config, once per process (callers
+    get a deep copy; interpolations such as ``${cwd:}`` resolve later, where the copy is read)."""
+    key = (str(config_dir), overrides)
+    if key not in _COMPOSED:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            _COMPOSED[key] = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return _COMPOSED[key]
+
+
+def compose_run_config(
+    overrides: Sequence[str] = (),
+    *,
+    output_dir: str | Path,
+    cache_dir: str | Path,
+    return_hydra_config: bool = True,
+    config_dir: str | Path | None = None,
+):
+    """Compose ``conf/config.yaml`` in-process with ``overrides`` as ``train.py`` would (without running anything), as
+    lightning-hydra-template's tests do: ``paths.output_dir`` and ``paths.cache_dir`` point at the given folders and
+    ``HydraConfig`` is set so that ``${hydra:...}`` interpolations resolve (``hydra.runtime.output_dir``, job number
+    0). The composition itself is cached per process. Call :func:`clear_hydra_config` afterwards.
+
+    Args:
+        overrides: Hydra overrides, e.g. ``["experiment=smoke", "trainer.max_steps=20"]``.
+        output_dir: the run folder; cache_dir: the data cache.
+        return_hydra_config: False drops the ``hydra`` node from the returned config (HydraConfig is set either way).
+        config_dir: the config folder (default: the repository's ``conf/``).
+
+    Returns:
+        The composed ``DictConfig`` (a fresh copy).
+    Raises:
+        hydra.errors.HydraException / omegaconf errors: for an override that does not compose.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    cfg = copy.deepcopy(_composed(Path(config_dir or CONF_DIR).resolve(), tuple(overrides)))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(cache_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    if not return_hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def clear_hydra_config() -> None:
+    """Undo :func:`compose_run_config`'s global state (``HydraConfig`` and Hydra's global instance)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()

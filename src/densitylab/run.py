@@ -457,9 +457,12 @@ def _summary(cfg, trainer, lit, dm, val, callbacks, wall_time, train_metrics) ->
     for cb in callbacks:  # probes contribute their final headline numbers, the throughput logger its mean
         if hasattr(cb, "summary_metrics"):
             extra.update(cb.summary_metrics())
+    from densitylab.callbacks.wandb_util import run_identity
+
     return {
         "status": "completed",
         "experiment": cfg.experiment_name,
+        "run_name": run_identity(cfg)["name"],  # the W&B run's name; report legends read it
         "run_dir": str(cfg.paths.output_dir),
         "data": dm.meta.get("corpus"),
         "global_step": int(trainer.global_step),

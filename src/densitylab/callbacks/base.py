@@ -37,8 +37,66 @@ from densitylab.probes.schedule import is_scheduled
 # what a measurement returns: (records for probes/{name}.parquet, scalars to log at this step)
 ProbeResult = tuple[pd.DataFrame, dict[str, float]]
 
+TOKENS_KEY = "train/tokens_seen"  # the x-axis shared by runs of different batch or block size
+TIMING_TABLE = "timing.parquet"  # RUN_DIR/probes/timing.parquet: one row per timed call of every probe
 
-class ProbeCallback(L.Callback):
+
+class TimedCallback:
+    """The seconds a callback spends outside training, for the time accounting of
+    :class:`~densitylab.callbacks.perf.ThroughputLogger` and ``probes/timing.parquet``.
+
+    Attributes:
+        timing_name: the ``probe`` column of ``probes/timing.parquet`` and ``<name>`` of ``perf/probe_share/<name>``.
+        timed_seconds: wall-clock seconds of every timed call of this process so far (this attempt; every process,
+            waits at collectives included). Only grows: the ThroughputLogger takes differences.
+        timing: ``(step, kind, seconds)`` of every recorded call (``kind``: ``call``; ``final`` for the call at the
+            end of training or at ``max_steps``; ``setup`` at step -1), earlier attempts' rows of the run folder
+            included (rank 0).
+    """
+
+    timing_name: str = ""
+    timed_seconds: float = 0.0
+    timing: list[tuple[int, str, float]]
+
+    def add_timing(self, step: int, kind: str, seconds: float, record: bool = True) -> None:
+        """Count ``seconds`` of a call at ``step`` (every process); with ``record``, also a row of the table."""
+        self.timed_seconds += seconds
+        if record:
+            self.timing.append((int(step), kind, float(seconds)))
+
+    def load_timing(self, path: Path | None) -> None:
+        """Read this callback's earlier rows of ``probes/timing.parquet`` (resume); none without the file."""
+        self.timing = []
+        if path is not None and path.is_file():
+            t = pd.read_parquet(path)
+            t = t[t["probe"] == self.timing_name]
+            self.timing = list(zip(t["step"].astype(int), t["kind"].astype(str), t["seconds"].astype(float)))
+
+    def keep_timing_until(self, step: int) -> None:
+        """Drop the rows after ``step`` (the restored step of a resume: those steps are taken again)."""
+        self.timing = [r for r in self.timing if r[0] <= step]
+
+
+def timed_callbacks(trainer: L.Trainer) -> list[TimedCallback]:
+    """The trainer's callbacks that account their seconds (:class:`TimedCallback`) and are on, in hook order."""
+    return [cb for cb in getattr(trainer, "callbacks", []) or [] if isinstance(cb, TimedCallback)
+            and getattr(cb, "enabled", True)]  # fmt: skip
+
+
+def write_timing_table(trainer: L.Trainer, path: Path | None) -> None:
+    """Rewrite ``path`` (``probes/timing.parquet``) atomically with every timed callback's rows: columns ``step``
+    (optimizer steps completed; -1 for the set-up at fit start), ``probe``, ``kind`` (``call`` / ``final`` /
+    ``setup``) and ``seconds`` (wall clock of the whole call: measurement, table write, logging). Rank 0 calls it."""
+    if path is None:
+        return
+    rows = [(s, cb.timing_name, k, sec) for cb in timed_callbacks(trainer) for s, k, sec in cb.timing]
+    table = pd.DataFrame(rows, columns=["step", "probe", "kind", "seconds"]).astype(
+        {"step": "int64", "probe": str, "kind": str, "seconds": "float64"}
+    )
+    write_parquet_atomic(table.sort_values(["step", "probe"], kind="stable", ignore_index=True), path)
+
+
+class ProbeCallback(TimedCallback, L.Callback):
     """Base of the probe callbacks: schedule a measurement, keep and write its records, log them.
 
     **Schedule** (every process takes the same decisions; probes may hold collectives):
@@ -55,11 +113,18 @@ class ProbeCallback(L.Callback):
     **One probe** (:meth:`probe`): :meth:`before_measure` on every process; :meth:`measure` on the
     model of :func:`~densitylab.callbacks.dist.probe_model` (eval mode, uncompiled, on global rank 0
     only; an unsharded copy under FSDP); :meth:`after_measure` on every process (e.g. broadcast a
-    decision from rank 0); then, on rank 0: the records are appended and ``probes/{name}.parquet``
-    is rewritten atomically (all records so far); the scalars plus ``perf/{name}_probe_seconds``
-    (mean wall-clock seconds per probe call, measurement only) go to every logger with
+    decision from rank 0); then, on rank 0: the records, each row with ``train/tokens_seen`` (input tokens
+    trained on so far, all processes: ``LitGPT.tokens_seen``), are appended and ``probes/{name}.parquet``
+    is rewritten atomically (all records so far); the scalars plus ``train/tokens_seen`` and
+    ``perf/{name}_probe_seconds`` (mean wall-clock seconds per probe call) go to every logger with
     ``log_metrics(scalars, step=step)``; :meth:`figures` go to W&B as images (when a W&B logger is
     on) with ``trainer/global_step``.
+
+    **Timing** (:class:`TimedCallback`): the whole call is timed on every process (before/after hooks,
+    measurement, table write, logging, images); rank 0 adds a row to ``probes/timing.parquet`` (step, probe,
+    kind, seconds), and the :class:`~densitylab.callbacks.perf.ThroughputLogger` leaves these seconds out of
+    ``perf/tokens_per_sec``. The fit-start set-up (:meth:`prepare`) is timed as a ``setup`` row at step -1
+    (outside the training loop: not in ``perf/probe_share``).
 
     **Resume**: at fit start rank 0 reads an existing ``probes/{name}.parquet`` of the run folder;
     at train start only its records with ``step <= trainer.global_step`` (the restored step) are
@@ -78,6 +143,8 @@ class ProbeCallback(L.Callback):
         every_n_steps: periodic cadence in optimizer steps (0 = off).
         log_spaced: also probe at log-spaced steps below ``every_n_steps``: True = 1, 2, 4, 8, ...; an
             integer base >= 2, e.g. 4 = 1, 4, 16, 64 (:func:`~densitylab.probes.schedule.is_scheduled`).
+        thin_after: the periodic interval doubles each time the step doubles past this step (None or 0: never;
+            :func:`~densitylab.probes.schedule.periodic_interval`); the final call always runs.
         probe_at_start: probe at step 0, before training.
         every_n_epochs: epoch cadence (None or 0 = off).
         min_steps_between: minimum steps between an epoch-cadence probe and the previous probe.
@@ -85,7 +152,7 @@ class ProbeCallback(L.Callback):
 
     Attributes:
         rows: the records so far (list of DataFrames, each with a ``step`` column).
-        calls, seconds: probe calls so far and their total measurement seconds.
+        calls, seconds: probe calls so far and their total seconds (whole calls; resumed from checkpoints).
         last_step: step of the last probe (-1: none yet).
         last_final: whether that probe was the one at the end of training (``final``; kept in probe checkpoints).
         final_call: True while the probe at the end of training runs (see :meth:`is_last_call`).
@@ -104,6 +171,7 @@ class ProbeCallback(L.Callback):
         every_n_steps: int = 0,
         *,
         log_spaced: bool | int = True,
+        thin_after: int | None = None,
         probe_at_start: bool = True,
         every_n_epochs: int | None = None,
         min_steps_between: int = 0,
@@ -119,6 +187,10 @@ class ProbeCallback(L.Callback):
         self.every_n_steps = every_n_steps
         self.log_spaced = log_spaced
         self.probe_at_start = probe_at_start
+        bad_thin = isinstance(thin_after, bool) or not isinstance(thin_after, int) or thin_after < 0
+        if thin_after is not None and bad_thin:
+            raise ConfigError(f"callbacks.{self.name}.thin_after={thin_after!r}: expected null, 0 or a positive step")
+        self.thin_after = thin_after
         self.every_n_epochs = every_n_epochs
         self.min_steps_between = min_steps_between
         self.needs: dict[str, str | L.Callback | None] = {k: needs.get(k) for k in self.requires}
@@ -130,12 +202,21 @@ class ProbeCallback(L.Callback):
         self.last_step = -1
         self.seconds = 0.0
         self.calls = 0
+        self.timing_name = self.name
+        self.timing = []
+        self.timed_seconds = 0.0
+        self.tokens_seen: int | None = None  # train/tokens_seen of the call in progress (0 at fit start)
 
     # ------------------------------------------------------------------ names
     @property
     def table_path(self) -> Path | None:
         """``output_dir/probes/{name}.parquet``, or None without an output folder."""
         return None if self.output_dir is None else self.output_dir / "probes" / f"{self.name}.parquet"
+
+    @property
+    def timing_path(self) -> Path | None:
+        """``output_dir/probes/timing.parquet`` (every probe's calls), or None without an output folder."""
+        return None if self.output_dir is None else self.output_dir / "probes" / TIMING_TABLE
 
     @property
     def seconds_key(self) -> str:
@@ -215,10 +296,18 @@ class ProbeCallback(L.Callback):
         """Check the dependencies, :meth:`prepare`, then (rank 0) read the earlier records of the run folder."""
         for arg in self.requires:
             self.dependency(arg)
+        t0 = time.perf_counter()
+        self.tokens_seen = 0  # a record made while preparing (modularity's untrained control) has seen no tokens
         self.prepare(trainer, pl_module)
         if self.enabled and trainer.is_global_zero:
             path = self.table_path
             self.rows = [pd.read_parquet(path)] if path is not None and path.is_file() else []
+            self.load_timing(self.timing_path)
+        if self.enabled:
+            self.add_timing(-1, "setup", time.perf_counter() - t0, record=trainer.is_global_zero)
+            if trainer.is_global_zero:
+                write_timing_table(trainer, self.timing_path)
+        self.tokens_seen = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Drop records after the restored step (resume), then probe at step 0 when ``probe_at_start``."""
@@ -226,6 +315,7 @@ class ProbeCallback(L.Callback):
             return
         step = trainer.global_step
         self.rows = [r[r["step"] <= step] for r in self.rows]
+        self.keep_timing_until(step)
         self.last_step = step if step > 0 else -1
         if step == 0 and self.probe_at_start:
             self.probe(trainer, pl_module)
@@ -248,7 +338,7 @@ class ProbeCallback(L.Callback):
     # ------------------------------------------------------------------ schedule
     def is_due(self, step: int) -> bool:
         """True when ``step`` is a scheduled probe step not probed yet (once per step under accumulation)."""
-        return step != self.last_step and is_scheduled(step, self.every_n_steps, self.log_spaced)
+        return step != self.last_step and is_scheduled(step, self.every_n_steps, self.log_spaced, self.thin_after)
 
     def is_due_at_epoch_end(self, epoch: int, step: int) -> bool:
         """True at the end of 0-based ``epoch`` when ``every_n_epochs`` divides ``epoch + 1``, ``step`` was
@@ -266,11 +356,27 @@ class ProbeCallback(L.Callback):
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
         """Measure at ``trainer.global_step`` and record, write and log the result (call on every process).
-        ``self.final_call`` is ``final`` while the call runs."""
+        ``self.final_call`` is ``final`` while the call runs. The whole call is timed (:class:`TimedCallback`)."""
         step = trainer.global_step
+        t0 = time.perf_counter()
+        recorded = False
+        self.tokens_seen = _tokens_seen(pl_module)
+        try:
+            recorded = self._probe(trainer, pl_module, step, final, t0)
+        finally:
+            seconds = time.perf_counter() - t0
+            self.tokens_seen = None
+            last = final or self.is_last_call(trainer, step)  # "final": the call that reads the whole sets
+            self.add_timing(step, "final" if last else "call", seconds, record=recorded)
+            if recorded:
+                self.seconds += seconds
+                self.calls += 1
+                write_timing_table(trainer, self.timing_path)
+
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, final: bool, t0: float) -> bool:
+        """The body of :meth:`probe`; True when a result was recorded (rank 0)."""
         self.before_measure(trainer, pl_module, step)
         self.last_step, self.last_final = step, final
-        t0 = time.perf_counter()
         result = None
         self.final_call = final
         try:
@@ -281,16 +387,20 @@ class ProbeCallback(L.Callback):
             self.final_call = False
         result = self.after_measure(trainer, step, result, final)
         if result is None:
-            return
+            return False
         records, scalars = result
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
         self.add_records(records)
-        self.log_scalars(trainer, step, {**scalars, self.seconds_key: self.mean_seconds})
+        mean = (self.seconds + time.perf_counter() - t0) / (self.calls + 1)  # this call up to its logging included
+        extra = {} if self.tokens_seen is None else {TOKENS_KEY: float(self.tokens_seen)}
+        self.log_scalars(trainer, step, {**scalars, **extra, self.seconds_key: mean})
         self.log_figures(trainer, step, records)
+        return True
 
     def add_records(self, records: pd.DataFrame) -> None:
-        """Append ``records`` and rewrite ``probes/{name}.parquet`` with every record so far (atomically)."""
+        """Append ``records`` and rewrite ``probes/{name}.parquet`` with every record so far (atomically). Inside a
+        call (or at fit start: 0) a ``train/tokens_seen`` column is added when the records have none."""
+        if self.tokens_seen is not None and TOKENS_KEY not in records.columns:
+            records = records.assign(**{TOKENS_KEY: int(self.tokens_seen)})
         self.rows.append(records)
         if self.table_path is not None:
             write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.table_path)
@@ -332,6 +442,12 @@ class ProbeCallback(L.Callback):
         if not self.enabled:
             return {}
         return {**self.final_metrics(), self.seconds_key: self.mean_seconds}
+
+
+def _tokens_seen(pl_module) -> int | None:
+    """``pl_module.tokens_seen`` (input tokens trained on so far, all processes) as an int, or None without it."""
+    value = getattr(pl_module, "tokens_seen", None)
+    return None if value is None else int(value)
 
 
 def _check_type(cb, arg: str, target: L.Callback, ref: str) -> None:

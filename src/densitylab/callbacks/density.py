@@ -75,6 +75,7 @@ class DensityCallback(ProbeCallback):
         every_n_steps: periodic cadence after the log-spaced steps.
         windows_per_set: training windows in ``seen``.
         log_spaced: the log-spaced steps below ``every_n_steps``: 4 = 1, 4, 16, 64 (True = every power of 2).
+        thin_after: the periodic interval doubles each time the step doubles past it (None or 0: never).
         control_rows: rows of each control set (``shuffled``, ``random``, ``random_seen``).
         batch_size: rows per forward pass.
         seed: seed of the control sets' draws.
@@ -108,6 +109,7 @@ class DensityCallback(ProbeCallback):
         batch_size: int = 32,
         *,
         log_spaced: bool | int = 4,
+        thin_after: int | None = 2000,
         control_rows: int = 8,
         seed: int,
         ledger: str | LedgerCallback | None = "ledger",
@@ -122,7 +124,7 @@ class DensityCallback(ProbeCallback):
         if windows_only and ledger is None:  # the windows-only mode without a ledger: this instance requires none
             self.requires = {}
         needs = {"ledger": ledger} if "ledger" in self.requires else None
-        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs=needs)
+        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, thin_after=thin_after, needs=needs)
         for key, v in (
             ("windows_per_set", windows_per_set),
             ("control_rows", control_rows),

@@ -20,6 +20,7 @@ from densitylab.io import write_parquet_atomic
 from densitylab.probes import hallucination as H
 from densitylab.probes import knowledge as K
 from densitylab.probes.panel import PanelSpec, draw_panel
+from densitylab.probes.schedule import periodic_interval
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class KnowledgeCallback(ProbeCallback):
         output_dir: run folder.
         every_n_steps: periodic cadence (0 = none: the log-spaced steps and the last step only).
         log_spaced: log base of the early steps (4 = 1, 4, 16, 64, 256, ...; true = 2; false = none).
+        thin_after: the periodic interval doubles each time the step doubles past it (None or 0: never).
         min_step: log-spaced steps below it are skipped (recall is at chance before ~16 steps).
         ledger: the LedgerCallback whose exposure and co-mention counts are read.
         panel: None = the DensityCallback's panel, else :class:`~densitylab.probes.panel.PanelSpec` fields
@@ -96,6 +98,7 @@ class KnowledgeCallback(ProbeCallback):
         every_n_steps: int = 0,
         *,
         log_spaced: bool | int = 4,
+        thin_after: int | None = 2000,
         min_step: int = 16,
         ledger: str | LedgerCallback | None = "ledger",
         panel: Mapping | PanelSpec | None = None,
@@ -111,7 +114,9 @@ class KnowledgeCallback(ProbeCallback):
         facts: str | None = None,
         prefix_eos: bool = True,
     ) -> None:
-        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, needs={"ledger": ledger})
+        super().__init__(
+            output_dir, every_n_steps, log_spaced=log_spaced, thin_after=thin_after, needs={"ledger": ledger}
+        )
         where = "callbacks.knowledge"
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
             raise ConfigError(f"{where}.every_n_steps={every_n_steps!r}: expected an integer >= 0")
@@ -184,7 +189,7 @@ class KnowledgeCallback(ProbeCallback):
         """:meth:`ProbeCallback.is_due`, skipping the log-spaced steps below ``min_step`` (step 0 stays)."""
         if not super().is_due(step):
             return False
-        periodic = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        periodic = self.every_n_steps > 0 and step % periodic_interval(step, self.every_n_steps, self.thin_after) == 0
         return step == 0 or periodic or step >= self.min_step
 
     # ------------------------------------------------------------------ set-up

@@ -48,6 +48,7 @@ class MemorizationCallback(ProbeCallback):
         output_dir: run folder.
         every_n_steps: periodic cadence in steps (0 = off).
         log_spaced: probe at steps 1, 2, 4, ... below ``every_n_steps``.
+        thin_after: the periodic interval doubles each time the step doubles past it (None or 0: never).
         every_n_epochs: epoch cadence (None = off).
         min_steps_between: minimum steps between two epoch-cadence calls (small datasets have
             epochs of one step).
@@ -69,6 +70,7 @@ class MemorizationCallback(ProbeCallback):
         output_dir: str | None = None,
         every_n_steps: int = 150,
         log_spaced: bool = True,
+        thin_after: int | None = 2000,
         every_n_epochs: int | None = None,
         min_steps_between: int = 0,
         batch_size: int = 256,
@@ -80,6 +82,7 @@ class MemorizationCallback(ProbeCallback):
             output_dir,
             every_n_steps,
             log_spaced=log_spaced,
+            thin_after=thin_after,
             probe_at_start=True,
             every_n_epochs=every_n_epochs,
             min_steps_between=min_steps_between,

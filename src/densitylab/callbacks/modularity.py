@@ -66,6 +66,7 @@ class ModularityCallback(ProbeCallback):
         output_dir: run folder.
         every_n_steps: periodic cadence.
         log_spaced: also probe at steps 0, 1, 2, 4, ... below ``every_n_steps``.
+        thin_after: the periodic interval doubles each time the step doubles past it (None or 0: never).
         windows: held-out windows probed (v1, and v2's ablations).
         mlp_groups: v1's neuron groups per MLP (None = n_head).
         eps: v1's minimum total effect (nats) for a component to enter the score.
@@ -90,6 +91,7 @@ class ModularityCallback(ProbeCallback):
         output_dir: str | None = None,
         every_n_steps: int = 300,
         log_spaced: bool = False,
+        thin_after: int | None = 2000,
         windows: int = 16,
         mlp_groups: int | None = None,
         eps: float = 1e-3,
@@ -109,7 +111,13 @@ class ModularityCallback(ProbeCallback):
                 f"fit_windows={fit_windows}: expected n_perm >= 0, v2_every_n_steps null or >= 0, fit_windows >= 1"
             )
         v2_on = v2_every_n_steps is not None
-        super().__init__(output_dir, every_n_steps, log_spaced=log_spaced, probe_at_start=bool(log_spaced) or v2_on)
+        super().__init__(
+            output_dir,
+            every_n_steps,
+            log_spaced=log_spaced,
+            thin_after=thin_after,
+            probe_at_start=bool(log_spaced) or v2_on,
+        )
         self.windows, self.mlp_groups, self.eps, self.max_rows, self.seed = windows, mlp_groups, eps, max_rows, seed
         self.v2_every_n_steps, self.fit_windows, self.n_perm = v2_every_n_steps, fit_windows, n_perm
         self.attribution = attribution

@@ -1,4 +1,5 @@
-"""Throughput / MFU logging and a guard that stops on a non-finite loss before a checkpoint."""
+"""Throughput / MFU logging, the time accounting of the training loop, and a guard that stops on a non-finite
+loss before a checkpoint."""
 
 from __future__ import annotations
 
@@ -28,12 +29,27 @@ def _precision_dtype(precision: str) -> torch.dtype:
 
 
 class ThroughputLogger(L.Callback):
-    """Log ``perf/tokens_per_sec`` (input tokens per second, all processes) and, on a GPU whose
-    peak FLOP/s Lightning knows (or with ``peak_flops`` given), ``perf/mfu`` = achieved / peak
-    FLOP/s with FLOPs per token from :meth:`GPT.flops_per_token` (PaLM appendix B).
+    """Throughput without probe time, and the time accounting of the training loop.
 
-    Time spent in validation and other callbacks' ``on_validation_*`` work is excluded. The CUDA
-    stream is synchronised only at logging steps (every ``trainer.log_every_n_steps``), never per step.
+    Logged at every logging step (``trainer.log_every_n_steps``) over the window since the previous one:
+
+    - ``perf/tokens_per_sec``: input tokens trained on (all processes) per second of **training**: the window's wall
+      clock minus the seconds every probe callback recorded in it (:class:`~densitylab.callbacks.base.TimedCallback`:
+      whole probe calls, light probe checkpoints) and minus validation;
+    - ``perf/wall_tokens_per_sec``: the same tokens per second of wall clock, everything included;
+    - ``perf/mfu`` on a GPU whose peak FLOP/s Lightning knows (or with ``peak_flops`` given): achieved / peak FLOP/s
+      of ``perf/tokens_per_sec``, FLOPs per token from :meth:`GPT.flops_per_token` (PaLM appendix B).
+
+    The **loop** runs from this callback's ``on_train_start`` to its ``on_fit_end`` (after every final probe; data
+    preparation, the probes' fit-start set-up, the sanity check and the end-of-run report are outside it). At the end
+    :meth:`summary_metrics` gives ``summary.json`` (this attempt): ``perf/{train,probe,val,other,end,loop}_seconds``
+    with train + probe + val + other = loop (other: the step-0 start-up and the end of fit outside probes and
+    validation; end: its part after the last training step, e.g. the knowledge probe's end-of-run analysis),
+    ``perf/probe_share`` = probe / loop seconds, ``perf/probe_share/<probe>`` per probe, the mean
+    ``perf/tokens_per_sec`` (tokens / train seconds) and ``perf/wall_tokens_per_sec`` (tokens / loop seconds).
+    Put it before the probe callbacks (``conf/callbacks/default.yaml``): its hooks then run first.
+
+    The CUDA stream is synchronised only at logging steps, the last step and the loop's ends, never every step.
 
     Args:
         peak_flops: peak FLOP/s per device; None asks Lightning's table for the device and precision.
@@ -41,63 +57,138 @@ class ThroughputLogger(L.Callback):
 
     def __init__(self, peak_flops: float | None = None) -> None:
         self.peak_flops = peak_flops
-        self._t0: float | None = None
-        self._tokens0 = 0
-        self._paused = 0.0
-        self._pause_start: float | None = None
-        self.total_time = 0.0
-        self.total_tokens = 0
+        self._timed: list = []
+        self._loop0: float | None = None  # on_train_start
+        self._first: float | None = None  # first on_train_batch_start
+        self._mark: float | None = None  # this callback's last on_train_batch_end (before that step's probes)
+        self._end: float | None = None  # on_fit_end
+        self._val = 0.0  # validation seconds inside the loop so far
+        self._val_start: float | None = None
+        self._win: tuple[float, int, float, float] | None = None  # window start: time, tokens, probe s, val s
+        self._tokens = (0, 0)  # tokens_seen at the first batch, at the last batch end
+        self._at_first: tuple[float, float] = (0.0, 0.0)  # (probe s, val s) at the first batch / at the last mark
+        self._at_mark: tuple[float, float] = (0.0, 0.0)
+        self._probe0: dict[str, float] = {}
 
     def _sync(self, pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
+    def _probe_seconds(self) -> float:
+        return sum(cb.timed_seconds for cb in self._timed)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Find the timed callbacks (:func:`~densitylab.callbacks.base.timed_callbacks`)."""
+        from densitylab.callbacks.base import timed_callbacks
+
+        self._timed = timed_callbacks(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.peak_flops is None:
             self.peak_flops = get_available_flops(pl_module.device, _precision_dtype(trainer.precision))
         self._flops_per_token = getattr(pl_module, "flops_per_token", None) or pl_module.model.flops_per_token()
+        self._sync(pl_module)
+        self._timed = [cb for cb in self._timed if getattr(cb, "enabled", True)]  # a probe may turn off in prepare
+        self._probe0 = {cb.timing_name: cb.timed_seconds for cb in self._timed}
+        self._loop0, self._first, self._mark, self._end, self._val = time.perf_counter(), None, None, None, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._t0 is None:
+        if self._first is None and self._loop0 is not None:
             self._sync(pl_module)
-            self._t0, self._tokens0, self._paused = time.perf_counter(), pl_module.tokens_seen, 0.0
+            self._first = self._mark = time.perf_counter()
+            self._at_first = self._at_mark = (self._probe_seconds(), self._val)
+            self._tokens = (pl_module.tokens_seen, pl_module.tokens_seen)
+            self._win = (self._first, pl_module.tokens_seen, *self._at_first)
+
+    def _in_loop_validation(self, trainer) -> bool:
+        return self._loop0 is not None and self._end is None and not trainer.sanity_checking
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.training and self._t0 is not None:
+        if self._in_loop_validation(trainer):  # trainer.training is False here: validating inside fit
             self._sync(pl_module)
-            self._pause_start = time.perf_counter()
+            self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._pause_start is not None:
-            self._paused += time.perf_counter() - self._pause_start
-            self._pause_start = None
+        if self._val_start is not None:
+            self._sync(pl_module)
+            self._val += time.perf_counter() - self._val_start
+            self._val_start = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._t0 is None or (trainer.global_step % trainer.log_every_n_steps):
+        if self._win is None:
             return
-        self._sync(pl_module)
-        elapsed = time.perf_counter() - self._t0 - self._paused
-        tokens = pl_module.tokens_seen - self._tokens0
-        if elapsed <= 0 or tokens <= 0:
+        log_now = trainer.global_step % trainer.log_every_n_steps == 0
+        last = bool(getattr(trainer, "is_last_batch", False)) or trainer.global_step >= (trainer.max_steps or -1) > 0
+        if log_now or last:
+            self._sync(pl_module)
+        now = time.perf_counter()
+        self._mark, self._tokens = now, (self._tokens[0], pl_module.tokens_seen)
+        self._at_mark = (self._probe_seconds(), self._val)
+        if not log_now:
             return
-        self.total_time += elapsed
-        self.total_tokens += tokens
-        tps = tokens / elapsed
-        metrics = {"perf/tokens_per_sec": tps}
+        t0, tokens0, probe0, val0 = self._win
+        wall = now - t0
+        train = wall - (self._at_mark[0] - probe0) - (self._at_mark[1] - val0)
+        tokens = pl_module.tokens_seen - tokens0
+        if wall <= 0 or train <= 0 or tokens <= 0:
+            return
+        tps = tokens / train
+        metrics = {"perf/tokens_per_sec": tps, "perf/wall_tokens_per_sec": tokens / wall}
         if self.peak_flops:
             metrics["perf/mfu"] = tps * self._flops_per_token / (self.peak_flops * trainer.world_size)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-        self._t0, self._tokens0, self._paused = time.perf_counter(), pl_module.tokens_seen, 0.0
+        self._win = (now, pl_module.tokens_seen, *self._at_mark)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Close the loop (after every ``on_train_end``: the final probes)."""
+        if self._loop0 is not None and self._end is None:
+            self._sync(pl_module)
+            self._end = time.perf_counter()
+
+    def accounting(self) -> dict[str, float]:
+        """The loop's seconds (this attempt): ``train``, ``probe``, ``val``, ``other``, ``end``, ``loop`` and the
+        probe seconds per timed callback (``probe/<name>``); up to now while the loop runs. {} before the loop."""
+        if self._loop0 is None:
+            return {}
+        end = self._end if self._end is not None else time.perf_counter()
+        probe, val = self._probe_seconds(), self._val
+        loop = end - self._loop0
+        per = {f"probe/{cb.timing_name}": cb.timed_seconds - self._probe0.get(cb.timing_name, 0.0)
+               for cb in self._timed}  # fmt: skip
+        total_probe = sum(per.values())
+        if self._first is None:  # no training step (e.g. resumed at max_steps)
+            return {"train": 0.0, "probe": total_probe, "val": val, "other": loop - total_probe - val, "end": 0.0,
+                    "loop": loop, **per}  # fmt: skip
+        mark_probe, mark_val = self._at_mark
+        train = (self._mark - self._first) - (mark_probe - self._at_first[0]) - (mark_val - self._at_first[1])
+        tail = (end - self._mark) - (probe - mark_probe) - (val - mark_val)
+        return {"train": train, "probe": total_probe, "val": val, "other": loop - train - total_probe - val,
+                "end": tail, "loop": loop, **per}  # fmt: skip
 
     @property
     def mean_tokens_per_sec(self) -> float:
-        """Mean training throughput over the logged windows (tokens/s), or NaN before any."""
-        return self.total_tokens / self.total_time if self.total_time > 0 else math.nan
+        """Mean training throughput of this attempt: tokens trained / train seconds (tokens/s), NaN before a step."""
+        acc = self.accounting()
+        tokens = self._tokens[1] - self._tokens[0]
+        return tokens / acc["train"] if acc and acc["train"] > 0 and tokens > 0 else math.nan
 
     def summary_metrics(self) -> dict[str, float | None]:
-        """``perf/tokens_per_sec`` for ``summary.json``: :attr:`mean_tokens_per_sec`, None before any window."""
+        """The ``summary.json`` numbers (class docstring); ``perf/tokens_per_sec`` None before any step."""
+        acc = self.accounting()
         tps = self.mean_tokens_per_sec
-        return {"perf/tokens_per_sec": None if math.isnan(tps) else tps}
+        out: dict[str, float | None] = {"perf/tokens_per_sec": None if math.isnan(tps) else tps}
+        if not acc:
+            return out
+        tokens = self._tokens[1] - self._tokens[0]
+        loop = acc["loop"]
+        out["perf/wall_tokens_per_sec"] = tokens / loop if loop > 0 and tokens > 0 else None
+        for key in ("train", "probe", "val", "other", "end", "loop"):
+            out[f"perf/{key}_seconds"] = acc[key]
+        out["perf/probe_share"] = acc["probe"] / loop if loop > 0 else None
+        for key, seconds in acc.items():
+            if key.startswith("probe/"):
+                out[f"perf/probe_share/{key[len('probe/') :]}"] = seconds / loop if loop > 0 else None
+        return out
 
 
 class FiniteLossGuard(L.Callback):

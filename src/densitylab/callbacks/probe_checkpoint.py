@@ -16,10 +16,12 @@ takes it as any checkpoint; it cannot resume training (no optimizer state), so `
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
 
+from densitylab.callbacks.base import TimedCallback, write_timing_table
 from densitylab.errors import ConfigError
 from densitylab.runfolder import CHECKPOINT_KEEP as KEEP
 
@@ -33,7 +35,7 @@ def probe_checkpoint_name(step: int) -> str:
     return f"step{int(step):06d}.ckpt"
 
 
-class ProbeCheckpoint(L.Callback):
+class ProbeCheckpoint(TimedCallback, L.Callback):
     """Write a light checkpoint (no optimizer state) at step 0 and at every step a probe measured the model.
 
     Must come after every :class:`~densitylab.callbacks.base.ProbeCallback` in ``trainer.callbacks`` (it is the
@@ -45,6 +47,9 @@ class ProbeCheckpoint(L.Callback):
         dirpath: the folder of the probe checkpoints (``${paths.output_dir}/checkpoints/probe``).
         keep: ``last`` (None = ``last``, the default: nothing is written, the run keeps Lightning's checkpoints only)
             or ``probe_steps`` (``${checkpoints.keep}`` in the config).
+
+    Its writes are probe cost: timed (:class:`~densitylab.callbacks.base.TimedCallback`, ``probe_checkpoint`` rows
+    of ``probes/timing.parquet``, written beside the probes' tables) and left out of ``perf/tokens_per_sec``.
 
     Attributes:
         saved: the steps written by this process so far (this attempt).
@@ -68,6 +73,8 @@ class ProbeCheckpoint(L.Callback):
         self._last_saved = -1
         self._recorded: set[str] = set()
         self._epoch = 0  # the probes the probe checkpoint of step _last_saved records
+        self.timing_name, self.timing, self.timed_seconds = "probe_checkpoint", [], 0.0
+        self._timing_path: Path | None = None
 
     @property
     def enabled(self) -> bool:
@@ -81,10 +88,15 @@ class ProbeCheckpoint(L.Callback):
         return [cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback) and cb.enabled]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Check that every probe callback comes before this one."""
+        """Check that every probe callback comes before this one; read this callback's earlier timing rows."""
         if not self.enabled:
             return
         from densitylab.callbacks.base import ProbeCallback
+
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback) and cb.timing_path is not None]
+        self._timing_path = probes[0].timing_path if probes else None
+        if trainer.is_global_zero:
+            self.load_timing(self._timing_path)
 
         mine = trainer.callbacks.index(self)
         late = [type(cb).__name__ for cb in trainer.callbacks[mine + 1 :] if isinstance(cb, ProbeCallback)]
@@ -102,6 +114,7 @@ class ProbeCheckpoint(L.Callback):
         if not self.enabled:
             return
         step = trainer.global_step
+        self.keep_timing_until(step)
         if step == 0:
             self._last_saved = -1
             self.save(trainer)
@@ -146,6 +159,15 @@ class ProbeCheckpoint(L.Callback):
         Returns:
             The path written (on every process).
         """
+        t0 = time.perf_counter()
+        try:
+            return self._save(trainer)
+        finally:
+            self.add_timing(trainer.global_step, "call", time.perf_counter() - t0, record=trainer.is_global_zero)
+            if trainer.is_global_zero:
+                write_timing_table(trainer, self._timing_path)
+
+    def _save(self, trainer: L.Trainer) -> Path:
         step = trainer.global_step
         ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=True)  # weights, loops, hparams, hooks
         states = {}
