@@ -581,10 +581,15 @@ def budget(run_dir: Path, long_steps: int, thin_after: int | None) -> dict:
             "probe_at_start": bool((t["step"] == 0).any()),
             "min_step": int(node.get("min_step") or 0),
         }
-    val_every = int(cfg.trainer.get("val_check_interval") or 0)
-    n_val = max_steps // val_every if val_every else 0
+    interval = cfg.trainer.get("val_check_interval") or 0
     step_s = summary["perf/train_seconds"] / max_steps
-    val_s = summary["perf/val_seconds"] / n_val if n_val else 0.0
+    if isinstance(interval, int) or (isinstance(interval, float) and interval > 1 and interval.is_integer()):
+        val_every = int(interval)  # every N optimizer steps
+        n_val = max_steps // val_every if val_every else 0
+        val_s = summary["perf/val_seconds"] / n_val if n_val else 0.0
+    else:  # a fraction of an epoch: validation's seconds per training step, scaled with the run's length
+        val_every = 1 if summary["perf/val_seconds"] > 0 else 0
+        val_s = summary["perf/val_seconds"] / max_steps
     other_s = summary["perf/other_seconds"]
 
     def predict(steps: int, thin: str | int | None) -> dict:

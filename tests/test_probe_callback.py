@@ -121,6 +121,40 @@ def test_resume_keeps_earlier_records_up_to_the_restored_step(tmp_path):
     assert pd.read_parquet(tmp_path / "probes" / "toy.parquet")["step"].tolist() == [0, 1, 2, 4, 8, 9]
 
 
+def test_a_resume_keeps_every_timed_callbacks_earlier_timing_rows(tmp_path):
+    from densitylab.callbacks.probe_checkpoint import ProbeCheckpoint  # noqa: PLC0415
+
+    class Other(WeightNorm):
+        name = "other"
+
+    (tmp_path / "probes").mkdir()
+    names = ("toy", "other", "probe_checkpoint")
+    earlier = pd.DataFrame(  # the first attempt: set-up, then calls at steps 0, 4 and 8 of each callback
+        [(s, n, "setup" if s < 0 else "call", 1.0) for s in (-1, 0, 4, 8) for n in names],
+        columns=["step", "probe", "kind", "seconds"],
+    )
+    path = tmp_path / "probes" / "timing.parquet"
+    earlier.to_parquet(path, index=False)
+    a, b = WeightNorm(output_dir=str(tmp_path), every_n_steps=8), Other(output_dir=str(tmp_path), every_n_steps=8)
+    ckpt = ProbeCheckpoint(dirpath=str(tmp_path / "ckpt"), keep="probe_steps")
+    trainer = fake_trainer(global_step=4, callbacks=[a, b, ckpt])
+    module = SimpleNamespace(model=torch.nn.Linear(3, 2))
+    for cb in (a, b, ckpt):  # hook order; the first one's set-up row is written before the others read theirs
+        cb.on_fit_start(trainer, module)
+    for cb in (a, b, ckpt):
+        cb.on_train_start(trainer, module)  # resumed at step 4: the rows of step 8 are dropped
+    trainer.global_step = 5
+    for cb in (a, b):
+        cb.on_train_end(trainer, module)  # the final probe at step 5
+    rows = pd.read_parquet(path)
+    old = rows[rows["seconds"] == 1.0]
+    assert sorted(map(tuple, old[["step", "probe"]].values)) == sorted((s, n) for s in (-1, 0, 4) for n in names)
+    new = rows[rows["seconds"] != 1.0]
+    assert sorted(map(tuple, new[["step", "probe", "kind"]].values)) == [
+        (-1, "other", "setup"), (-1, "toy", "setup"), (5, "other", "final"), (5, "toy", "final")
+    ]  # fmt: skip
+
+
 def test_timing_key_is_logged_with_the_scalars_and_summarised():
     cb, log = WeightNorm(every_n_steps=4), Capture()
     drive(cb, [1, 2, 3], fake_trainer(loggers=[log]))

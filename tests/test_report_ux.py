@@ -161,6 +161,20 @@ def test_compare_plots_against_the_one_varying_key_seed_being_a_replicate(tmp_pa
     assert "<code>smoke-tiny-s0 [0]</code> (<code>0</code>)" in text and "Final numbers against" in text
 
 
+def test_every_seed_key_is_a_replicate_and_a_data_seed_sweep_plots_against_nothing(tmp_path, figures, capsys):
+    assert all(map(rc.is_replicate_key, ["seed", "data.source.seed", "data.rank_seed", "callbacks.density.seed"]))
+    assert not any(map(rc.is_replicate_key, ["model.net.n_layer", "seeds_per_arm", "data.source.seeded"]))
+    for i in range(3):  # three corpora drawn by data.source.seed, one configuration
+        run = fake_run(tmp_path / "data_seeds" / str(i))
+        cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        cfg["data"] = {"source": {"seed": i}}
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    comparison = rc.compare_runs([tmp_path / "data_seeds"])
+    assert comparison.varying == [] and comparison.replicates == ["data.source.seed"]
+    rc.compare_report([tmp_path / "data_seeds"], tmp_path / "out")
+    assert not (tmp_path / "out" / "compare_by.png").exists()
+
+
 def test_compare_with_several_varying_keys_names_them_and_plots_none_unless_by(tmp_path, figures, capsys):
     fake_run(tmp_path / "m" / "a", seed=0, n_layer=2, lr=1e-3)
     fake_run(tmp_path / "m" / "b", seed=1, n_layer=4, lr=1e-2, activation="gelu")

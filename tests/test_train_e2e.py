@@ -108,7 +108,7 @@ def test_smoke_knowledge_probe_tables_at_every_scheduled_step(smoke_run: Path):
 
     probes = smoke_run / "probes"
     items = pd.read_parquet(probes / "knowledge.parquet")
-    assert list(items.columns) == RECORD_COLUMNS
+    assert list(items.columns) == [*RECORD_COLUMNS, "train/tokens_seen"]  # the x-axis across batch and block sizes
     calls = items.groupby(["step", "scope"]).size().to_dict()
     assert set(calls) == {(0, "core"), (16, "core"), (64, "core"), (80, "core"), (80, "panel")}
     n_core = calls[(0, "core")]  # 32 people x 5 attributes, less items whose prompt names a candidate
@@ -128,7 +128,8 @@ def test_smoke_knowledge_probe_tables_at_every_scheduled_step(smoke_run: Path):
     assert items["known"].between(0, 1).all() and items["p_true"].between(0, 1).all()
     curve = pd.read_parquet(probes / "knowledge_curve.parquet")
     hall = pd.read_parquet(probes / "hallucination.parquet")
-    assert list(curve.columns) == CURVE_COLUMNS and list(hall.columns) == HALLUCINATION_COLUMNS
+    assert list(curve.columns) == [*CURVE_COLUMNS, "train/tokens_seen"]
+    assert list(hall.columns) == [*HALLUCINATION_COLUMNS, "train/tokens_seen"]
     assert set(curve["step"]) == set(hall["step"]) == {0, 16, 64, 80}
     slope = curve[curve["estimand"] == "slope"]
     assert len(slope) == 1 and slope["step"].iloc[0] == 80 and slope["scope"].iloc[0] == "panel"

@@ -101,7 +101,7 @@ def test_summaries_keep_min_and_mean_rules_only_and_strings():
          "precision": "32-true", "memorization/stopped_by": "limit", "perf/other": None, "ok": True, "xs": [1]}
     )  # fmt: skip
     assert out == {
-        **{"val/loss_final": 2.5, "train/loss_final": 2.7, "perf/tokens_per_sec_final": 3000.0, "ok": True},
+        **{"val/loss_final": 2.5, "train/loss_final": 2.7, "perf/tokens_per_sec_run": 3000.0, "ok": True},
         **{"status": "completed", "precision": "32-true", "memorization/stopped_by": "limit"},
     }
 
@@ -121,6 +121,9 @@ def test_a_long_probe_table_is_thinned_by_whole_steps_evenly_over_training(tmp_p
     assert len(kept) <= 100 and n == len(steps) == 3 and steps == [0, 40, 90]  # first, middle, last
     assert (kept.groupby("step").size() == 30).all()  # whole steps
     assert wu.thin_by_step(df, 300)[0] is df
+    one, n = wu.thin_by_step(df, 40)  # room for one step: the last (the end-of-run endpoints), not the first
+    assert n == 1 and set(one["step"]) == {90} and len(one) == 30
+    assert list(wu.thin_by_step(df, 20)[0]["step"].unique()) == [90] and len(wu.thin_by_step(df, 20)[0]) == 20
     (tmp_path / "probes").mkdir()
     df.to_parquet(tmp_path / "probes" / "density.parquet")
     with caplog.at_level(logging.WARNING, logger="densitylab"):
@@ -243,6 +246,19 @@ def test_tensorboard_without_its_package_is_one_config_error(monkeypatch):
     cfg = OmegaConf.create({"logger": {"tensorboard": {"_target_": "lightning.pytorch.loggers.TensorBoardLogger"}}})
     with pytest.raises(ConfigError, match=r"^logger.tensorboard: the tensorboard package is not installed"):
         check_loggers(cfg)
+
+
+def test_tensorboard_without_its_package_is_refused_before_hydra_makes_the_run_folder(monkeypatch, tmp_path):
+    import importlib.util
+
+    from densitylab.preflight import check_launch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if "tensorboard" in n.lower() else real(n, *a))
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    error, _ = check_launch(conf, "config", ["logger=tensorboard", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert error is not None and error.startswith("logger.tensorboard: the tensorboard package is not installed")
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- end to end

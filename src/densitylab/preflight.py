@@ -440,9 +440,8 @@ def check_tokenizer(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None:
     """Every value check of this module on a composed config, before any data is prepared: seed, trainer,
-    model and optimizer, canaries, tokenizer file, priming, ``checkpoints.keep``, and the resume checkpoint ``ckpt``
-    (already resolved by
-    :func:`resolve_checkpoint`).
+    model and optimizer, canaries, tokenizer file, priming, ``checkpoints.keep``, loggers' packages
+    (:func:`check_loggers`) and the resume checkpoint ``ckpt`` (already resolved by :func:`resolve_checkpoint`).
 
     Raises:
         ConfigError: the first problem found, one line.
@@ -456,6 +455,27 @@ def check_config(cfg: DictConfig, ckpt: str | os.PathLike | None = None) -> None
     check_priming(cfg)
     check_keep(cfg)
     check_checkpoint(cfg, ckpt)
+    check_loggers(cfg)
+
+
+def check_loggers(cfg: Any) -> None:
+    """Refuse a logger whose package is missing before anything is built: ``logger=tensorboard`` needs
+    ``tensorboard`` (or ``tensorboardX``).
+
+    Raises:
+        ConfigError: one line naming the logger and the package to install.
+    """
+    import importlib.util
+
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        target = str((lcfg or {}).get("_target_", "")) if lcfg is not None else ""
+        if target.endswith("TensorBoardLogger") and not any(
+            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
+        ):
+            raise ConfigError(
+                f"logger.{name}: the tensorboard package is not installed: expected `pip install tensorboard` "
+                "(or pip install -e '.[tb]'), or another logger (logger=wandb, logger=csv)"
+            )
 
 
 # ----------------------------------------------------------------------------- before @hydra.main

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from densitylab.errors import ConfigError, DensitylabError
 from densitylab.io import write_json_atomic
+from densitylab.preflight import check_loggers  # also run before Hydra makes the run folder (check_config)
 
 log = logging.getLogger("densitylab")
 
@@ -83,26 +84,6 @@ def instantiate(node: Any, name: str, /, **kwargs: Any) -> Any:
         raise ConfigError(f"{key}=???: expected a value (set it on the command line, e.g. {key}=...)") from None
     except OmegaConfBaseException as e:  # a bad interpolation
         raise ConfigError(f"{name}: {_one_line(e)}") from None
-
-
-def check_loggers(cfg: DictConfig) -> None:
-    """Refuse a logger whose package is missing before anything is built: ``logger=tensorboard`` needs
-    ``tensorboard`` (or ``tensorboardX``).
-
-    Raises:
-        ConfigError: one line naming the logger and the package to install.
-    """
-    import importlib.util
-
-    for name, lcfg in (cfg.get("logger") or {}).items():
-        target = str((lcfg or {}).get("_target_", "")) if lcfg is not None else ""
-        if target.endswith("TensorBoardLogger") and not any(
-            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
-        ):
-            raise ConfigError(
-                f"logger.{name}: the tensorboard package is not installed: expected `pip install tensorboard` "
-                "(or pip install -e '.[tb]'), or another logger (logger=wandb, logger=csv)"
-            )
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -384,7 +365,10 @@ def log_wandb_outputs(wandb_logger, output_dir: Path, summary: dict, checkpoint:
             )  # fmt: skip
     except Exception as err:
         log.warning("W&B tables and plots skipped: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
-    wandb_logger.experiment.summary.update(final_summary(summary))
+    try:
+        wandb_logger.experiment.summary.update(final_summary(summary))
+    except Exception as err:
+        log.warning("W&B run summary skipped: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
     if getattr(wandb_logger, "log_artifacts", False):
         try:
             names = log_artifacts(wandb_logger, output_dir, checkpoint)
@@ -521,7 +505,10 @@ def _finish_wandb(err: BaseException | None = None) -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=exit_code_of(err))
+            try:  # W&B failing to close never fails a finished run, nor hides the error a failed one raised
+                wandb.finish(exit_code=exit_code_of(err))
+            except Exception as e:
+                log.warning("W&B run not closed cleanly: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def mark_failed(output_dir: str | Path, message: str) -> None:

@@ -52,11 +52,14 @@ class TimedCallback:
         timing: ``(step, kind, seconds)`` of every recorded call (``kind``: ``call``; ``final`` for the call at the
             end of training or at ``max_steps``; ``setup`` at step -1), earlier attempts' rows of the run folder
             included (rank 0).
+        timing_loaded: True once :meth:`load_timing` read the earlier rows (fit start, rank 0): until then
+            :func:`write_timing_table` keeps this callback's rows of the file as they are.
     """
 
     timing_name: str = ""
     timed_seconds: float = 0.0
     timing: list[tuple[int, str, float]]
+    timing_loaded: bool = False
 
     def add_timing(self, step: int, kind: str, seconds: float, record: bool = True) -> None:
         """Count ``seconds`` of a call at ``step`` (every process); with ``record``, also a row of the table."""
@@ -71,6 +74,7 @@ class TimedCallback:
             t = pd.read_parquet(path)
             t = t[t["probe"] == self.timing_name]
             self.timing = list(zip(t["step"].astype(int), t["kind"].astype(str), t["seconds"].astype(float)))
+        self.timing_loaded = True
 
     def keep_timing_until(self, step: int) -> None:
         """Drop the rows after ``step`` (the restored step of a resume: those steps are taken again)."""
@@ -86,13 +90,23 @@ def timed_callbacks(trainer: L.Trainer) -> list[TimedCallback]:
 def write_timing_table(trainer: L.Trainer, path: Path | None) -> None:
     """Rewrite ``path`` (``probes/timing.parquet``) atomically with every timed callback's rows: columns ``step``
     (optimizer steps completed; -1 for the set-up at fit start), ``probe``, ``kind`` (``call`` / ``final`` /
-    ``setup``) and ``seconds`` (wall clock of the whole call: measurement, table write, logging). Rank 0 calls it."""
+    ``setup``) and ``seconds`` (wall clock of the whole call: measurement, table write, logging). Rank 0 calls it.
+
+    The file's rows of a probe whose callback has not read them yet (:attr:`TimedCallback.timing_loaded`: a
+    resume, at the fit start of a callback earlier in hook order) or that is not on in this attempt are kept as
+    they are, so no callback's write drops another one's earlier rows."""
     if path is None:
         return
-    rows = [(s, cb.timing_name, k, sec) for cb in timed_callbacks(trainer) for s, k, sec in cb.timing]
-    table = pd.DataFrame(rows, columns=["step", "probe", "kind", "seconds"]).astype(
-        {"step": "int64", "probe": str, "kind": str, "seconds": "float64"}
-    )
+    columns = ["step", "probe", "kind", "seconds"]
+    loaded = [cb for cb in timed_callbacks(trainer) if cb.timing_loaded]
+    rows = [(s, cb.timing_name, k, sec) for cb in loaded for s, k, sec in cb.timing]
+    table = pd.DataFrame(rows, columns=columns)
+    if path.is_file():
+        old = pd.read_parquet(path, columns=columns)
+        kept = old[~old["probe"].isin({cb.timing_name for cb in loaded})]
+        if len(kept):
+            table = pd.concat([f for f in (table, kept) if len(f)], ignore_index=True)
+    table = table.astype({"step": "int64", "probe": str, "kind": str, "seconds": "float64"})
     write_parquet_atomic(table.sort_values(["step", "probe"], kind="stable", ignore_index=True), path)
 
 
@@ -154,6 +168,8 @@ class ProbeCallback(TimedCallback, L.Callback):
         rows: the records so far (list of DataFrames, each with a ``step`` column).
         calls, seconds: probe calls so far and their total seconds (whole calls; resumed from checkpoints).
         last_step: step of the last probe (-1: none yet).
+        last_tokens_seen: ``train/tokens_seen`` at the last probe call (None: none yet, or a module without it);
+            the column of tables written after it from its measurement (end-of-run analyses).
         last_final: whether that probe was the one at the end of training (``final``; kept in probe checkpoints).
         final_call: True while the probe at the end of training runs (see :meth:`is_last_call`).
         config_key: this callback's key in ``cfg.callbacks`` (set by :func:`connect_callbacks`).
@@ -206,6 +222,7 @@ class ProbeCallback(TimedCallback, L.Callback):
         self.timing = []
         self.timed_seconds = 0.0
         self.tokens_seen: int | None = None  # train/tokens_seen of the call in progress (0 at fit start)
+        self.last_tokens_seen: int | None = None  # train/tokens_seen of the last call (end-of-run tables)
 
     # ------------------------------------------------------------------ names
     @property
@@ -360,7 +377,7 @@ class ProbeCallback(TimedCallback, L.Callback):
         step = trainer.global_step
         t0 = time.perf_counter()
         recorded = False
-        self.tokens_seen = _tokens_seen(pl_module)
+        self.tokens_seen = self.last_tokens_seen = _tokens_seen(pl_module)
         try:
             recorded = self._probe(trainer, pl_module, step, final, t0)
         finally:
@@ -399,8 +416,7 @@ class ProbeCallback(TimedCallback, L.Callback):
     def add_records(self, records: pd.DataFrame) -> None:
         """Append ``records`` and rewrite ``probes/{name}.parquet`` with every record so far (atomically). Inside a
         call (or at fit start: 0) a ``train/tokens_seen`` column is added when the records have none."""
-        if self.tokens_seen is not None and TOKENS_KEY not in records.columns:
-            records = records.assign(**{TOKENS_KEY: int(self.tokens_seen)})
+        records = with_tokens_seen(records, self.tokens_seen)
         self.rows.append(records)
         if self.table_path is not None:
             write_parquet_atomic(pd.concat(self.rows, ignore_index=True), self.table_path)
@@ -442,6 +458,14 @@ class ProbeCallback(TimedCallback, L.Callback):
         if not self.enabled:
             return {}
         return {**self.final_metrics(), self.seconds_key: self.mean_seconds}
+
+
+def with_tokens_seen(frame: pd.DataFrame, tokens: int | None) -> pd.DataFrame:
+    """``frame`` with a ``train/tokens_seen`` column (int64, input tokens trained on when its rows were measured)
+    appended when it has none; ``frame`` itself when it has one or ``tokens`` is None (a module without the count)."""
+    if tokens is None or TOKENS_KEY in frame.columns:
+        return frame
+    return frame.assign(**{TOKENS_KEY: pd.Series(int(tokens), index=frame.index, dtype="int64")})
 
 
 def _tokens_seen(pl_module) -> int | None:

@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-from densitylab.callbacks.base import ProbeCallback, ProbeResult
+from densitylab.callbacks.base import ProbeCallback, ProbeResult, with_tokens_seen
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.errors import ConfigError
 from densitylab.io import write_parquet_atomic
@@ -20,8 +20,10 @@ from densitylab.probes.panel import PanelSpec
 from densitylab.probes.sets import build_probe_sets, probe_sets_table, window_probe_sets
 
 log = logging.getLogger(__name__)
-# density metrics whose value is a fraction in [0, 1]: their W&B heatmap has the fixed colour scale 0-1
-FRACTION_METRICS = ("active_frac", "active_frac_live", "zero_frac", "hoyer", "top5_energy", "jin_top5_energy")
+# density metrics whose value is a fraction in [0, 1] (eff_rank is divided by d): their W&B heatmap is on the fixed
+# colour scale 0-1
+FRACTION_METRICS = ("active_frac", "active_frac_live", "zero_frac", "hoyer", "top5_energy", "jin_top5_energy",
+                    "eff_rank", "jin_eff_rank")  # fmt: skip
 
 
 def _plan_entities(dm) -> pd.DataFrame | None:
@@ -328,7 +330,7 @@ class DensityCallback(ProbeCallback):
         density records (:meth:`ProbeCallback.add_records`)."""
         units, self._units = self._units, None
         if units is not None:
-            self.unit_rows.append(units)
+            self.unit_rows.append(with_tokens_seen(units, self.tokens_seen))
             if self.units_path is not None:
                 write_parquet_atomic(pd.concat(self.unit_rows, ignore_index=True), self.units_path)
         super().add_records(records)
@@ -357,6 +359,7 @@ class DensityCallback(ProbeCallback):
         positions, self._positions = self._positions, None
         if not (self.enabled and trainer.is_global_zero and self.output_dir is not None) or positions is None:
             return
+        positions = with_tokens_seen(positions, self.last_tokens_seen)  # the last call's positions
         write_parquet_atomic(positions, self.output_dir / "probes" / "density_positions.parquet")
         if not self.regression:
             return
@@ -376,8 +379,8 @@ class DensityCallback(ProbeCallback):
     def figures(self, step: int, records: pd.DataFrame) -> dict:
         """``density/heatmap_by_bin`` (:func:`densitylab.report.density.heatmap_by_bin`). A metric that is a
         fraction (:data:`FRACTION_METRICS`: ``active_frac_live``, ``zero_frac``, ``hoyer`` ...) is drawn on the fixed
-        colour scale 0–1 at every step, so the colours of two steps or two runs compare; a rank metric keeps the
-        automatic scale of its step."""
+        colour scale 0–1 at every step, so the colours of two steps or two runs compare (every per-position metric is;
+        ``eff_rank`` is divided by d); another metric keeps the automatic scale of its step."""
         from densitylab.report.density import heatmap_by_bin
 
         if not (records["estimand"] == "mean").any() or "panel" not in set(records["probe_set"]):

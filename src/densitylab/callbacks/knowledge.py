@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-from densitylab.callbacks.base import ProbeCallback, ProbeResult
+from densitylab.callbacks.base import ProbeCallback, ProbeResult, with_tokens_seen
 from densitylab.callbacks.ledger import LedgerCallback
 from densitylab.errors import ConfigError
 from densitylab.io import write_parquet_atomic
@@ -426,8 +426,8 @@ class KnowledgeCallback(ProbeCallback):
         items (:meth:`ProbeCallback.add_records`)."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            self.curve_rows.append(pending[0])
-            self.halluc_rows.append(pending[1])
+            self.curve_rows.append(with_tokens_seen(pending[0], self.tokens_seen))
+            self.halluc_rows.append(with_tokens_seen(pending[1], self.tokens_seen))
             self._write()
         super().add_records(records)
 
@@ -476,8 +476,8 @@ class KnowledgeCallback(ProbeCallback):
         for df in (slope, boot):
             df.insert(0, "scope", scope)
             df.insert(0, "step", step)
-        self.curve_rows.append(slope[K.CURVE_COLUMNS])
-        self.halluc_rows.append(boot[H.HALLUCINATION_COLUMNS])
+        self.curve_rows.append(with_tokens_seen(slope[K.CURVE_COLUMNS], self.last_tokens_seen))  # the items' call
+        self.halluc_rows.append(with_tokens_seen(boot[H.HALLUCINATION_COLUMNS], self.last_tokens_seen))
         self._write()
         scalars: dict[str, float] = {}
         s = slope.iloc[0]
@@ -522,7 +522,7 @@ class KnowledgeCallback(ProbeCallback):
             min_entities=self.min_entities,
             level=self.level,
         )
-        write_parquet_atomic(table, path)
+        write_parquet_atomic(with_tokens_seen(table, self.last_tokens_seen), path)  # the last call's persons
 
     def figures(self, step: int, records: pd.DataFrame) -> dict:
         """``knowledge/vs_exposure`` (accuracy against exposure at the steps so far) and ``knowledge/auroc``

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from densitylab.callbacks.base import ProbeCallback, ProbeResult
+from densitylab.callbacks.base import ProbeCallback, ProbeResult, with_tokens_seen
 from densitylab.errors import ConfigError
 from densitylab.io import write_parquet_atomic
 from densitylab.model import GPT
@@ -198,9 +198,14 @@ class ModularityCallback(ProbeCallback):
         self._twin = (_weights_hash(twin), v1, v2)
         self.control_seconds = time.perf_counter() - t0
         records, self.control = self._v1_result(v1, -1)
-        self.add_records(records)
-        if v2 is not None:
-            self.control_v2 = self._add_v2(v2, -1)
+        counts = getattr(pl_module, "tokens_seen", None) is not None  # a module that counts its tokens (LitGPT)
+        self.tokens_seen = 0 if counts else None  # the control's records: an untrained model, no tokens seen
+        try:
+            self.add_records(records)
+            if v2 is not None:
+                self.control_v2 = self._add_v2(v2, -1)
+        finally:
+            self.tokens_seen = None
         self.log_figures(trainer, -1, records)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -265,7 +270,7 @@ class ModularityCallback(ProbeCallback):
 
     def _add_v2(self, v2: ModularityV2, step: int) -> dict[str, float]:
         """Append the v2 row, rewrite ``probes/modularity_v2.parquet``; return the logged v2 scalars."""
-        row = v2_record(step, v2)
+        row = with_tokens_seen(v2_record(step, v2), self.tokens_seen)
         self.v2_rows.append(row)
         if self.v2_table_path is not None:
             frames = [r for r in self.v2_rows if len(r)]

@@ -31,7 +31,8 @@ def _precision_dtype(precision: str) -> torch.dtype:
 class ThroughputLogger(L.Callback):
     """Throughput without probe time, and the time accounting of the training loop.
 
-    Logged at every logging step (``trainer.log_every_n_steps``) over the window since the previous one:
+    Logged at every logging step (``trainer.log_every_n_steps``) over the window since the previous one, once per
+    optimizer step (with gradient accumulation, at the micro-batch that took the step; never before the first step):
 
     - ``perf/tokens_per_sec``: input tokens trained on (all processes) per second of **training**: the window's wall
       clock minus the seconds every probe callback recorded in it (:class:`~densitylab.callbacks.base.TimedCallback`:
@@ -69,6 +70,7 @@ class ThroughputLogger(L.Callback):
         self._at_first: tuple[float, float] = (0.0, 0.0)  # (probe s, val s) at the first batch / at the last mark
         self._at_mark: tuple[float, float] = (0.0, 0.0)
         self._probe0: dict[str, float] = {}
+        self._step_seen = 0  # trainer.global_step at the last batch end: a batch that changes it took a step
 
     def _sync(self, pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
@@ -99,6 +101,7 @@ class ThroughputLogger(L.Callback):
             self._at_first = self._at_mark = (self._probe_seconds(), self._val)
             self._tokens = (pl_module.tokens_seen, pl_module.tokens_seen)
             self._win = (self._first, pl_module.tokens_seen, *self._at_first)
+            self._step_seen = trainer.global_step
 
     def _in_loop_validation(self, trainer) -> bool:
         return self._loop0 is not None and self._end is None and not trainer.sanity_checking
@@ -117,7 +120,8 @@ class ThroughputLogger(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._win is None:
             return
-        log_now = trainer.global_step % trainer.log_every_n_steps == 0
+        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        log_now = stepped and trainer.global_step % trainer.log_every_n_steps == 0  # once per optimizer step
         last = bool(getattr(trainer, "is_last_batch", False)) or trainer.global_step >= (trainer.max_steps or -1) > 0
         if log_now or last:
             self._sync(pl_module)

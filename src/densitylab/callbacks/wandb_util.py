@@ -160,13 +160,15 @@ def prepare_wandb_run(
 def final_summary(summary: Mapping[str, Any]) -> dict:
     """The values of ``summary.json`` for the W&B run summary: numbers, booleans and strings (``status``,
     ``precision``, ``device``, ``data``, ``memorization/stopped_by`` ...), None left out; the final ``val/loss``
-    and ``train/loss`` go in as ``*_final`` so that the ``min`` summaries of those metrics stay, and so does
-    ``perf/tokens_per_sec`` (its summary is the mean over the logging windows)."""
+    and ``train/loss`` go in as ``*_final`` so that the ``min`` summaries of those metrics stay, and
+    ``summary.json``'s ``perf/tokens_per_sec`` (the attempt's tokens / training seconds, not a last window) as
+    ``perf/tokens_per_sec_run`` beside the ``mean`` summary over the logging windows."""
+    renamed = {"perf/tokens_per_sec": "perf/tokens_per_sec_run"}
     out = {}
     for k, v in summary.items():
         if not isinstance(v, (bool, int, float, str)):
             continue
-        out[f"{k}_final" if k in SUMMARY_RULES else k] = v
+        out[renamed.get(k, f"{k}_final" if k in SUMMARY_RULES else k)] = v
     return out
 
 
@@ -179,8 +181,9 @@ def thin_by_step(df: pd.DataFrame, max_rows: int) -> tuple[pd.DataFrame, int]:
         df: a probe table with a ``step`` column (one or more rows per step).
         max_rows: the row limit (>= 1).
     Returns:
-        (the kept rows in their original order, the number of distinct steps kept). A table without a ``step``
-        column, or one step longer than ``max_rows``, is cut to its first ``max_rows`` rows.
+        (the kept rows in their original order, the number of distinct steps kept). When only one step fits it is
+        the last (the end-of-run call: the endpoints); a table without a ``step`` column is cut to its first
+        ``max_rows`` rows, and a last step longer than ``max_rows`` to that step's first ``max_rows`` rows.
     """
     if len(df) <= max_rows:
         return df, df["step"].nunique() if "step" in df else 0
@@ -189,7 +192,8 @@ def thin_by_step(df: pd.DataFrame, max_rows: int) -> tuple[pd.DataFrame, int]:
     counts = df.groupby("step", sort=True).size()
     steps = counts.index.to_numpy()
     for k in range(len(steps), 0, -1):
-        pick = steps[np.unique(np.round(np.linspace(0, len(steps) - 1, k)).astype(int))]
+        idx = np.round(np.linspace(0, len(steps) - 1, k)).astype(int) if k > 1 else np.array([len(steps) - 1])
+        pick = steps[np.unique(idx)]
         if counts.loc[pick].sum() <= max_rows:
             return df[df["step"].isin(pick)], len(pick)
     return df[df["step"] == steps[-1]].iloc[:max_rows], 1

@@ -43,6 +43,15 @@ SLOPE_ROLES = ("name_last", "pre_value")
 SLOPE_SUMMARY = "density/name_last/slope_mean_over_layers"
 #: Config keys whose values differ between replicates of one configuration: never "the key that varies".
 REPLICATE_KEYS = ("seed",)
+
+
+def is_replicate_key(key: str) -> bool:
+    """True for a key that only draws another replicate: ``seed``, any ``*.seed`` (``data.source.seed``,
+    ``callbacks.density.seed``) and any ``*_seed`` (``data.rank_seed``)."""
+    last = str(key).rsplit(".", 1)[-1]
+    return key in REPLICATE_KEYS or last == "seed" or last.endswith("_seed")
+
+
 #: Config keys that name a run or where it is written, not how it was trained (left out of the differing keys).
 IDENTITY_PREFIXES = ("paths.", "hydra.", "run_name", "callbacks.model_checkpoint.dirpath", "sweep_dir", "study_name")
 #: The y-axis label (with units) of each final number the ``--by`` plot draws.
@@ -354,14 +363,14 @@ class Comparison:
 
     @property
     def varying(self) -> list[str]:
-        """The config keys that vary across the runs, the replicate keys (:data:`REPLICATE_KEYS`: the seed) left
+        """The config keys that vary across the runs, the replicate keys (:func:`is_replicate_key`: the seeds) left
         out: what the runs were meant to compare."""
-        return [k for k in self.diff.columns if k not in REPLICATE_KEYS]
+        return [k for k in self.diff.columns if not is_replicate_key(k)]
 
     @property
     def replicates(self) -> list[str]:
-        """The replicate keys (:data:`REPLICATE_KEYS`) whose values differ across the runs (``["seed"]`` for seeds)."""
-        return [k for k in self.diff.columns if k in REPLICATE_KEYS]
+        """The replicate keys (:func:`is_replicate_key`) whose values differ across the runs (e.g. ``["seed"]``)."""
+        return [k for k in self.diff.columns if is_replicate_key(k)]
 
 
 def compare_runs(paths: list[str | Path]) -> Comparison:
