@@ -50,8 +50,12 @@ def test_smoke_ledger_token_total_equals_tokens_seen(smoke_run: Path):
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert int(tokens["count"].sum()) == summary["train/tokens_seen"] == 80 * 16 * 64
     m = pd.read_csv(smoke_run / "metrics.csv")
-    last = m.dropna(subset=["ledger/tokens_seen"]).iloc[-1]
-    assert last["ledger/tokens_seen"] == last["train/tokens_seen"]
+    # each (step, metric) once in metrics.csv: train/tokens_seen sits on the first row of its step (a probe's)
+    ledger = m.dropna(subset=["ledger/tokens_seen"]).groupby("step")["ledger/tokens_seen"].last()
+    trained = m.dropna(subset=["train/tokens_seen"]).groupby("step")["train/tokens_seen"].agg(["first", "nunique"])
+    assert (trained["nunique"] == 1).all() and ledger.index.isin(trained.index).all()
+    assert ledger.iloc[-1] == trained.loc[ledger.index[-1], "first"] == 80 * 16 * 64
+    pd.testing.assert_series_equal(ledger, trained.loc[ledger.index, "first"], check_names=False)
     assert (smoke_run / "plots" / "ledger_zipf.png").stat().st_size > 5000
     entities = pd.read_parquet(smoke_run / "ledger" / "entities.parquet")
     people = pd.read_parquet(smoke_run / "ground_truth" / "people.parquet")
