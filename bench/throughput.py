@@ -7,7 +7,8 @@ Data: ``tinyshakespeare.txt`` from the folder named by ``DENSITYLAB_TEXT_DIR`` (
 folder beside the repository) through the real DataModule (byte-level BPE, vocab 4096, capitalized-span
 entities), or a random token stream with ``--data random``. All loops run the same GPT, AdamW (decay on
 >= 2-D params), gradient clipping at 1.0, the same packed-window batches, fp32 on
-CPU (bf16-mixed on CUDA). The Lightning runs use the real ``LitGPT`` with the default callbacks
+CPU (bf16-mixed on CUDA; ``--precision bf16-mixed`` for bf16 autocast on CPU too). The Lightning runs use the
+real ``LitGPT`` with the default callbacks
 (throughput logger, finite-loss guard), the progress bar and the CSV logger, i.e. what ``train.py``
 runs minus checkpoint writes; once without and once with the ``LedgerCallback``. Runs alternate and the
 median of ``--repeats`` is kept. The ledger's own per-step cost (``ExposureLedger.update``) is also timed
@@ -116,6 +117,13 @@ def make_ledger(dm, device):
     return ExposureLedger.from_packed(dm.splits["train"], 4096, len(dm.entity_table), device)
 
 
+def _precision(args, device) -> str:
+    """``--precision`` when given, else bf16-mixed on CUDA and 32-true on CPU."""
+    if getattr(args, "precision", None):
+        return args.precision
+    return "bf16-mixed" if device.type == "cuda" else "32-true"
+
+
 def plain_loop(args, dm, device) -> float:
     """nanoGPT-style loop; returns tokens/s over the timed steps."""
     torch.manual_seed(0)
@@ -129,9 +137,8 @@ def plain_loop(args, dm, device) -> float:
         fused=device.type == "cuda",
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, 10, args.warmup + args.steps, 0.1))
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
+    bf16 = _precision(args, device) == "bf16-mixed"
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     dm.trainer = None  # a previous Lightning run left its trainer here: its global step would skip batches
     t0, timed = None, 0
     for i, batch in enumerate(dm.train_dataloader()):
@@ -183,7 +190,7 @@ def lightning_loop(args, dm, device, ledger: bool) -> float:
         trainer = L.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=1,
-            precision="bf16-mixed" if device.type == "cuda" else "32-true",
+            precision=_precision(args, device),
             max_steps=args.warmup + args.steps,
             gradient_clip_val=1.0,
             log_every_n_steps=10,
@@ -686,6 +693,9 @@ def on_off(steps: int, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="timed steps")
+    ap.add_argument("--precision", choices=["32-true", "bf16-mixed"], default=None,
+                    help="both loops' precision (default: 32-true on CPU, bf16-mixed on CUDA); bf16-mixed on CPU is "
+                    "torch.autocast('cpu', bfloat16), as trainer.precision=bf16-mixed")  # fmt: skip
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--block", type=int, default=128)
@@ -765,6 +775,7 @@ def main() -> None:
         "batch": args.batch,
         "malloc_tuning": not args.no_malloc_tuning,
         "timed_steps": args.steps,
+        "precision": _precision(args, device),
         "data": args.data,
         "tokens_per_sec": best,
         "ratio_lightning_over_plain": best["lightning"] / best["plain"],

@@ -202,3 +202,30 @@ def test_every_group_option_instantiates_its_objects(group, option, compose_conf
         if want is not None and not isinstance(obj, want):
             failures.append(f"{name}: built {type(obj).__name__}, expected a {want.__name__}")
     assert not failures, f"{group}={option}:\n" + "\n".join(failures)
+
+
+def test_bf16_on_a_cpu_without_bf16_falls_back_to_fp32_with_one_line(monkeypatch, caplog):
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from densitylab import run
+
+    def cfg(precision, accelerator="cpu"):
+        c = OmegaConf.create({"trainer": {"precision": precision, "accelerator": accelerator}})
+        OmegaConf.set_struct(c, True)
+        OmegaConf.set_readonly(c, True)  # as Hydra hands it over
+        return c
+
+    assert isinstance(run.cpu_supports_bf16(), bool)  # this machine's answer (oneDNN's check)
+    monkeypatch.setattr(run, "cpu_supports_bf16", lambda: False)
+    c = cfg("bf16-mixed")
+    with caplog.at_level(logging.WARNING, logger="densitylab"):
+        assert run.cpu_precision_fallback(c) == "bf16-mixed"
+    assert c.trainer.precision == "32-true"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("trainer.precision=bf16-mixed: this CPU has no native bf16")
+    assert run.cpu_precision_fallback(cfg("32-true")) is None and run.cpu_precision_fallback(cfg("16-mixed")) is None
+    monkeypatch.setattr(run, "cpu_supports_bf16", lambda: True)
+    c = cfg("bf16-mixed")
+    assert run.cpu_precision_fallback(c) is None and c.trainer.precision == "bf16-mixed"

@@ -346,3 +346,43 @@ def test_a_mistyped_endpoint_setting_names_its_key(compose_config, override, wor
         build_callbacks(cfg)
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+class LogitsDtype(ProbeCallback):
+    """A probe that runs the model and records the logits' dtype and whether autocast was on."""
+
+    name = "dtype"
+
+    def measure(self, trainer, pl_module, model, step):
+        x = torch.zeros(2, 8, dtype=torch.long)
+        row = {"step": step, "dtype": str(model(x).dtype), "autocast": torch.is_autocast_enabled("cpu")}
+        return pd.DataFrame([row]), {}
+
+
+class DtypeLM(TinyLM):
+    """:class:`TinyLM` that keeps the dtype of its training logits."""
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        logits = self.model(x[:, :-1])
+        self.train_dtypes = getattr(self, "train_dtypes", set()) | {str(logits.dtype)}
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, 16), x[:, 1:].reshape(-1))
+
+
+def test_probes_measure_in_fp32_under_bf16_mixed_even_inside_an_autocast_region(tmp_path):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randint(0, 16, (16, 9)))
+    cb = LogitsDtype(output_dir=str(tmp_path), every_n_steps=2, log_spaced=False)
+    trainer = L.Trainer(max_steps=2, precision="bf16-mixed", accelerator="cpu", devices=1, logger=False,
+                        callbacks=[cb], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    module = DtypeLM()
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    assert module.train_dtypes == {"torch.bfloat16"}  # training ran under bf16 autocast
+    table = pd.read_parquet(tmp_path / "probes" / "dtype.parquet")
+    assert table["step"].tolist() == [0, 2] and set(table["dtype"]) == {"torch.float32"} and not table["autocast"].any()
+    # a probe called from inside an autocast region (another strategy's hook) measures in fp32 too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert str(module.model(torch.zeros(2, 8, dtype=torch.long)).dtype) == "torch.bfloat16"
+        cb.probe(trainer, module)
+    assert pd.read_parquet(tmp_path / "probes" / "dtype.parquet")["dtype"].tolist()[-1] == "torch.float32"

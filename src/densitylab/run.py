@@ -194,6 +194,39 @@ def train(cfg: DictConfig) -> dict:
         return _train(cfg, output_dir, ckpt, t_start)
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX), i.e. whether
+    ``trainer.precision=bf16-mixed`` can be faster than fp32 here rather than emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_precision_fallback(cfg: DictConfig) -> str | None:
+    """A bf16 ``trainer.precision`` (``bf16-mixed``, ``bf16-true``) on a CPU without bf16 support
+    (:func:`cpu_supports_bf16`) falls back to ``32-true`` with one warning line naming the value; the config is
+    changed in place, so ``hparams.yaml``, W&B and ``summary.json`` record the precision trained in. Only for
+    ``trainer.accelerator=cpu`` (or ``auto`` without CUDA); a GPU's support is Lightning's to check.
+
+    Returns:
+        The precision that was replaced, or None when nothing changed.
+    """
+    trainer = cfg.get("trainer") or {}
+    precision, accelerator = str(trainer.get("precision", "32-true")), str(trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not (on_cpu and precision.startswith("bf16")) or cpu_supports_bf16():
+        return None
+    log.warning(
+        "trainer.precision=%s: this CPU has no native bf16 (AVX512-BF16 or AMX): training in 32-true instead", precision
+    )
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg), open_dict(cfg):
+        cfg.trainer.precision = "32-true"
+    return precision
+
+
 def _train(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float) -> dict:
     """:func:`train` after the run-folder checks: build, fit, validate, write."""
     from densitylab.preflight import check_checkpoint_vocab
@@ -205,6 +238,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt: str | None, t_start: float) 
         dm.prepare_data()
     dm.setup("fit")  # other local ranks wait for rank 0's cache
     check_checkpoint_vocab(cfg, ckpt, dm.vocab_size)  # the only check that needs the tokenizer
+    cpu_precision_fallback(cfg)  # before the loggers record the config: they record the precision trained in
     loggers = build_loggers(cfg)
     try:
         summary = _fit_and_write(cfg, output_dir, ckpt, t_start, lit, dm, loggers)

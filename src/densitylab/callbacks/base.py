@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import lightning as L
 import pandas as pd
+import torch
 
 from densitylab.callbacks.dist import probe_model
 from densitylab.callbacks.wandb_util import find_wandb_logger
@@ -373,13 +374,15 @@ class ProbeCallback(TimedCallback, L.Callback):
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
         """Measure at ``trainer.global_step`` and record, write and log the result (call on every process).
-        ``self.final_call`` is ``final`` while the call runs. The whole call is timed (:class:`TimedCallback`)."""
+        ``self.final_call`` is ``final`` while the call runs. The whole call is timed (:class:`TimedCallback`).
+        Autocast is off during the call, so under ``trainer.precision=bf16-mixed`` probes measure in fp32."""
         step = trainer.global_step
         t0 = time.perf_counter()
         recorded = False
         self.tokens_seen = self.last_tokens_seen = _tokens_seen(pl_module)
-        try:
-            recorded = self._probe(trainer, pl_module, step, final, t0)
+        try:  # probes measure in the weights' own dtype: fp32 under trainer.precision=bf16-mixed, never autocast
+            with torch.autocast(device_type=pl_module.device.type, enabled=False):
+                recorded = self._probe(trainer, pl_module, step, final, t0)
         finally:
             seconds = time.perf_counter() - t0
             self.tokens_seen = None
