@@ -370,13 +370,13 @@ def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tup
     """Seconds of one modularity probe call (every head and MLP group mean-ablated, every task) on the
     tiny model; returns (seconds, components, tasks)."""
     from densitylab.probes.modularity import ablation_effects
-    from densitylab.probes.sets import build_probe_sets, task_masks
+    from densitylab.probes.sets import draw_windows, task_masks, window_set
 
-    probe = next(s for s in build_probe_sets(dm.splits, dm.vocab_size, windows, 0, dm.eos_id) if s.name == "heldout")
+    held = dm.splits["heldout"]  # as ModularityCallback.prepare draws them
+    probe = window_set("heldout", held, draw_windows(held, windows, np.random.default_rng(0)))
     counts = torch.bincount(dm.splits["train"].tokens, minlength=4096)
-    tasks = task_masks(dm.splits["heldout"], probe, counts)
-    x = probe.input_ids
-    y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1)
+    tasks = task_masks(held, probe, counts)
+    x, y = probe.input_ids, probe.targets
     model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=dm.block_size))).to(device).eval()
     times = []
     for _ in range(repeats):

@@ -381,7 +381,7 @@ class ProbeCallback(TimedCallback, L.Callback):
         recorded = False
         self.tokens_seen = self.last_tokens_seen = _tokens_seen(pl_module)
         try:  # probes measure in the weights' own dtype: fp32 under trainer.precision=bf16-mixed, never autocast
-            with torch.autocast(device_type=pl_module.device.type, enabled=False):
+            with torch.autocast(device_type=getattr(getattr(pl_module, "device", None), "type", "cpu"), enabled=False):
                 recorded = self._probe(trainer, pl_module, step, final, t0)
         finally:
             seconds = time.perf_counter() - t0
