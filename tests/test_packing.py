@@ -481,3 +481,36 @@ def test_make_canaries_full_alphabet_excludes_only_eos():
 def test_make_canaries_bad_values_raise_configerror(overrides, field):
     with pytest.raises(ConfigError, match=field):
         make_canaries(**{**CANARY, **overrides})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_span_mapping_equals_per_document_mapping(seed):
+    """All documents' character spans mapped by one searchsorted equal char_spans_to_tokens document by document,
+    with documents without spans or tokens, repeated offsets (a multi-byte character split over tokens) and rows out
+    of document order."""
+    from densitylab.data.packing import _char_spans_to_token_spans, char_spans_to_tokens
+
+    rng = np.random.default_rng(seed)
+    offsets, rows = [], []
+    for d in range(30):
+        n = int(rng.integers(0, 40))
+        widths = rng.integers(0, 4, size=n)  # width 0: a token sharing its character with the next one
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]]) if n else np.zeros(0, dtype=np.int64)
+        offsets.append(np.stack([starts, starts + np.maximum(widths, 1)], axis=1).astype(np.int64).reshape(-1, 2))
+        length = int(offsets[-1][:, 1].max()) if n else 0
+        for _ in range(int(rng.integers(0, 5)) if length else 0):
+            s = int(rng.integers(0, length))
+            rows.append((d, s, int(rng.integers(s + 1, length + 1)), "name", int(rng.integers(0, 9))))
+    spans = pd.DataFrame(rows, columns=["doc", "start", "end", "kind", "entity"]).sample(frac=1.0, random_state=seed)
+    got = _char_spans_to_token_spans(spans, offsets)
+    want = []
+    for doc, g in spans.groupby("doc", sort=True):
+        t0, t1 = char_spans_to_tokens(offsets[doc], g["start"].to_numpy(), g["end"].to_numpy())
+        want.append(
+            pd.DataFrame(
+                {"doc": doc, "t0": t0, "t1": t1, "kind": g["kind"].to_numpy(), "entity": g["entity"].to_numpy()}
+            )
+        )
+    want = pd.concat(want, ignore_index=True)
+    assert len(got) == len(spans) > 0
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
