@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,8 @@ def generate_corpus(n_bytes: int, seed: int = 0) -> str:
             t = t[0].upper() + t[1:] + (". " if end else ", and ")
             lines.append(t)
             size += len(t) + 1
+            if size >= n_bytes:
+                break
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +85,7 @@ def _bare(path: Path, vocab: int) -> dict:
     encs = tok.encode_batch(docs, add_special_tokens=False)
     ids = [e.ids for e in encs]
     n = sum(map(len, ids))
-    arr = np.fromiter((i for d in ids for i in d), dtype=np.uint16, count=n)
+    arr = np.fromiter(chain.from_iterable(ids), dtype=np.uint16, count=n)
     sec = time.perf_counter() - t
     return {"tokens": int(arr.size), "seconds": sec, "tokens_per_sec": arr.size / sec, "peak_rss_mb": _peak_rss_mb()}
 

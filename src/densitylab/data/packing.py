@@ -83,26 +83,30 @@ class PackedSplit:
         return self.tokens.unfold(0, self.block_size + 1, self.block_size)
 
 
-def tokenize_documents(tok: Tokenizer, texts: list[str], with_offsets: bool | np.ndarray = False):
+def tokenize_documents(
+    tok: Tokenizer, texts: list[str], with_offsets: bool = False, offsets_for: np.ndarray | None = None
+):
     """Tokenize documents with ``encode_batch`` (parallel, in Rust).
 
     Args:
-        with_offsets: True for every document's token offsets, or an array of document indices: offsets of those
-            documents only (the others get an empty (0, 2) array; reading offsets costs about a third of the
-            encoding, so documents without spans skip it).
+        with_offsets: return every document's token offsets.
+        offsets_for: document indices (int array): return offsets of those documents only, the others getting an
+            empty (0, 2) array (reading offsets costs about a third of the encoding, so documents without spans
+            skip it). Overrides ``with_offsets``.
     Returns:
-        ``ids`` (list of int lists) and, if ``with_offsets``, per document an (n_tokens, 2) int64
-        array of character offsets ``[start, end)`` of each token in its document.
+        ``ids`` (list of int lists) and, with offsets asked for, per document an (n_tokens, 2) int64
+        array of character offsets ``[start, end)`` of each token in its document (else None).
     """
     encs = tok.encode_batch(texts, add_special_tokens=False)
     ids = [e.ids for e in encs]
-    if with_offsets is False:
-        return ids, None
-    if with_offsets is True:
+    if offsets_for is None:
+        if not with_offsets:
+            return ids, None
         return ids, [np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encs]
     empty = np.zeros((0, 2), dtype=np.int64)
+    empty.flags.writeable = False
     offsets = [empty] * len(encs)
-    for d in np.unique(np.asarray(with_offsets, dtype=np.int64)).tolist():
+    for d in np.unique(np.asarray(offsets_for, dtype=np.int64)).tolist():
         offsets[d] = np.asarray(encs[d].offsets, dtype=np.int64).reshape(-1, 2)
     return ids, offsets
 
@@ -242,8 +246,7 @@ def tokenize_and_pack(
         DataError: see :func:`pack_documents`.
     """
     has_spans = char_spans is not None and len(char_spans) > 0
-    needed = char_spans["doc"].to_numpy() if has_spans else False
-    ids, offsets = tokenize_documents(tok, texts, with_offsets=needed)
+    ids, offsets = tokenize_documents(tok, texts, offsets_for=char_spans["doc"].to_numpy() if has_spans else None)
     token_spans = None
     if has_spans:
         token_spans = _char_spans_to_token_spans(char_spans, offsets)
