@@ -14,7 +14,8 @@ measured in a fresh child process so that its peak RSS is its own:
   canaries, tokenize + pack, artifacts); its tokens/s counts everything after tokenizer training.
 
 Prints tokens, seconds, tokens/s, the ratio preparation / bare, peak RSS of each child and the RSS bound of
-issue 20 (1 GB + 4 × the uint16 token array). Not a test: numbers go into notes and the README.
+issue 20 (1 GB + 4 × the token array, in the smallest dtype that holds the vocabulary). Not a test: numbers go
+into notes and the README.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,7 @@ def _peak_rss_mb() -> float:
 
 
 def _bare(path: Path, vocab: int) -> dict:
+    from densitylab.data.packing import token_dtype
     from densitylab.data.tokenizer import train_bpe
 
     docs = [ln for ln in path.read_text().split("\n") if ln.strip()]
@@ -85,12 +88,22 @@ def _bare(path: Path, vocab: int) -> dict:
     encs = tok.encode_batch(docs, add_special_tokens=False)
     ids = [e.ids for e in encs]
     n = sum(map(len, ids))
-    arr = np.fromiter(chain.from_iterable(ids), dtype=np.uint16, count=n)
+    arr = np.fromiter(chain.from_iterable(ids), dtype=token_dtype(tok.get_vocab_size()), count=n)
     sec = time.perf_counter() - t
-    return {"tokens": int(arr.size), "seconds": sec, "tokens_per_sec": arr.size / sec, "peak_rss_mb": _peak_rss_mb()}
+    tokens = int(arr.size) + len(docs)  # counted as preparation counts them: one <|endoftext|> per document
+    return {
+        "tokens": tokens,
+        "array_bytes": int(arr.nbytes),
+        "seconds": sec,
+        "tokens_per_sec": tokens / sec,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _pipeline(path: Path, vocab: int, cache: Path) -> dict:
+    from contextlib import ExitStack
+    from unittest import mock
+
     from densitylab.data import prepare as prep
     from densitylab.data.entities import CapitalizedEntities
     from densitylab.data.sources import TextSource
@@ -109,17 +122,22 @@ def _pipeline(path: Path, vocab: int, cache: Path) -> dict:
         return wrapper
 
     source, ents, spec = TextSource(str(path), sample_by="line"), CapitalizedEntities(), TrainedBPE(vocab, 2)
-    source.load = timed("read", source.load)
-    object.__setattr__(ents, "extract", timed("entities", ents.extract))
-    object.__setattr__(spec, "build", timed("tokenizer_training", spec.build))
     recipe = prep.DataRecipe(
         source, spec, ents, 128, {"repetitions": [1, 2], "per_group": 4, "length": 64, "alphabet_size": 256}, 0
     )
-    object.__setattr__(recipe, "_pack", timed("tokenize_and_pack", recipe._pack))
-    object.__setattr__(recipe, "_write_artifacts", timed("artifacts", recipe._write_artifacts))
-    t = time.perf_counter()
-    recipe.build(cache / "data" / "bench", cache)
-    total = time.perf_counter() - t
+    patches = [
+        (TextSource, "load", "read"),
+        (CapitalizedEntities, "extract", "entities"),
+        (TrainedBPE, "build", "tokenizer_training"),
+        (prep.DataRecipe, "_pack", "tokenize + pack + write"),
+        (prep.DataRecipe, "_write_artifacts", "artifacts"),
+    ]
+    with ExitStack() as stack:  # the classes' methods, timed (the dataclasses are frozen)
+        for cls, name, stage in patches:
+            stack.enter_context(mock.patch.object(cls, name, timed(stage, getattr(cls, name))))
+        t = time.perf_counter()
+        recipe.build(cache / "data" / "bench", cache)
+        total = time.perf_counter() - t
     meta = json.loads((cache / "data" / "bench" / "meta.json").read_text())
     tokens = sum(s["tokens"] for s in meta["splits"].values())
     after = total - stages.get("tokenizer_training", 0.0)
@@ -144,6 +162,16 @@ def main() -> None:
     ap.add_argument("--child", choices=["bare", "pipeline"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="densitylab-bench-"))
+    if a.child is None and a.workdir is None:
+        try:
+            _run(a, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    _run(a, work)
+
+
+def _run(a: argparse.Namespace, work: Path) -> None:
     corpus = work / f"corpus-{a.mb:g}mb-s{a.seed}.txt"
     if a.child == "bare":
         print(json.dumps(_bare(corpus, a.vocab)))
@@ -171,11 +199,13 @@ def main() -> None:
             "--workdir",
             str(work),
         ]
-        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"bench/data_prep.py: the {child} child failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
         out[child] = json.loads(res.stdout.strip().splitlines()[-1])
     bare, pipe = out["bare"], out["pipeline"]
     out["ratio"] = pipe["tokens_per_sec"] / bare["tokens_per_sec"]
-    out["rss_bound_mb"] = 1024 + 4 * bare["tokens"] * 2 / 2**20
+    out["rss_bound_mb"] = 1024 + 4 * bare["array_bytes"] / 2**20
     print(f"corpus {out['corpus_mb']:.1f} MB, vocab {a.vocab}")
     print(
         f"bare tokenizer: {bare['tokens']:,} tokens in {bare['seconds']:.2f} s = "

@@ -251,7 +251,7 @@ def probe_call_cost(dm, device, repeats: int = 3) -> dict:
     led = ExposureLedger.from_packed(train, dm.vocab_size, n_ent, device)
     w = torch.arange(train.n_windows)
     for s in range(0, len(w), 256):  # one epoch
-        led.update(train.windows()[w[s : s + 256], :-1], w[s : s + 256], 1)
+        led.update(train.gather(w[s : s + 256].numpy())[:, :-1], w[s : s + 256], 1)
     led.sync()
     t0 = time.perf_counter()
     sets, _ = build_probe_sets(dm.splits, dm.vocab_size, eos_id=dm.eos_id, entities=_plan_entities(dm),
@@ -333,7 +333,7 @@ def knowledge_call_cost(dm, device, persons: int = 64, repeats: int = 3) -> dict
     led = ExposureLedger.from_packed(train, dm.vocab_size, len(dm.entity_table), device)
     w = torch.arange(train.n_windows)
     for s in range(0, len(w), 256):  # one epoch
-        led.update(train.windows()[w[s : s + 256], :-1], w[s : s + 256], 1)
+        led.update(train.gather(w[s : s + 256].numpy())[:, :-1], w[s : s + 256], 1)
     led.sync()
     cb = KnowledgeCallback(seed=0)
     cb.tokenizer, cb.prefix = dm.tokenizer, [dm.eos_id]
@@ -374,7 +374,7 @@ def modularity_call_cost(dm, device, windows: int = 32, repeats: int = 2) -> tup
 
     held = dm.splits["heldout"]  # as ModularityCallback.prepare draws them
     probe = window_set("heldout", held, draw_windows(held, windows, np.random.default_rng(0)))
-    counts = torch.bincount(dm.splits["train"].tokens, minlength=4096)
+    counts = torch.from_numpy(dm.splits["train"].token_counts(minlength=4096))
     tasks = task_masks(held, probe, counts)
     x, y = probe.input_ids, probe.targets
     model = GPT(GPTConfig(**dict(MODEL, vocab_size=4096, block_size=dm.block_size))).to(device).eval()

@@ -475,7 +475,7 @@ def _first_windows(dm: DataModule, texts: list[str]) -> np.ndarray:
     """Window of the first token of every training text, found by matching each text's tokens in the packed
     stream (canaries are documents of random tokens spliced in between)."""
     packed = dm.splits["train"]
-    stream, offsets = packed.tokens.numpy(), packed.doc_offsets
+    stream, offsets = packed.tokens, packed.doc_offsets
     out, p = np.zeros(len(texts), dtype=np.int64), 0
     for d, text in enumerate(texts):
         ids = dm.tokenizer.encode(text, add_special_tokens=False).ids
@@ -489,7 +489,7 @@ def _train(led: ExposureLedger, packed: PackedSplit, order: np.ndarray, batch: i
     """Train the windows ``order`` (sample ids) in batches of ``batch``, the last padded with padding windows."""
     sid = torch.full((-(-len(order) // batch) * batch,), -1, dtype=torch.int64)
     sid[: len(order)] = torch.as_tensor(order, dtype=torch.int64)
-    x = packed.windows()[sid.clamp(min=0), :-1].clone()
+    x = packed.gather(sid.clamp(min=0).numpy())[:, :-1].clone()
     x[sid < 0] = eos
     for i in range(0, len(sid), batch):
         led.update(x[i : i + batch], sid[i : i + batch], step)

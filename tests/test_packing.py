@@ -52,10 +52,10 @@ def test_pack_documents_loses_no_token(block_size):
 
     assert packed.n_real == L
     assert packed.block_size == bs
-    assert packed.tokens.dtype == torch.int64
+    assert packed.tokens.dtype == np.uint8  # the smallest dtype that holds ids < 100
     assert packed.tokens[:L].tolist() == flat
-    assert torch.all(packed.tokens[L:] == EOS_ID)
-    assert packed.tokens.numel() == packed.n_windows * bs + 1
+    assert np.all(packed.tokens[L:] == EOS_ID)
+    assert packed.tokens.size == packed.n_windows * bs + 1
     assert packed.n_windows == -(-(L - 1) // bs)  # the fewest windows that cover every target
     # doc_offsets locate every document (ending with its EOS).
     assert packed.doc_offsets[0] == 0 and packed.doc_offsets[-1] == L
@@ -71,9 +71,9 @@ def test_pack_documents_loses_no_token(block_size):
         x, y = packed.window(w)
         assert x.shape == y.shape == (bs,)
         assert x.dtype == y.dtype == torch.int64
-        assert torch.equal(x, windows[w, :-1])
+        assert x.tolist() == windows[w, :-1].tolist()
         real = y != IGNORE_INDEX
-        assert torch.equal(y[real], windows[w, 1:][real])
+        assert torch.equal(y[real], torch.from_numpy(windows[w, 1:].astype(np.int64))[real])
         for j in range(bs):
             pos = w * bs + j
             assert x[j].item() == packed.tokens[pos].item()
@@ -113,7 +113,7 @@ def test_pack_documents_exact_fit_has_no_padding():
     docs = [[1, 2, 3, 4]] * 4 + [[]]
     packed = pack_documents(docs, EOS_ID, 5)
     assert packed.n_real == 21 and packed.n_windows == 4
-    assert packed.tokens.numel() == 21
+    assert packed.tokens.size == 21
     assert all(torch.all(packed.window(w)[1] != IGNORE_INDEX) for w in range(4))
 
 
@@ -135,8 +135,8 @@ def test_packing_is_deterministic():
     docs = random_docs(seed=5)
     a = pack_documents(docs, EOS_ID, 8)
     b = pack_documents([list(d) for d in docs], EOS_ID, 8)
-    assert torch.equal(a.tokens, b.tokens)
-    assert torch.equal(a.windows(), b.windows())
+    assert np.array_equal(a.tokens, b.tokens)
+    assert np.array_equal(a.windows(), b.windows())
     assert np.array_equal(a.doc_offsets, b.doc_offsets)
     for w in range(a.n_windows):
         assert all(torch.equal(u, v) for u, v in zip(a.window(w), b.window(w)))
@@ -212,11 +212,11 @@ def test_getitems_agrees_with_getitem():
         assert torch.equal(batch["input_ids"][row], x)
         assert torch.equal(batch["labels"][row], y)
     # The labels of a batch are a copy: editing them does not corrupt the stream.
-    before = packed.tokens.clone()
+    before = packed.tokens.copy()
     batch["labels"].fill_(7)
     batch["input_ids"].fill_(7)
     batch2 = ds.__getitems__(indices)
-    assert torch.equal(packed.tokens, before)
+    assert np.array_equal(packed.tokens, before)
     assert torch.equal(batch2["labels"][0], packed.window(last)[1])
     # Out-of-range indices are errors, not silent wrap-around.
     with pytest.raises(IndexError):
@@ -345,7 +345,7 @@ def test_tokenize_and_pack_without_spans(span_corpus, span_tok):
     assert len(packed.spans) == 0
     assert tuple(packed.spans.columns) == WINDOW_SPAN_COLUMNS
     with_spans = tokenize_and_pack(span_tok, texts, spans, 8)
-    assert torch.equal(packed.tokens, with_spans.tokens)
+    assert np.array_equal(packed.tokens, with_spans.tokens)
 
 
 def test_extra_docs_are_spliced_and_span_doc_keeps_text_index(span_corpus, span_tok):
@@ -513,4 +513,179 @@ def test_vectorised_span_mapping_equals_per_document_mapping(seed):
         )
     want = pd.concat(want, ignore_index=True)
     assert len(got) == len(spans) > 0
-    pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
+    # every mapped span lies inside its own document (spans past the last token map to the document's end)
+    n_tok = np.array([len(o) for o in offsets])
+    assert (got["t0"].to_numpy() <= n_tok[got["doc"]]).all() and (got["t1"].to_numpy() <= n_tok[got["doc"]]).all()
+
+
+def test_vectorised_span_mapping_edge_cases():
+    """Spans past a document's last token, empty spans, spans in documents without tokens and two span kinds map
+    as char_spans_to_tokens maps them, with the column dtypes packing relies on."""
+    from densitylab.data.packing import _char_spans_to_token_spans, char_spans_to_tokens
+
+    offsets = [np.array([[0, 3], [3, 5]]), np.zeros((0, 2), dtype=np.int64), np.array([[0, 2], [2, 4], [4, 9]])]
+    spans = pd.DataFrame(
+        {
+            "doc": [2, 0, 0, 1, 2, 0],
+            "start": [4, 5, 2, 0, 3, 3],
+            "end": [9, 8, 2, 4, 3, 5],  # past the last token; empty; in a document without tokens
+            "kind": ["name", "name", "birth_city", "name", "birth_city", "name"],
+            "entity": [4, 1, 2, 3, 5, 6],
+        }
+    )
+    got = _char_spans_to_token_spans(spans, offsets)
+    assert got["doc"].tolist() == [0, 0, 0, 1, 2, 2]  # by document, stable within one
+    for col in ("doc", "t0", "t1"):
+        assert got[col].dtype == np.int64
+    for r in got.itertuples():
+        src = spans[(spans["doc"] == r.doc) & (spans["entity"] == r.entity)].iloc[0]
+        t0, t1 = char_spans_to_tokens(offsets[r.doc], np.array([src.start]), np.array([src.end]))
+        assert (r.t0, r.t1, r.kind) == (t0[0], t1[0], src.kind)
+    assert got.loc[got["entity"] == 1, ["t0", "t1"]].values.tolist() == [[2, 2]]  # past the end: at the end
+    assert got.loc[got["entity"] == 3, ["t0", "t1"]].values.tolist() == [[0, 0]]  # no tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunked, file-backed packing: identical to packing the whole split at once
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference_pack(tok, texts, spans, bs, extra=()):
+    """The packing rule written out per document and per token (no arrays): the old pipeline's definition."""
+    eos = tok.token_to_id(EOS)
+    encs = [tok.encode(t, add_special_tokens=False) for t in texts]
+    extra = sorted(extra, key=lambda e: e[0])
+    stream, starts, k = [], {}, 0
+    for i, e in enumerate(encs):
+        while k < len(extra) and extra[k][0] <= i:
+            stream += [*extra[k][1], eos]
+            k += 1
+        starts[i] = len(stream)
+        stream += [*e.ids, eos]
+    for e in extra[k:]:
+        stream += [*e[1], eos]
+    rows = []
+    for r in spans.itertuples():
+        off = np.asarray(encs[r.doc].offsets, dtype=np.int64).reshape(-1, 2)
+        t0, t1 = char_spans_to_tokens(off, np.array([r.start]), np.array([r.end]))
+        p0, p1 = starts[r.doc] + int(t0[0]), starts[r.doc] + int(t1[0])
+        rows.append((p0 // bs, p0 - p0 // bs * bs, p1 - p0 // bs * bs, r.kind, r.entity, r.doc))
+    table = pd.DataFrame(rows, columns=list(WINDOW_SPAN_COLUMNS)).sort_values(
+        ["sample_id", "start"], kind="stable", ignore_index=True
+    )
+    return stream, table
+
+
+def _assert_same_packing(packed, stream, table, bs):
+    L = len(stream)
+    assert packed.n_real == L and packed.block_size == bs
+    assert packed.tokens[:L].tolist() == stream
+    assert packed.n_windows == -(-(L - 1) // bs) and np.all(packed.tokens[L:] == stream[-1])
+    got = packed.spans.astype({"kind": str})
+    pd.testing.assert_frame_equal(got, table.astype({"kind": str}), check_dtype=False)
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 60, 1 << 22])
+def test_chunked_file_packing_equals_the_per_token_reference(span_corpus, span_tok, tmp_path, chunk_chars):
+    texts, spans = span_corpus
+    bs = 8
+    extra = [(5, [301, 302, 303]), (0, [304] * 11), (5, [305]), (len(texts) + 3, [306])]
+    stream, table = _reference_pack(span_tok, texts, spans, bs, extra)
+    packed = tokenize_and_pack(
+        span_tok, texts, spans, bs, extra_docs=extra, path=tmp_path / "train.bin", chunk_chars=chunk_chars
+    )
+    assert isinstance(packed.tokens, np.memmap) and packed.tokens.dtype == np.uint16  # vocab 320
+    assert (tmp_path / "train.bin").stat().st_size == packed.tokens.size * 2
+    _assert_same_packing(packed, stream, table, bs)
+    in_memory = tokenize_and_pack(span_tok, texts, spans, bs, extra_docs=extra)
+    assert np.array_equal(in_memory.tokens, packed.tokens)
+    assert np.array_equal(in_memory.doc_offsets, packed.doc_offsets)
+    pd.testing.assert_frame_equal(in_memory.spans, packed.spans)
+
+
+def test_chunked_packing_equals_reference_on_tinyshakespeare(tmp_path):
+    """A real text (paragraph documents, capitalized-word entities): chunked file-backed packing equals the
+    per-token reference."""
+    from pathlib import Path
+
+    from densitylab.data.corpus import Corpus
+    from densitylab.data.entities import extract_capitalized
+
+    f = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+    if not f.is_file():
+        pytest.skip("../shared/data/tinyshakespeare.txt is not here")
+    texts = [p for p in f.read_text().split("\n\n") if p.strip()][:3000]
+    spans, _ = extract_capitalized(Corpus(texts={"train": texts, "heldout": []}))
+    tok = train_bpe(texts, vocab_size=512)
+    stream, table = _reference_pack(tok, texts, spans["train"], 64)
+    assert len(table) > 1000
+    packed = tokenize_and_pack(tok, texts, spans["train"], 64, path=tmp_path / "t.bin", chunk_chars=20_000)
+    _assert_same_packing(packed, stream, table, 64)
+
+
+def test_file_backed_split_reads_lazily_and_pickles_its_path(span_corpus, span_tok, tmp_path):
+    import pickle
+
+    texts, spans = span_corpus
+    packed = tokenize_and_pack(span_tok, texts, spans, 8, path=tmp_path / "s.bin")
+    blob = pickle.dumps(packed)
+    assert len(blob) < packed.tokens.nbytes / 2 + 20_000  # the path and tables travel, not the tokens
+    back = pickle.loads(blob)
+    assert isinstance(back.tokens, np.memmap) and np.array_equal(back.tokens, packed.tokens)
+    sids = np.array([3, 0, packed.n_windows - 1])
+    g = packed.gather(sids)
+    assert g.dtype == torch.int64 and g.shape == (3, 9)
+    for row, s in zip(g, sids):
+        assert row.tolist() == packed.tokens[s * 8 : s * 8 + 9].tolist()
+    eos = span_tok.token_to_id(EOS)
+    want = np.bincount(np.asarray(packed.tokens[: packed.n_real], dtype=np.int64), minlength=400)
+    assert np.array_equal(packed.token_counts(minlength=400, chunk=7), want)
+    assert packed.token_counts(minlength=400)[eos] == len(texts)
+    assert packed.stream(2, 5).tolist() == packed.tokens[2:5].tolist() and packed.stream().size == packed.n_real
+    with pytest.raises(ValueError):
+        packed.tokens[0] = 1  # read-only map: nothing can corrupt the prepared data
+
+
+def test_token_dtype_is_the_smallest_that_holds_the_vocabulary():
+    from densitylab.data.packing import token_dtype
+
+    assert [token_dtype(v) for v in (1, 256, 257, 65536, 65537)] == [
+        np.uint8,
+        np.uint8,
+        np.uint16,
+        np.uint16,
+        np.uint32,
+    ]
+    with pytest.raises(ValueError):
+        token_dtype(0)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"doc": -1}, {"doc": 25}, {"start": -2}, {"end": -1, "start": 0}, {"start": 5, "end": 4}]
+)
+def test_impossible_char_spans_raise_dataerror(span_corpus, span_tok, bad):
+    texts, spans = span_corpus
+    spans = spans.copy()
+    for k, v in bad.items():
+        spans.loc[spans.index[0], k] = v
+    with pytest.raises(DataError, match="span doc="):
+        tokenize_and_pack(span_tok, texts, spans, 8)
+
+
+def test_sharded_packing_is_independent_of_the_number_of_shards(span_corpus, span_tok, tmp_path):
+    """Shards tokenized by separate processes and joined by the prefix sum of their token counts give the same
+    stream, document offsets, sample ids and spans as one process, canaries included (one at a shard boundary)."""
+    from densitylab.data.packing import shard_bounds
+
+    texts, spans = span_corpus
+    bounds = shard_bounds(len(texts), 3)
+    assert bounds.tolist()[0] == 0 and bounds.tolist()[-1] == len(texts) and len(bounds) == 4
+    extra = [(int(bounds[1]), [301, 302]), (-1, [303]), (len(texts) + 1, [304] * 5), (7, [305])]
+    one = tokenize_and_pack(span_tok, texts, spans, 8, extra_docs=extra, path=tmp_path / "one.bin")
+    three = tokenize_and_pack(span_tok, texts, spans, 8, extra_docs=extra, path=tmp_path / "three.bin", num_proc=3)
+    assert np.array_equal(one.tokens, three.tokens) and np.array_equal(one.doc_offsets, three.doc_offsets)
+    pd.testing.assert_frame_equal(one.spans, three.spans)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.bin", "three.bin"]  # part files removed
+    with pytest.raises(ValueError, match="num_proc"):
+        tokenize_and_pack(span_tok, texts, spans, 8, num_proc=2)

@@ -151,7 +151,7 @@ class ModularityCallback(ProbeCallback):
         # tasks fixed once for the whole run (the control included): text frequency quartiles use the
         # training split's token frequencies, i.e. one epoch's exposures
         train = dm.splits["train"]
-        counts = torch.bincount(train.tokens[: train.n_real], minlength=pl_module.model.config.vocab_size)
+        counts = torch.from_numpy(train.token_counts(minlength=pl_module.model.config.vocab_size))
         self.tasks = task_masks(held, self.probe_set, counts)
         if len(self.tasks) < 2:
             raise RuntimeError(f"the modularity probe needs at least 2 tasks; these windows give {sorted(self.tasks)}")

@@ -83,6 +83,8 @@ class DataModule(L.LightningDataModule):
         max_val_windows: cap on validation windows (evenly spaced over the held-out split), or
             None for all.
         num_workers: DataLoader workers.
+        num_proc: processes that tokenize and pack the splits while preparing data (contiguous shards of documents,
+            joined in order: the prepared data is the same for any value; it is not part of the cache key).
         progress: show progress bars while preparing data.
         cache_dir: folder for the tokenized-data cache (None: ``~/.cache/densitylab``).
         output_dir: run folder (``tokenizer.json``, ``ground_truth/`` and ``data.json`` are copied
@@ -118,6 +120,7 @@ class DataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         output_dir: str | None = None,
         rank_seed: int | None = None,
+        num_proc: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(source, Source):
@@ -140,7 +143,10 @@ class DataModule(L.LightningDataModule):
         self.block_size = _positive_int(block_size, "data.block_size")
         if max_val_windows is not None and (isinstance(max_val_windows, bool) or not isinstance(max_val_windows, int)):
             raise ConfigError(f"data.max_val_windows={max_val_windows!r}: expected an integer or null (all)")
-        self.recipe = DataRecipe(source, tokenizer, entities, self.block_size, check_canary_config(canaries), seed)
+        num_proc = _positive_int(num_proc, "data.num_proc")
+        self.recipe = DataRecipe(
+            source, tokenizer, entities, self.block_size, check_canary_config(canaries), seed, num_proc=num_proc
+        )
         self.source, self.entities, self.seed = source, entities, seed
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "densitylab")

@@ -41,7 +41,6 @@ class WindowDataset(Dataset):
 
     def __init__(self, packed: PackedSplit, pad_to_multiple: int = 1, pad_id: int = 0) -> None:
         self.packed = packed
-        self._windows = packed.windows()
         n = packed.n_windows
         self._len = -(-n // pad_to_multiple) * pad_to_multiple
         self.pad_id = pad_id
@@ -59,8 +58,8 @@ class WindowDataset(Dataset):
             raise IndexError(f"window index outside [0, {self._len})")
         n, bs = self.packed.n_windows, self.packed.block_size
         real = sid < n
-        w = self._windows[sid.clamp(max=n - 1)]
-        x, y = w[:, :-1].clone(), w[:, 1:].clone()
+        w = self.packed.gather(sid.clamp(max=n - 1).numpy())  # reads only these windows from the token map
+        x, y = w[:, :-1], w[:, 1:].clone()
         # target j of window s sits at stream position s*bs + 1 + j; mask padding past n_real
         pos = sid[:, None] * bs + 1 + torch.arange(bs)
         y[pos >= self.packed.n_real] = IGNORE_INDEX

@@ -11,8 +11,10 @@ The tokenizer learns from the training split, or from ``Corpus.tokenizer_texts``
 (the counterbalanced synthetic corpus: one rank-independent biography per person, so every ``rank_seed`` of a
 corpus seed gets the same ``tokenizer.json``).
 
-A prepared folder holds ``meta.json``, ``tokenizer.json``, ``{split}.pt`` (token stream, real length,
-block size, document offsets), ``{split}_spans.parquet`` (window spans), ``entities.parquet`` (when the
+A prepared folder holds ``meta.json`` (per split: real tokens, windows, the stream's dtype and length),
+``tokenizer.json``, ``{split}.bin`` (the padded token stream, raw, in the smallest unsigned dtype that holds the
+vocabulary, read back memory-mapped), ``{split}_doc_offsets.npy`` (document start positions),
+``{split}_spans.parquet`` (window spans), ``entities.parquet`` (when the
 extractor found entities) and ``ground_truth/`` (the source's tables, window co-mentions for the
 synthetic extractor, ``canaries.parquet``).
 """
@@ -31,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
@@ -45,7 +46,7 @@ from densitylab.data.tokenizer import EOS, TokenizerSpec
 log = logging.getLogger(__name__)
 
 #: Version of the prepared-data layout; part of every cache key.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def window_comentions(window_spans: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +91,8 @@ class DataRecipe:
         canaries: checked canary settings (:func:`~densitylab.data.canaries.check_canary_config`);
             empty or without ``repetitions`` = no canaries.
         seed: the data seed (canaries and their positions, unless ``canaries`` sets its own seed).
+        num_proc: processes that tokenize and pack each split (shards joined in order; the same data for any
+            value, so not part of :meth:`cache_key`).
     """
 
     source: Source
@@ -98,6 +101,7 @@ class DataRecipe:
     block_size: int
     canaries: dict
     seed: int
+    num_proc: int = 1
 
     def cache_key(self) -> str:
         """20-hex-digit key of the prepared data (validates the source's input; no heavy work).
@@ -148,7 +152,7 @@ class DataRecipe:
         bar.update()
         tmp = _atomic_dir(final)
         try:
-            packed = self._pack(tok, corpus, extra, tmp, bar)
+            packed = self._pack(tok, corpus, extra, tmp, bar, progress)
             bar.update()
             bar.set_postfix_str("ground truth")
             self._write_artifacts(tmp, tok, corpus, packed, canaries)
@@ -177,10 +181,12 @@ class DataRecipe:
         )
         return canaries, canary_insertions(canaries, n_docs, seed + 1)
 
-    def _pack(self, tok: Tokenizer, corpus: Corpus, extra: list | None, tmp: Path, bar: tqdm) -> dict[str, PackedSplit]:
+    def _pack(
+        self, tok: Tokenizer, corpus: Corpus, extra: list | None, tmp: Path, bar: tqdm, progress: bool = False
+    ) -> dict[str, PackedSplit]:
         packed = {}
         for split in SPLITS:
-            if split not in corpus.texts or not corpus.texts[split]:
+            if split not in corpus.texts or not len(corpus.texts[split]):
                 continue
             bar.set_postfix_str(f"packing {split}")
             packed[split] = tokenize_and_pack(
@@ -190,16 +196,11 @@ class DataRecipe:
                 self.block_size,
                 split,
                 extra_docs=extra if split == "train" else None,
+                path=tmp / f"{split}.bin",
+                progress=progress,
+                num_proc=self.num_proc,
             )
-            torch.save(
-                {
-                    "tokens": packed[split].tokens,
-                    "n_real": packed[split].n_real,
-                    "block_size": self.block_size,
-                    "doc_offsets": torch.from_numpy(packed[split].doc_offsets),
-                },
-                tmp / f"{split}.pt",
-            )
+            np.save(tmp / f"{split}_doc_offsets.npy", packed[split].doc_offsets)
             packed[split].spans.to_parquet(tmp / f"{split}_spans.parquet", index=False)
         return packed
 
@@ -234,7 +235,7 @@ class DataRecipe:
         canaries: pd.DataFrame | None,
     ) -> dict:
         train = packed["train"]
-        counts = torch.bincount(train.tokens[: train.n_real], minlength=tok.get_vocab_size()).double()
+        counts = train.token_counts(minlength=tok.get_vocab_size()).astype(np.float64)
         p = counts[counts > 0] / counts.sum()
         return {
             "corpus": corpus.name,
@@ -248,10 +249,12 @@ class DataRecipe:
                     "tokens": pk.n_real,
                     "windows": pk.n_windows,
                     "characters": corpus.n_chars(s),
+                    "dtype": pk.tokens.dtype.str,
+                    "stream_length": int(pk.tokens.shape[0]),
                 }
                 for s, pk in packed.items()
             },
-            "unigram_entropy_nats": float(-(p * p.log()).sum()),
+            "unigram_entropy_nats": float(-(p * np.log(p)).sum()),
             "canaries": 0 if canaries is None else len(canaries),
             "entities": {
                 "method": self.entities.method,
@@ -302,17 +305,16 @@ def load_prepared(d: Path) -> PreparedData:
     """Read the prepared data in ``d`` (written by :meth:`DataRecipe.build`)."""
     meta = json.loads((d / "meta.json").read_text())
     splits = {}
-    for split in SPLITS:
-        f = d / f"{split}.pt"
-        if f.is_file():
-            s = torch.load(f, weights_only=True)
-            splits[split] = PackedSplit(
-                s["tokens"],
-                int(s["n_real"]),
-                int(s["block_size"]),
-                s["doc_offsets"].numpy(),
-                pd.read_parquet(d / f"{split}_spans.parquet"),
-            )
+    for split, info in meta["splits"].items():
+        splits[split] = PackedSplit.open(
+            d / f"{split}.bin",
+            info["dtype"],
+            info["stream_length"],
+            info["tokens"],
+            meta["block_size"],
+            np.load(d / f"{split}_doc_offsets.npy"),
+            pd.read_parquet(d / f"{split}_spans.parquet"),
+        )
     gt = d / "ground_truth"
     return PreparedData(
         meta=meta,

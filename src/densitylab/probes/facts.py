@@ -257,9 +257,9 @@ def string_windows(packed: PackedSplit, tokenizer, strings: Iterable[str]) -> di
         ValueError: for a string that tokenizes to no token (the empty string).
     """
     bs = int(packed.block_size)
-    stream = _as_numpy(packed.tokens).reshape(-1).astype(np.int64, copy=False)
-    n_windows = (stream.size - 1) // bs
-    x = stream[: n_windows * bs]  # every window's inputs, in order; the last stream position is only a target
+    n_windows = (int(packed.tokens.shape[0]) - 1) // bs
+    # every window's inputs, in order (the last stream position is only a target)
+    x = np.asarray(packed.tokens[: n_windows * bs], dtype=np.int64)
     L = x.size
     small = x.astype(np.int32) if L and 0 <= x.min() and x.max() < 2**31 else x
     order = np.argsort(small, kind="stable")  # positions grouped by token id, ascending within a group

@@ -268,7 +268,7 @@ def pack_documents_into_rows(
         c = 1
         for packed, labels, a, take, _ in docs:
             sl = slice(a, a + take)
-            ids[r, c : c + take] = packed.tokens[sl].numpy()
+            ids[r, c : c + take] = packed.stream(a, a + take)
             role[r, c : c + take] = labels.role[sl]
             person[r, c : c + take] = labels.person[sl]
             subject[r, c : c + take] = labels.subject[sl]

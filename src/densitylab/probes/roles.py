@@ -97,7 +97,7 @@ def canary_documents(packed: PackedSplit, canaries: pd.DataFrame | None) -> np.n
     out = np.zeros(len(offsets) - 1, dtype=bool)
     if canaries is None or not len(canaries):
         return out
-    stream = packed.tokens.numpy()
+    stream = packed.tokens
     known = {tuple(int(t) for t in toks) for toks in canaries["tokens"]}
     lengths = {len(k) + 1 for k in known}  # + the EOS after each document
     doc_len = np.diff(offsets)
@@ -119,7 +119,7 @@ def label_stream(packed: PackedSplit, eos_id: int, canary_docs: np.ndarray | Non
     """
     L, bs = int(packed.n_real), int(packed.block_size)
     offsets = np.asarray(packed.doc_offsets, dtype=np.int64)
-    stream = packed.tokens[:L].numpy()
+    stream = packed.tokens[:L]
     doc = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
     spans = packed.spans
     is_name = (spans["kind"] == "name").to_numpy(dtype=bool)

@@ -224,7 +224,7 @@ def build_probe_sets(
     none = torch.full((n_control,), -1, dtype=torch.int64)
     ids = rng.integers(0, vocab_size - 1, size=(n_control, T))
     sets.append(ProbeSet("random", torch.as_tensor(ids + (ids >= eos_id), dtype=torch.int64), none.clone()))
-    counts = torch.bincount(train.tokens[: train.n_real], minlength=vocab_size).numpy()
+    counts = train.token_counts(minlength=vocab_size)
     counts[eos_id] = 0
     pool = np.flatnonzero(counts > 0)
     sets.append(
