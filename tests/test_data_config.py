@@ -145,8 +145,9 @@ def test_gazetteer_without_a_names_file_fails_at_composition_or_construction(tmp
         (["tokenizer.vocab_size=512", "tokenizer.min_frequency=3"], TrainedBPE(vocab_size=512, min_frequency=3)),
         (["tokenizer=file", "tokenizer.path={tokenizer}"], "file"),
         (["experiment=smoke"], TrainedBPE(vocab_size=512, min_frequency=2)),
+        (["tokenizer.sample_chars=null"], TrainedBPE(vocab_size=4096, min_frequency=2, sample_chars=None)),
     ],
-    ids=["bpe", "bpe-settings", "file", "smoke"],
+    ids=["bpe", "bpe-settings", "file", "smoke", "no-sample-cap"],
 )
 def test_tokenizer_swaps_by_override(overrides, want, files, tmp_path):
     dm = build(*(o.format(**files) for o in overrides), tmp=tmp_path)
@@ -186,6 +187,7 @@ def test_file_tokenizer_prepares_with_the_loaded_tokenizer(files, tmp_path):
     [
         (["tokenizer.vocab_size=100"], "tokenizer.vocab_size=100: expected an integer >= 258"),
         (["tokenizer.min_frequency=-1"], "tokenizer.min_frequency=-1: expected an integer >= 0"),
+        (["tokenizer.sample_chars=-5"], "tokenizer.sample_chars=-5: expected an integer >= 0"),
         (["tokenizer=file", "tokenizer.path=/no/tokenizer.json"], "tokenizer.path='/no/tokenizer.json' does not"),
         (["data.source.n_people=0"], "data.source: n_people must be an integer >= 1, got 0"),
         (["data.source.comentions=[3,1]"], "data.source: comentions must be a"),

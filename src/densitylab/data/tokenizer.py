@@ -13,6 +13,12 @@ The data module takes a **tokenizer spec** (the ``tokenizer`` config group, ``da
 
 Both follow :class:`TokenizerSpec`: ``fingerprint()`` (a JSON-able dict that keys the data cache) and
 ``build(texts, cache_dir)``.
+
+**Training sample** (``tokenizer.sample_chars``, default 10,000,000 characters): when the training documents hold
+more characters than the cap, BPE is trained on every k-th document (documents 0, k, 2k, ...) with
+k = ceil(total characters / sample_chars), so the sample holds about ``sample_chars`` characters and is spread over
+the whole split (see :func:`sample_documents`). At or below the cap, and with ``sample_chars`` null or 0, the whole
+split is used and the tokenizer and its cache key are exactly those of a run without the setting.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import json
 import logging
 import numbers
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -49,8 +55,45 @@ def corpus_fingerprint(texts: Iterable[str], settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def _check_sample_chars(sample_chars: object) -> None:
+    """Raise a one-line ConfigError unless ``sample_chars`` is None or an integer >= 0 (not a bool)."""
+    if sample_chars is not None and (not _is_int(sample_chars) or sample_chars < 0):
+        raise ConfigError(
+            f"tokenizer.sample_chars={sample_chars!r}: expected an integer >= 0 (characters of the training split "
+            "the tokenizer learns from; 0 or null = no cap, the whole split)"
+        )
+
+
+def sample_documents(texts: Sequence[str], sample_chars: int | None) -> tuple[Sequence[str], int, int]:
+    """The documents BPE is trained on: ``texts`` itself, or every k-th document when ``texts`` exceeds the cap.
+
+    Rule (deterministic, no randomness): with ``total`` the number of characters of all documents (one pass over
+    ``texts``) and ``total > sample_chars``, take documents ``0, k, 2k, ...`` with
+    ``k = ceil(total / sample_chars)``. The sample is spread evenly over the whole split (a corpus ordered by
+    topic or source is sampled from every part) and holds about ``total / k <= sample_chars`` characters, exactly
+    so when documents have equal lengths (a document stride, not a character budget: unusually long documents at
+    multiples of k make it larger, a structure that repeats every k documents is sampled at one phase only).
+
+    Args:
+        texts: the training documents: a list or any sequence with ``len()``, integer indexing and iteration.
+        sample_chars: the cap in characters (``len`` of each ``str``, not UTF-8 bytes); None or 0 = no cap.
+    Returns:
+        ``(sample, total_chars, k)``: ``sample`` is ``texts`` itself (the same object) and ``k`` is 1 when there is
+        no cap or ``total_chars <= sample_chars``; otherwise a new list of the ``ceil(len(texts) / k)`` sampled
+        documents.
+    Raises:
+        ConfigError: for a negative, non-integer or bool ``sample_chars``.
+    """
+    _check_sample_chars(sample_chars)
+    total = sum(len(t) for t in texts)
+    if not sample_chars or total <= sample_chars:
+        return texts, total, 1
+    k = -(-total // sample_chars)
+    return [texts[i] for i in range(0, len(texts), k)], total, k
+
+
 def train_bpe(
-    texts: list[str], vocab_size: int = 4096, min_frequency: int = 2, show_progress: bool = False
+    texts: Sequence[str], vocab_size: int = 4096, min_frequency: int = 2, show_progress: bool = False
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer on ``texts``.
 
@@ -134,32 +177,50 @@ def check_tokenizer_file(path: str | os.PathLike) -> None:
 
 
 def get_tokenizer(
-    texts: list[str],
+    texts: Sequence[str],
     vocab_size: int = 4096,
     min_frequency: int = 2,
     path: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     show_progress: bool = False,
+    sample_chars: int | None = None,
 ) -> tuple[Tokenizer, str]:
     """Return ``(tokenizer, fingerprint)``: loaded from ``path``, from the cache, or trained.
 
-    The cache key hashes ``texts`` plus ``vocab_size`` and ``min_frequency``; a cached file is
+    BPE learns from :func:`sample_documents` of ``texts`` (every k-th document when ``texts`` holds more than
+    ``sample_chars`` characters; the whole of ``texts`` for None or 0, the default here). The cache key hashes the
+    documents trained on plus ``vocab_size`` and ``min_frequency`` -- and, only when the cap bites,
+    ``sample_chars`` and k -- so at or below the cap the key is the same as without a cap. A cached file is
     written atomically (temporary file then rename) so concurrent jobs never read half a file.
 
     Raises:
-        ConfigError: see :func:`load_tokenizer` and :func:`train_bpe`.
+        ConfigError: see :func:`load_tokenizer`, :func:`train_bpe` and :func:`sample_documents`.
     """
     if path:
         tok = load_tokenizer(path)
         return tok, "file-" + hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+    sample, total, k = sample_documents(texts, sample_chars)
     settings = {"kind": "byte_bpe", "vocab_size": vocab_size, "min_frequency": min_frequency, "v": 1}
-    key = corpus_fingerprint(texts, settings)
+    if k > 1:  # the cap bites: key the sample rule too (below the cap the key stays as before the setting)
+        settings["sample"] = {"rule": "every k-th document from 0", "sample_chars": sample_chars, "k": k}
+    key = corpus_fingerprint(sample, settings)
     cached = Path(cache_dir) / f"tokenizer-{key}.json" if cache_dir else None
     if cached is not None and cached.is_file():
         log.info("tokenizer: cache hit %s", cached)
         return Tokenizer.from_file(str(cached)), key
-    log.info("tokenizer: training byte-level BPE (vocab %d) on %d documents", vocab_size, len(texts))
-    tok = train_bpe(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
+    if k > 1:
+        log.info(
+            "tokenizer: training on a sample of %d of %d documents, %d of %d characters (one document in %d; "
+            "tokenizer.sample_chars=%d)",
+            len(sample),
+            len(texts),
+            sum(len(t) for t in sample),
+            total,
+            k,
+            sample_chars,
+        )
+    log.info("tokenizer: training byte-level BPE (vocab %d) on %d documents", vocab_size, len(sample))
+    tok = train_bpe(sample, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".tmp{os.getpid()}")
@@ -177,7 +238,7 @@ class TokenizerSpec(Protocol):
         ...
 
     def build(
-        self, texts: list[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
+        self, texts: Sequence[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
     ) -> tuple[Tokenizer, str]:
         """Return ``(tokenizer, key)`` for a corpus whose training documents are ``texts``."""
         ...
@@ -196,13 +257,18 @@ class TrainedBPE:
         vocab_size: target vocabulary size, >= 258 (256 byte symbols + ``<|endoftext|>`` + merges).
             Training may stop below it on a small corpus.
         min_frequency: minimum pair count for a merge, >= 0.
+        sample_chars: cap, in characters, on the text BPE learns from: above it, every k-th document with
+            k = ceil(total characters / sample_chars) (:func:`sample_documents`); None or 0 = no cap, the whole
+            training split. At or below the cap nothing changes (same tokenizer, same tokenizer cache key).
 
     Raises:
-        ConfigError: for a ``vocab_size`` below 258 or a negative / non-integer ``min_frequency``.
+        ConfigError: for a ``vocab_size`` below 258, a negative / non-integer ``min_frequency`` or
+            ``sample_chars``.
     """
 
     vocab_size: int
     min_frequency: int
+    sample_chars: int | None = 10_000_000
 
     def __post_init__(self) -> None:
         if not _is_int(self.vocab_size) or self.vocab_size < 258:
@@ -212,13 +278,20 @@ class TrainedBPE:
             )
         if not _is_int(self.min_frequency) or self.min_frequency < 0:
             raise ConfigError(f"tokenizer.min_frequency={self.min_frequency!r}: expected an integer >= 0")
+        _check_sample_chars(self.sample_chars)
 
     def fingerprint(self) -> dict:
-        """``vocab_size``, ``min_frequency`` and ``path`` (None); the corpus itself is keyed by the source."""
-        return {"vocab_size": self.vocab_size, "min_frequency": self.min_frequency, "path": None}
+        """``vocab_size``, ``min_frequency``, ``sample_chars`` (None for no cap, 0 included) and ``path`` (None);
+        the corpus itself is keyed by the source."""
+        return {
+            "vocab_size": self.vocab_size,
+            "min_frequency": self.min_frequency,
+            "sample_chars": self.sample_chars or None,
+            "path": None,
+        }
 
     def build(
-        self, texts: list[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
+        self, texts: Sequence[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
     ) -> tuple[Tokenizer, str]:
         """Train on ``texts`` (or reuse the copy cached in ``cache_dir``): see :func:`get_tokenizer`."""
         return get_tokenizer(
@@ -227,6 +300,7 @@ class TrainedBPE:
             min_frequency=int(self.min_frequency),
             cache_dir=cache_dir,
             show_progress=show_progress,
+            sample_chars=self.sample_chars,
         )
 
 
@@ -236,8 +310,9 @@ class TokenizerFile:
 
     Attributes:
         path: the ``tokenizer.json`` file (a GPT-2 style tokenizer with ``<|endoftext|>``).
-        vocab_size, min_frequency: not used (the file's vocabulary is); accepted so that an experiment that sets
-            ``tokenizer.vocab_size`` for the trained tokenizer (``experiment=smoke``) composes with ``tokenizer=file``.
+        vocab_size, min_frequency, sample_chars: not used (the file's vocabulary is); accepted so that an
+            experiment that sets ``tokenizer.vocab_size`` (``experiment=smoke``) or another setting of the trained
+            tokenizer composes with ``tokenizer=file``.
 
     Raises:
         ConfigError: if ``path`` is unset, or not a valid tokenizer file (:func:`check_tokenizer_file`).
@@ -246,6 +321,7 @@ class TokenizerFile:
     path: str
     vocab_size: int | None = None
     min_frequency: int | None = None
+    sample_chars: int | None = None
 
     def __post_init__(self) -> None:
         if not self.path or not isinstance(self.path, (str, os.PathLike)):
@@ -261,7 +337,7 @@ class TokenizerFile:
         return {"vocab_size": None, "min_frequency": None, "path": self.path, "stat": stat}
 
     def build(
-        self, texts: list[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
+        self, texts: Sequence[str], cache_dir: str | os.PathLike | None = None, show_progress: bool = False
     ) -> tuple[Tokenizer, str]:
         """Load the file (``texts`` are not used). Raises ConfigError: see :func:`load_tokenizer`."""
         return get_tokenizer(texts, path=str(self.path))
