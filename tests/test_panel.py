@@ -62,6 +62,26 @@ def test_every_position_gets_its_role_subject_and_mentioned_person():
     assert lab.doc_initial[:8].all() and not lab.doc_initial[8:12].any()  # up to the end of the first value
 
 
+def test_labels_of_chosen_positions_equal_the_full_stream_labels():
+    """label_stream(positions=...) (the training split's seen windows) gives each position the labels the full
+    stream gives it, canary and co-mention positions included; take() reads them back by stream position."""
+    packed, canaries = _bio_stream()
+    cd = canary_documents(packed, canaries)
+    full = label_stream(packed, eos_id=0, canary_docs=cd)
+    rng = np.random.default_rng(0)
+    for pos in (np.arange(packed.n_real), np.array([25, 0, 13, 13, 9, 6]), rng.integers(0, packed.n_real, 11)):
+        part = label_stream(packed, eos_id=0, canary_docs=cd, positions=pos)
+        assert part.positions.tolist() == sorted(set(pos.tolist()))
+        for got, want in ((part.take(pos), full.take(pos)), (part, full.take(part.positions))):
+            for f in ("role", "subject", "mentioned", "doc", "doc_initial", "person"):
+                assert np.array_equal(getattr(got, f), getattr(want, f)), f
+    part = label_stream(packed, eos_id=0, positions=np.array([3, 4]))
+    with pytest.raises(KeyError):
+        part.take(np.array([5]))
+    with pytest.raises(ValueError):
+        label_stream(packed, eos_id=0, positions=np.array([packed.n_real]))
+
+
 @pytest.mark.slow
 def test_pre_value_is_exactly_the_position_predicting_each_value_over_the_whole_synthetic_corpus(tmp_path):
     """Every attribute value of every document of the full default corpus (2,200 people, all three splits):

@@ -306,15 +306,16 @@ def windows_rows(packed: PackedSplit, labels: StreamLabels, windows: np.ndarray)
         else torch.zeros(0, bs, dtype=torch.int64)
     )
     ys = torch.stack([packed.window(int(w))[1] for w in windows]) if len(windows) else xs.clone()
-    role = np.where(inside, labels.role[p], ROLE_CODE["eos"]).astype(np.int8)
+    lab = labels.take(p)  # full-stream labels, or the labels of just these windows' positions
+    role = np.where(inside, lab.role, ROLE_CODE["eos"]).astype(np.int8)
     return Rows(
         xs,
         ys,
         role,
-        np.where(inside, labels.person[p], -1),
-        np.where(inside, labels.subject[p], -1),
-        np.where(inside, labels.mentioned[p], -1),
-        np.where(inside, labels.doc_initial[p], False),
+        np.where(inside, lab.person, -1),
+        np.where(inside, lab.subject, -1),
+        np.where(inside, lab.mentioned, -1),
+        np.where(inside, lab.doc_initial, False),
         inside & (role != ROLE_CODE["canary"]),
         [[] for _ in windows],
     )

@@ -190,7 +190,10 @@ def build_probe_sets(
     spec = panel or PanelSpec()
     rng = np.random.default_rng(seed)
     train = splits["train"]
-    labels = {"train": label_stream(train, eos_id, canary_documents(train, canaries))}
+    w = draw_windows(train, n_seen, rng)
+    # the training split is labelled only where the seen windows are (its labels serve nothing else)
+    seen_pos = np.minimum(w[:, None] * train.block_size + np.arange(train.block_size), train.n_real - 1)
+    labels = {"train": label_stream(train, eos_id, canary_documents(train, canaries), positions=seen_pos.ravel())}
     for s in ("heldout", "unfamiliar"):
         if s in splits:
             labels[s] = label_stream(splits[s], eos_id)
@@ -203,7 +206,6 @@ def build_probe_sets(
         probe, table = panel_set(splits, labels, table, eos_id)
         if probe is not None:
             sets.append(probe)
-    w = draw_windows(train, n_seen, rng)
     rows = windows_rows(train, labels["train"], w)
     sets.append(
         ProbeSet(
