@@ -7,7 +7,11 @@ The ``data/source`` config group (``data.source``, built by Hydra from its ``_ta
 - :class:`TextSource` (``data/source=text``): local ``.txt`` / ``.jsonl`` / ``.parquet`` files through
   ``datasets.load_dataset``.
 - :class:`HubSource` (``data/source=hub``): any Hugging Face hub dataset id (needs network), streamed so
-  that only the documents used are downloaded.
+  that only the documents used are downloaded, and written in chunks to an Arrow file in the cache (bounded
+  memory); ``data_files`` streams local files through the same path (``name=json data_files=PATH``, offline).
+
+Local and hub documents come back as :class:`~densitylab.data.corpus.ArrowTexts`: memory-mapped Arrow columns,
+never a whole corpus of Python strings.
 
 Any other class with ``fingerprint()`` and ``load(progress)`` (:class:`Source`) works as well:
 ``data.source._target_=my.module.MySource``. Settings' defaults live in ``conf/data/source/*.yaml``
@@ -21,21 +25,32 @@ it keys the tokenized-data cache.
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
 import math
 import os
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
-from densitylab.data.corpus import Corpus
-from densitylab.errors import ConfigError, DataError, HubUnreachableError
+from densitylab.data.corpus import ArrowTexts, Corpus
+from densitylab.errors import ConfigError, DataError, DensitylabError, HubUnreachableError
 
 log = logging.getLogger(__name__)
 
 #: A ``.txt`` file read with ``sample_by=paragraph`` that is one document of at least this many lines (no blank
 #: line in it: e.g. one verse per line) gets a warning suggesting ``data.source.sample_by=line``.
 SINGLE_DOCUMENT_MIN_LINES = 10
+
+#: Documents a :class:`HubSource` holds in memory at a time while writing its stream to disk.
+HUB_CHUNK_DOCS = 10_000
+
+#: Documents per batch when a ``datasets`` column must be decoded in Python (a ``Json`` column of mixed types).
+DECODE_BATCH_DOCS = 10_000
 
 TEXT_SUFFIXES = {
     ".txt": "text",
@@ -64,10 +79,18 @@ def _heldout_count(n_docs: int, fraction: float) -> int:
     return min(n_docs - 1, max(1, math.ceil(n_docs * fraction)))
 
 
-def split_documents(docs: list[str], heldout_fraction: float) -> tuple[list[str], list[str]]:
+def _blank(d) -> bool:
+    return not isinstance(d, str) or not d or d.isspace()
+
+
+def split_documents(docs: Sequence[str], heldout_fraction: float) -> tuple[Sequence[str], Sequence[str]]:
     """Split documents into (train, heldout): the **last** ``heldout_fraction`` of the documents are
     held out (contiguous, like nanoGPT's tail split, so held-out text never leaks through overlap).
-    A single document is cut at the line break nearest to ``(1 - heldout_fraction)`` of its length.
+    Null, empty and whitespace-only documents are dropped first. A single document is cut at the line
+    break nearest to ``(1 - heldout_fraction)`` of its length (characters).
+
+    ``docs`` is a ``list[str]`` (-> two lists) or an :class:`~densitylab.data.corpus.ArrowTexts` (-> two
+    ``ArrowTexts`` views of it: no copy, no Python strings, except the one document of the single-document cut).
 
     Raises:
         ConfigError: if ``heldout_fraction`` is outside (0, 1).
@@ -75,7 +98,8 @@ def split_documents(docs: list[str], heldout_fraction: float) -> tuple[list[str]
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ConfigError(f"data.source.heldout_fraction={heldout_fraction!r}: expected a value in (0, 1)")
-    docs = [d for d in docs if d and not d.isspace()]
+    arrow = isinstance(docs, ArrowTexts)
+    docs = docs.nonblank() if arrow else [d for d in docs if not _blank(d)]
     if not docs:
         raise DataError("the data holds no text: expected at least one non-empty document")
     if len(docs) == 1:
@@ -83,8 +107,13 @@ def split_documents(docs: list[str], heldout_fraction: float) -> tuple[list[str]
         cut = int(len(text) * (1.0 - heldout_fraction))
         nl = text.rfind("\n", 0, cut)
         cut = nl + 1 if nl > 0 else cut
+        if arrow:
+            return ArrowTexts.from_strings([text[:cut]]), ArrowTexts.from_strings([text[cut:]])
         return [text[:cut]], [text[cut:]]
-    k = _heldout_count(len(docs), heldout_fraction)
+    n = len(docs)
+    k = _heldout_count(n, heldout_fraction)
+    if arrow:
+        return docs.view(0, n - k), docs.view(n - k, n)
     return docs[:-k], docs[-k:]
 
 
@@ -279,7 +308,7 @@ class TextSource:
         files: one path or a list of paths, all of one kind (.txt, .jsonl or .parquet).
         text_field: column holding the text in .jsonl / .parquet files.
         sample_by: for .txt files, what one document is: ``paragraph`` (blocks separated by a blank
-            line; default), ``line`` or ``document`` (the whole file).
+            line; default), ``line`` (blank lines dropped) or ``document`` (the whole file).
         heldout_fraction: fraction of documents held out (the last ones; see :func:`split_documents`).
         cache_dir: ``datasets`` cache folder (None = its default).
     """
@@ -318,10 +347,14 @@ class TextSource:
         }
 
     def load(self, progress: bool = False) -> Corpus:
-        """Read the files and split them into train / heldout documents.
+        """Read the files and split them into train / heldout documents (see :func:`split_documents`).
+
+        The documents are the non-null, non-blank strings of the text column in file order (``sample_by=line``:
+        one per non-blank line), as :class:`~densitylab.data.corpus.ArrowTexts` views of the ``datasets`` cache,
+        memory-mapped: memory does not grow with the corpus as Python strings would.
 
         Raises:
-            DataError: for missing, empty, binary or unreadable files, or a missing ``text_field``.
+            DataError: for missing, empty, binary or unreadable files, a missing ``text_field``, or no text.
             ConfigError: for an unknown ``sample_by``.
         """
         import datasets
@@ -347,30 +380,136 @@ class TextSource:
             raise DataError(
                 f"data.source.text_field={field!r} is not a column of {files}: expected one of {ds.column_names}"
             )
-        docs = [t for t in ds[field] if isinstance(t, str)]
-        if builder == "text" and self.sample_by == "line":
-            docs = [d for d in docs if d.strip()]
-        train, heldout = split_documents(docs, self.heldout_fraction)
+        # the non-null, non-blank strings, in file order, as a view of the memory-mapped datasets cache
+        train, heldout = split_documents(dataset_texts(ds, field), self.heldout_fraction)
         return Corpus(
             texts={"train": train, "heldout": heldout}, name=f"text({', '.join(Path(f).name for f in files)})"
         )
 
 
+def dataset_texts(ds, field: str) -> ArrowTexts:
+    """The string values of column ``field`` of a ``datasets.Dataset`` as an :class:`ArrowTexts` over its
+    memory-mapped cache (no Python strings); null rows read as ``None`` (drop them with
+    :meth:`ArrowTexts.nonblank`). A column of another type gives no documents, except a ``Json`` column (JSON
+    lines of mixed types), whose ``str`` values are decoded :data:`DECODE_BATCH_DOCS` rows at a time into an
+    in-memory Arrow column.
+
+    Raises:
+        KeyError: if ``field`` is not a column of ``ds``.
+    """
+    import datasets
+    import pyarrow as pa
+
+    feature = ds.features[field]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        index = ds._indices.column(0).to_numpy() if ds._indices is not None else None  # (a select/shuffle view)
+        texts = ArrowTexts(ds.data.column(field), index)  # the dataset's own memory map (not a second one)
+        files = [f["filename"] for f in ds.cache_files]
+        if files and index is None and len(texts) == len(ds):
+            texts._files = (tuple(files), field)  # pickling reopens the cache files by path
+        return texts
+    if isinstance(feature, datasets.Value):  # int, float, bool...: no str value at all
+        return ArrowTexts(pa.array([], type=pa.large_string()))
+    batches = ds.select_columns([field]).iter(batch_size=DECODE_BATCH_DOCS)
+    return ArrowTexts.from_strings(t for b in batches for t in b[field] if isinstance(t, str))
+
+
+def write_texts(
+    values: Iterable,
+    path: str | os.PathLike,
+    chunk_docs: int = HUB_CHUNK_DOCS,
+    bar=None,
+) -> int:
+    """Write the documents of ``values`` to the Arrow IPC file ``path`` (one ``large_string`` column ``text``),
+    ``chunk_docs`` documents (one record batch) at a time, so memory stays bounded by one chunk; values that are
+    not a ``str``, or are empty or whitespace only, are skipped. The file is written under a temporary name in
+    ``path``'s folder and renamed into place when complete (a reader never sees half a file).
+
+    Args:
+        values: the documents, e.g. a generator over a streamed dataset.
+        path: the file to write (its folder is created).
+        chunk_docs: documents per chunk (record batch), at least 1.
+        bar: a ``tqdm`` bar or ``None``: advanced by the values read (documents), its postfix showing the
+            documents kept and their characters.
+
+    Returns:
+        The number of documents written.
+
+    Raises:
+        ValueError: if ``chunk_docs`` is not a positive integer. Errors raised by ``values`` propagate (the
+        temporary file is removed).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(chunk_docs, int) or isinstance(chunk_docs, bool) or chunk_docs < 1:
+        raise ValueError(f"chunk_docs={chunk_docs!r}: expected a positive integer")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    schema = pa.schema([("text", pa.large_string())])
+    kept = chars = read = shown = 0
+    buf: list[str] = []
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+
+            def flush() -> None:
+                nonlocal kept, chars, shown
+                if buf:
+                    arr = pa.array(buf, type=pa.large_string())
+                    writer.write_batch(pa.record_batch([arr], schema=schema))
+                    kept += len(buf)
+                    chars += int(pc.sum(pc.utf8_length(arr)).as_py() or 0)
+                    buf.clear()
+                if bar is not None:
+                    bar.update(read - shown)
+                    shown = read
+                    bar.set_postfix(kept=f"{kept:,}", chars=f"{chars:,}")
+
+            for v in values:
+                read += 1
+                if not _blank(v):
+                    buf.append(v)
+                    if len(buf) >= chunk_docs:
+                        flush()
+            flush()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return kept
+
+
 @dataclass
 class HubSource:
-    """A Hugging Face hub dataset, streamed (only the documents used are downloaded).
+    """A Hugging Face hub dataset (or local files through a ``datasets`` builder), streamed: only the documents
+    used are downloaded, and they are written :attr:`chunk_docs` at a time to an Arrow file in the cache, so
+    memory stays bounded whatever ``max_docs`` is; the corpus reads them back memory-mapped
+    (:class:`~densitylab.data.corpus.ArrowTexts`). Null, empty and whitespace-only documents are dropped.
 
     Attributes:
-        name: hub dataset id, e.g. ``roneneldan/TinyStories``.
+        name: hub dataset id, e.g. ``roneneldan/TinyStories``; or a local dataset folder; or a ``datasets``
+            builder (``json``, ``text``, ``parquet``, ``csv``) with ``data_files``.
         config: dataset configuration name (None = default).
         split: training split name.
-        heldout_split: held-out split name; when absent on the hub (or None), the last
-            ``heldout_fraction`` of the training documents are held out.
+        heldout_split: held-out split name; when absent (or None), the last ``heldout_fraction`` of the
+            training documents are held out.
         text_field: column holding the text.
-        max_docs: training documents to take (None = all; mind the download size).
-        max_heldout_docs: held-out documents to take.
+        max_docs: rows of the training split to read (None = all; mind the download size).
+        max_heldout_docs: rows of the held-out split to read.
         heldout_fraction: used only when there is no held-out split.
-        cache_dir: ``datasets`` cache folder.
+        cache_dir: ``datasets`` cache folder (None = its default); the streamed documents are written under
+            ``{cache_dir}/densitylab_streams/``.
+        revision: the dataset's git revision on the hub (a commit sha, branch or tag; None = the default branch,
+            which can change). Part of :meth:`fingerprint`, so it keys the tokenized-data cache: pin a commit sha
+            for a reproducible corpus.
+        data_files: local (or ``hf://``) files, a glob, a list of them, or a mapping split -> files, passed to
+            ``datasets.load_dataset``; with local ones (or a local folder as ``name``) no hub check is made, so e.g.
+            ``name=json data_files=corpus.jsonl`` streams a local JSON-lines file offline. Local files enter
+            :meth:`fingerprint` with their sizes and modification times.
+
+    Raises:
+        ConfigError: for a ``revision`` that is not a string, or ``data_files`` that are not paths (at construction).
     """
 
     name: str
@@ -382,20 +521,113 @@ class HubSource:
     max_heldout_docs: int | None = 2_000
     heldout_fraction: float = 0.05
     cache_dir: str | None = None
+    revision: str | None = None
+    data_files: str | list | dict | None = None
 
+    #: Documents held in memory at a time while writing a stream to disk (not a setting: not in the fingerprint).
+    chunk_docs: ClassVar[int] = HUB_CHUNK_DOCS
+
+    def __post_init__(self) -> None:
+        if self.revision is not None and not isinstance(self.revision, str):
+            raise ConfigError(
+                f"data.source.revision={self.revision!r}: expected a string (a commit sha, branch or tag; quote a "
+                "numeric sha in YAML) or null"
+            )
+        if self.data_files is not None:
+            self._data_file_patterns()  # type check at construction
+        for key in ("max_docs", "max_heldout_docs"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ConfigError(f"data.source.{key}={v!r}: expected a positive integer or null (all)")
+
+    # ------------------------------------------------------------------ local files
+    def _data_file_patterns(self) -> dict[str | None, list[str]]:
+        """``data_files`` as split (None for a flat list) -> patterns; ConfigError for another type."""
+        df = self.data_files
+        expected = "expected a path, a glob, a list of them, or a mapping split -> paths"
+        if isinstance(df, (str, os.PathLike)):
+            return {None: [str(df)]}
+        if isinstance(df, (list, tuple)) and df and all(isinstance(f, (str, os.PathLike)) for f in df):
+            return {None: [str(f) for f in df]}
+        if isinstance(df, dict) and df:
+            out = {}
+            for k, v in df.items():
+                v = [v] if isinstance(v, (str, os.PathLike)) else v
+                if not isinstance(v, (list, tuple)) or not v or not all(isinstance(f, (str, os.PathLike)) for f in v):
+                    raise ConfigError(f"data.source.data_files.{k}={v!r}: {expected}")
+                out[str(k)] = [str(f) for f in v]
+            return out
+        raise ConfigError(f"data.source.data_files={df!r}: {expected}")
+
+    @staticmethod
+    def _is_remote(pattern: str) -> bool:
+        return "://" in pattern
+
+    def _resolved_data_files(self) -> tuple[str | list | dict | None, dict]:
+        """(``data_files`` with local paths made absolute, for ``datasets``; the fingerprint's view of them:
+        every matched local file with its size and modification time).
+
+        Raises:
+            DataError: if a local path does not exist or a local glob matches no file.
+        """
+        if self.data_files is None:
+            return None, {}
+        patterns = self._data_file_patterns()
+        resolved: dict[str | None, list[str]] = {}
+        stats: dict[str, list] = {}
+        for key, pats in patterns.items():
+            where = "data.source.data_files" + (f".{key}" if key is not None else "")
+            resolved[key], stats[str(key)] = [], []
+            for pat in pats:
+                if self._is_remote(pat):
+                    resolved[key].append(pat)
+                    stats[str(key)].append(pat)
+                    continue
+                full = str(Path(pat).expanduser().absolute())
+                matches = sorted(glob.glob(full)) if glob.has_magic(full) else ([full] if Path(full).exists() else [])
+                matches = [m for m in matches if Path(m).is_file()]
+                if not matches:
+                    raise DataError(
+                        f"{where}: {pat!r} matches no file: expected an existing local file (or glob) with text"
+                    )
+                resolved[key].append(full)
+                stats[str(key)].extend((m, os.stat(m).st_size, os.stat(m).st_mtime_ns) for m in matches)
+        if None in resolved:
+            flat = resolved[None]
+            return (flat[0] if len(flat) == 1 else flat), stats
+        return resolved, stats
+
+    def _is_local(self) -> bool:
+        """Whether the data needs no hub: local ``data_files`` only, or ``name`` a local folder."""
+        if self.data_files is not None:
+            return not any(self._is_remote(p) for pats in self._data_file_patterns().values() for p in pats)
+        return Path(str(self.name)).expanduser().is_dir()
+
+    # ------------------------------------------------------------------ Source
     def fingerprint(self) -> dict:
-        """The dataset id and every reading option (no network access)."""
+        """The dataset id, ``revision`` and every reading option (no network access); local ``data_files`` with
+        their sizes and modification times.
+
+        Raises:
+            ConfigError: if ``name`` is unset.
+            DataError: if a local ``data_files`` path matches no file.
+        """
         if not self.name:
             raise ConfigError(
                 "data.source.name is not set: expected a hub dataset id such as data.source.name=roneneldan/TinyStories"
             )
-        return {"source": "hub", **asdict(self), "cache_dir": None}
+        d = {"source": "hub", **asdict(self), "cache_dir": None}
+        if self.data_files is not None:
+            d["data_files"] = self._resolved_data_files()[1]
+        return d
 
     def _check_reachable(self) -> None:
         """Raise HubUnreachableError (one line, at once) when the hub cannot be reached or the id
-        does not exist."""
+        does not exist. Local data (local ``data_files``, or ``name`` a local folder) is not checked."""
+        if self._is_local():
+            return
         from huggingface_hub import HfApi
-        from huggingface_hub.errors import RepositoryNotFoundError
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
         hint = "use data=text data.source.files=PATH to train on local files"
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
@@ -403,7 +635,12 @@ class HubSource:
                 f"data.source.name={self.name!r}: the Hugging Face hub is switched off (HF_HUB_OFFLINE=1); {hint}"
             )
         try:
-            HfApi().dataset_info(self.name, timeout=10)
+            HfApi().dataset_info(self.name, revision=self.revision, timeout=10)
+        except RevisionNotFoundError:
+            raise HubUnreachableError(
+                f"data.source.revision={self.revision!r} is not a revision of {self.name!r} on the Hugging Face hub: "
+                "expected a commit sha, branch or tag of the dataset (or null)"
+            ) from None
         except RepositoryNotFoundError:
             raise HubUnreachableError(
                 f"data.source.name={self.name!r} is not a dataset on the Hugging Face hub: expected a hub dataset id "
@@ -415,40 +652,83 @@ class HubSource:
                 f"{str(e).splitlines()[0] if str(e) else 'no answer'}); {hint}"
             ) from None
 
+    def stream_dir(self) -> Path:
+        """Folder the streamed documents are written to: ``{cache_dir}/densitylab_streams/{key}``, ``key`` hashing
+        :meth:`fingerprint` (so a different revision or option never reuses a file)."""
+        import datasets
+
+        root = Path(self.cache_dir).expanduser() if self.cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
+        key = hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return root / "densitylab_streams" / key
+
+    def _stream(self, split: str, data_files):
+        import datasets
+
+        kwargs = {"data_files": data_files} if data_files is not None else {}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        return datasets.load_dataset(
+            self.name, self.config, split=split, streaming=True, cache_dir=self.cache_dir, **kwargs
+        )
+
+    def _values(self, ds, n: int | None):
+        """The ``text_field`` of the first ``n`` rows (None = all) of the stream ``ds``."""
+        from itertools import islice
+
+        for row in islice(ds, n):
+            if self.text_field not in row:
+                raise DataError(
+                    f"data.source.text_field={self.text_field!r} is not a column of {self.name}: expected one of "
+                    f"{sorted(row)}"
+                )
+            yield row[self.text_field]
+
+    def _take(self, split: str, role: str, n: int | None, data_files, progress: bool) -> ArrowTexts:
+        """Stream ``n`` rows of ``split`` to ``{stream_dir}/{role}.arrow``; the kept documents, memory-mapped."""
+        from tqdm.auto import tqdm
+
+        path = self.stream_dir() / f"{role}.arrow"
+        ds = self._stream(split, data_files)
+        with tqdm(total=n, desc=f"{self.name} {split}", unit=" docs", disable=not progress, leave=False) as bar:
+            write_texts(self._values(ds, n), path, chunk_docs=self.chunk_docs, bar=bar)
+        return ArrowTexts.open_arrow(path)
+
     def load(self, progress: bool = False) -> Corpus:
-        """Stream the documents from the hub.
+        """Stream the documents (with a progress bar of documents read, and characters kept, when ``progress``),
+        write them to disk in chunks, and return them memory-mapped.
 
         Raises:
             ConfigError: if ``name`` is unset.
-            HubUnreachableError: when offline or the id is unknown (one line; suggests ``data=text``).
-            DataError: when the text field is missing.
+            HubUnreachableError: when offline or the id (or revision) is unknown (one line; suggests ``data=text``).
+            DataError: when the text field is missing, the training split does not exist, a local ``data_files``
+                path matches no file, or there is no text.
         """
-        from itertools import islice
-
         import datasets
 
         self.fingerprint()
         self._check_reachable()
-
-        def take(split: str, n: int | None) -> list[str]:
-            ds = datasets.load_dataset(self.name, self.config, split=split, streaming=True, cache_dir=self.cache_dir)
-            out = []
-            for row in islice(ds, n):
-                if self.text_field not in row:
-                    raise DataError(
-                        f"data.source.text_field={self.text_field!r} is not a column of {self.name}: expected one of "
-                        f"{sorted(row)}"
-                    )
-                out.append(row[self.text_field])
-            return out
-
-        train = take(self.split, self.max_docs)
-        heldout: list[str] = []
+        data_files, _ = self._resolved_data_files()
+        if not progress:
+            datasets.disable_progress_bars()
+        try:
+            train = self._take(self.split, "train", self.max_docs, data_files, progress)
+        except ValueError as e:
+            if isinstance(e, DensitylabError) or "split" not in str(e).lower():
+                raise
+            raise DataError(f"data.source.split={self.split!r}: {str(e).splitlines()[0]}") from None
+        heldout: ArrowTexts | None = None
         if self.heldout_split:
             try:
-                heldout = take(self.heldout_split, self.max_heldout_docs)
-            except (ValueError, KeyError):
-                heldout = []
-        if not heldout:
+                heldout = self._take(self.heldout_split, "heldout", self.max_heldout_docs, data_files, progress)
+            except DensitylabError:
+                raise
+            except (ValueError, KeyError):  # no such split: a tail split of train
+                heldout = None
+        if heldout is None or not len(heldout):
             train, heldout = split_documents(train, self.heldout_fraction)
+        elif not len(train):
+            raise DataError(
+                f"data.source.split={self.split!r} of {self.name} holds no text: expected at least one non-empty "
+                "document"
+            )
         return Corpus(texts={"train": train, "heldout": heldout}, name=f"hub({self.name})")
