@@ -7,8 +7,9 @@ The corpus is generated (no download, deterministic in ``--seed``): sentences of
 capitalized names inside them, one sentence group per line, written once to ``--workdir``. Two figures, each
 measured in a fresh child process so that its peak RSS is its own:
 
-- **bare tokenizer**: ``Tokenizer.encode_batch`` over every document, then one uint16 numpy array of all ids;
-  the tokenizer is trained first (on a 10 MB sample) and not timed.
+- **bare tokenizer**: ``Tokenizer.encode_batch`` over the documents, 50,000 at a time, each batch's ids into a
+  numpy array of the vocabulary's smallest dtype, then one array of all ids; the tokenizer is trained first (on a
+  10 MB sample) and not timed.
 - **preparation**: :meth:`densitylab.data.prepare.DataRecipe.build` with ``data=text data.source.sample_by=line``
   and the capitalized extractor (what ``data=text`` runs), timed per stage (read, entities, tokenizer training,
   canaries, tokenize + pack, artifacts); its tokens/s counts everything after tokenizer training.
@@ -84,11 +85,13 @@ def _bare(path: Path, vocab: int) -> dict:
     docs = [ln for ln in path.read_text().split("\n") if ln.strip()]
     sample = docs[:: max(1, -(-sum(map(len, docs)) // 10_000_000))]
     tok = train_bpe(sample, vocab_size=vocab)
+    dtype = token_dtype(tok.get_vocab_size())
     t = time.perf_counter()
-    encs = tok.encode_batch(docs, add_special_tokens=False)
-    ids = [e.ids for e in encs]
-    n = sum(map(len, ids))
-    arr = np.fromiter(chain.from_iterable(ids), dtype=token_dtype(tok.get_vocab_size()), count=n)
+    parts = []
+    for a in range(0, len(docs), 50_000):  # ~2.5 MB of text per call: the id lists of one batch at a time
+        ids = [e.ids for e in tok.encode_batch(docs[a : a + 50_000], add_special_tokens=False)]
+        parts.append(np.fromiter(chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids))))
+    arr = np.concatenate(parts)
     sec = time.perf_counter() - t
     tokens = int(arr.size) + len(docs)  # counted as preparation counts them: one <|endoftext|> per document
     return {
