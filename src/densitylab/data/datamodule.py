@@ -85,6 +85,10 @@ class DataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         num_proc: processes that tokenize and pack the splits while preparing data (contiguous shards of documents,
             joined in order: the prepared data is the same for any value; it is not part of the cache key).
+        prepare_shards: machines that prepare the data together (multi-node runs with ``cache_dir`` on a filesystem
+            every node sees): node ``r`` (``trainer.node_rank``, else ``$NODE_RANK`` / ``$GROUP_RANK`` /
+            ``$SLURM_NODEID``) tokenizes shard ``r`` and node 0 joins them (:meth:`DataRecipe.build`); 1 = node 0's
+            local rank 0 prepares everything. The same data for any value.
         progress: show progress bars while preparing data.
         cache_dir: folder for the tokenized-data cache (None: ``~/.cache/densitylab``).
         output_dir: run folder (``tokenizer.json``, ``ground_truth/`` and ``data.json`` are copied
@@ -121,6 +125,7 @@ class DataModule(L.LightningDataModule):
         output_dir: str | None = None,
         rank_seed: int | None = None,
         num_proc: int = 1,
+        prepare_shards: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(source, Source):
@@ -144,6 +149,7 @@ class DataModule(L.LightningDataModule):
         if max_val_windows is not None and (isinstance(max_val_windows, bool) or not isinstance(max_val_windows, int)):
             raise ConfigError(f"data.max_val_windows={max_val_windows!r}: expected an integer or null (all)")
         num_proc = _positive_int(num_proc, "data.num_proc")
+        self.prepare_shards = _positive_int(prepare_shards, "data.prepare_shards")
         self.recipe = DataRecipe(
             source, tokenizer, entities, self.block_size, check_canary_config(canaries), seed, num_proc=num_proc
         )
@@ -184,7 +190,25 @@ class DataModule(L.LightningDataModule):
             if not self.splits:
                 log.info("data: cache hit %s", self.data_dir)
             return
-        self.recipe.build(self.data_dir, self.cache_dir, progress=self.progress)
+        shard = None
+        if self.prepare_shards > 1:
+            rank = self._node_rank()
+            if rank >= self.prepare_shards:
+                raise ConfigError(
+                    f"data.prepare_shards={self.prepare_shards}: this is node {rank}; expected one shard per node "
+                    "(data.prepare_shards = trainer.num_nodes)"
+                )
+            shard = (rank, self.prepare_shards)
+        self.recipe.build(self.data_dir, self.cache_dir, progress=self.progress, shard=shard)
+
+    def _node_rank(self) -> int:
+        trainer = self.trainer
+        if trainer is not None:
+            return int(trainer.node_rank)
+        for var in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
+            if os.environ.get(var, "").isdigit():
+                return int(os.environ[var])
+        return 0
 
     def setup(self, stage: str | None = None) -> None:
         """Load the prepared data (every process) and copy run-folder artifacts (rank 0)."""

@@ -18,6 +18,8 @@ a span belongs to the window that holds its **first** token as an input (design 
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -263,6 +265,26 @@ class _StreamWriter:
         self.n += total
         self.n_docs += len(doc_ids)
 
+    def append_part(self, part: Path, state: dict, doc_base: int) -> None:
+        """Append a shard written by :func:`pack_part` (its raw token file ``part`` and the ``state`` it returned),
+        its stream positions shifted by the tokens before it and its span documents by ``doc_base`` (the index in the
+        split of the shard's first document). Needs a file-backed writer."""
+        with open(part, "rb") as f:
+            shutil.copyfileobj(f, self._file, 1 << 24)
+        for sp in state["spans"]:
+            self._spans.append(
+                {
+                    "pos0": sp["pos0"] + self.n,
+                    "pos1": sp["pos1"] + self.n,
+                    "kind": sp["kind"],
+                    "entity": sp["entity"],
+                    "doc": sp["doc"] + doc_base,
+                }
+            )
+        self._lengths.extend(state["lengths"])
+        self.n += int(state["n"])
+        self.n_docs += int(state["n_docs"])
+
     def close(self) -> None:
         """Close the token file (also on errors)."""
         if self._file is not None and not self._file.closed:
@@ -447,18 +469,28 @@ def _pack_range(
         writer.add([list(e[1]) for e in extra[k:]])
 
 
-def _pack_shard(
+def pack_part(
     tok_json: str,
     texts: list[str],
     char_spans: pd.DataFrame | None,
     extra: list[tuple[int, list[int]]],
     block_size: int,
     dtype: str,
-    part: str,
-    chunk_chars: int,
+    part: str | Path,
+    chunk_chars: int = 1 << 22,
 ) -> dict:
-    """One shard of :func:`tokenize_and_pack` (run in a worker process): its documents tokenized into the raw token
-    file ``part``; returns its stream length, document lengths and spans (stream positions relative to the shard)."""
+    """One shard of :func:`tokenize_and_pack` (in a worker process or on another machine): its documents tokenized
+    into the raw token file ``part``.
+
+    Args:
+        tok_json: the tokenizer (``Tokenizer.to_str()``).
+        texts: the shard's documents; ``char_spans`` (sorted by ``doc``) and ``extra`` index them from 0
+            (:func:`shard_inputs`).
+    Returns:
+        The shard's state: ``n`` (stream tokens), ``n_docs``, ``lengths`` (document lengths, EOS included) and
+        ``spans`` (stream positions relative to the shard), for :meth:`_StreamWriter.append_part` or
+        :func:`save_part`.
+    """
     tok = Tokenizer.from_str(tok_json)
     writer = _StreamWriter(tok.token_to_id("<|endoftext|>"), block_size, np.dtype(dtype), Path(part))
     try:
@@ -468,10 +500,66 @@ def _pack_shard(
     return {"n": writer.n, "n_docs": writer.n_docs, "lengths": writer._lengths, "spans": writer._spans}
 
 
-def shard_bounds(n_docs: int, n_shards: int) -> np.ndarray:
-    """(k + 1,) int64 document boundaries of ``k = min(n_shards, n_docs)`` contiguous shards of nearly equal
-    document counts (at least one shard): shard ``i`` holds documents ``[bounds[i], bounds[i+1])``."""
-    k = max(1, min(int(n_shards), int(n_docs)))
+def save_part(state: dict, prefix: Path) -> None:
+    """Write a :func:`pack_part` state next to its token file: ``{prefix}.lengths.npy``, ``{prefix}.spans.parquet``
+    and ``{prefix}.json`` (stream tokens and documents)."""
+    lengths = np.concatenate(state["lengths"]) if state["lengths"] else np.zeros(0, dtype=np.int64)
+    np.save(f"{prefix}.lengths.npy", lengths)
+    cols = ("pos0", "pos1", "kind", "entity", "doc")
+    spans = pd.DataFrame(
+        {c: np.concatenate([sp[c] for sp in state["spans"]]) for c in cols}
+        if state["spans"]
+        else {c: np.zeros(0, dtype=object if c == "kind" else np.int64) for c in cols}
+    )
+    spans.to_parquet(f"{prefix}.spans.parquet", index=False)
+    Path(f"{prefix}.json").write_text(json.dumps({"n": int(state["n"]), "n_docs": int(state["n_docs"])}))
+
+
+def load_part(prefix: Path) -> dict:
+    """Read a state written by :func:`save_part`."""
+    info = json.loads(Path(f"{prefix}.json").read_text())
+    spans = pd.read_parquet(f"{prefix}.spans.parquet")
+    sp = (
+        [
+            {
+                "pos0": spans["pos0"].to_numpy(np.int64),
+                "pos1": spans["pos1"].to_numpy(np.int64),
+                "kind": spans["kind"].astype("string").to_numpy(),
+                "entity": spans["entity"].to_numpy(np.int64),
+                "doc": spans["doc"].to_numpy(np.int64),
+            }
+        ]
+        if len(spans)
+        else []
+    )
+    return {"n": info["n"], "n_docs": info["n_docs"], "lengths": [np.load(f"{prefix}.lengths.npy")], "spans": sp}
+
+
+def shard_inputs(
+    texts, char_spans: pd.DataFrame | None, extra: list[tuple[int, list[int]]], bounds: np.ndarray, i: int
+) -> tuple[list[str], pd.DataFrame | None, list[tuple[int, list[int]]]]:
+    """The documents, spans and spliced documents of shard ``i`` of ``bounds`` (:func:`shard_bounds`), indexed from
+    the shard's first document. ``char_spans`` must be checked and sorted by ``doc``, ``extra`` sorted by index.
+    Every spliced document goes to the shard holding the document it precedes (before the first: shard 0; past the
+    last: the last shard, which appends it)."""
+    a, b = int(bounds[i]), int(bounds[i + 1])
+    sub = None
+    if char_spans is not None and len(char_spans):
+        span_doc = char_spans["doc"].to_numpy(dtype=np.int64)
+        lo, hi = np.searchsorted(span_doc, [a, b])
+        sub = char_spans.iloc[lo:hi].assign(doc=span_doc[lo:hi] - a) if hi > lo else None
+    idx = np.array([e[0] for e in extra], dtype=np.int64)
+    owner = np.clip(np.searchsorted(bounds, idx, side="right") - 1, 0, len(bounds) - 2)
+    mine = [(int(e[0]) - a, list(e[1])) for e, o in zip(extra, owner) if o == i]
+    part = texts[a:b]
+    return (part if isinstance(part, list) else list(part)), sub, mine
+
+
+def shard_bounds(n_docs: int, n_shards: int, exact: bool = False) -> np.ndarray:
+    """(k + 1,) int64 document boundaries of ``k`` contiguous shards of nearly equal document counts: shard ``i``
+    holds documents ``[bounds[i], bounds[i+1])``. ``k = min(n_shards, n_docs)`` (at least 1), or ``n_shards``
+    exactly with ``exact`` (some shards may then be empty: one shard per machine)."""
+    k = int(n_shards) if exact else max(1, min(int(n_shards), int(n_docs)))
     return np.linspace(0, n_docs, k + 1).round().astype(np.int64)
 
 
@@ -539,59 +627,21 @@ def tokenize_and_pack(
 
 
 def _pack_sharded(tok, texts, char_spans, extra, writer: _StreamWriter, bounds, chunk_chars: int, bar) -> None:
-    """Run :func:`_pack_shard` on each shard in its own process (spawned: no forked tokenizer threads) and append the
+    """Run :func:`pack_part` on each shard in its own process (spawned: no forked tokenizer threads) and append the
     parts to ``writer`` in shard order."""
     import multiprocessing as mp
-    import shutil
     from concurrent.futures import ProcessPoolExecutor
 
-    span_doc = None if char_spans is None else char_spans["doc"].to_numpy(dtype=np.int64)
-    idx = np.array([e[0] for e in extra], dtype=np.int64)
-    # every canary goes to the shard holding the document it precedes (before the first: shard 0; past the last:
-    # the last shard, which appends it)
-    owner = np.clip(np.searchsorted(bounds, idx, side="right") - 1, 0, len(bounds) - 2)
     jobs = []
     tok_json = tok.to_str()
     with ProcessPoolExecutor(max_workers=len(bounds) - 1, mp_context=mp.get_context("spawn")) as pool:
         for i in range(len(bounds) - 1):
-            a, b = int(bounds[i]), int(bounds[i + 1])
-            sub = None
-            if span_doc is not None:
-                lo, hi = np.searchsorted(span_doc, [a, b])
-                sub = char_spans.iloc[lo:hi].assign(doc=span_doc[lo:hi] - a) if hi > lo else None
-            mine = [(int(e[0]) - a, list(e[1])) for e, o in zip(extra, owner) if o == i]
+            texts_i, sub, mine = shard_inputs(texts, char_spans, extra, bounds, i)
             part = f"{writer.path}.part{i}"
-            texts_i = texts[a:b]
-            jobs.append(
-                (
-                    a,
-                    b,
-                    part,
-                    pool.submit(
-                        _pack_shard,
-                        tok_json,
-                        texts_i if isinstance(texts_i, list) else list(texts_i),
-                        sub,
-                        mine,
-                        writer.block_size,
-                        writer.dtype.str,
-                        part,
-                        chunk_chars,
-                    ),
-                )
-            )
+            args = (tok_json, texts_i, sub, mine, writer.block_size, writer.dtype.str, part, chunk_chars)
+            jobs.append((int(bounds[i]), int(bounds[i + 1]), part, pool.submit(pack_part, *args)))
         for a, b, part, fut in jobs:
-            res = fut.result()
-            with open(part, "rb") as f:
-                shutil.copyfileobj(f, writer._file, 1 << 24)
+            writer.append_part(Path(part), fut.result(), a)
             Path(part).unlink()
-            for sp in res["spans"]:
-                sp["pos0"] += writer.n
-                sp["pos1"] += writer.n
-                sp["doc"] += a
-                writer._spans.append(sp)
-            writer._lengths.extend(res["lengths"])
-            writer.n += res["n"]
-            writer.n_docs += res["n_docs"]
             bar.update(b - a)
             bar.set_postfix_str(f"{writer.n:,} tokens", refresh=False)

@@ -39,7 +39,18 @@ from tqdm.auto import tqdm
 from densitylab.data.canaries import canary_insertions, make_canaries
 from densitylab.data.corpus import SPLITS, Corpus
 from densitylab.data.entities import EntityExtractor
-from densitylab.data.packing import PackedSplit, tokenize_and_pack
+from densitylab.data.packing import (
+    PackedSplit,
+    _check_char_spans,
+    _StreamWriter,
+    load_part,
+    pack_part,
+    save_part,
+    shard_bounds,
+    shard_inputs,
+    token_dtype,
+    tokenize_and_pack,
+)
 from densitylab.data.sources import Source
 from densitylab.data.tokenizer import EOS, TokenizerSpec
 
@@ -120,22 +131,36 @@ class DataRecipe:
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def build(self, final: Path, cache_dir: Path, progress: bool = False) -> None:
+    def build(self, final: Path, cache_dir: Path, progress: bool = False, shard: tuple[int, int] | None = None) -> None:
         """Prepare the data into ``final`` (skipped when ``final/meta.json`` exists); tokenizers are
         cached under ``cache_dir/tokenizers``.
 
+        Args:
+            shard: ``(i, n)``: this machine prepares shard ``i`` of ``n`` (documents ``[i·d/n, (i+1)·d/n)`` of each
+                split, :func:`~densitylab.data.packing.shard_bounds`) into ``final``'s sibling folder
+                ``<key>.shards-n/i/``; shard 0 then waits for the others and joins them in order into ``final``,
+                the others wait for ``final``. Every machine must see the same ``final`` (a shared filesystem).
+                The joined data equal what one machine prepares (stream positions and sample ids come from the
+                prefix sum of the shards' token counts). None (or n = 1): one machine.
         Raises:
             DensitylabError: the source's, tokenizer's and extractor's errors (bad files, settings).
+            ValueError: for a shard outside ``0 <= i < n``.
+            TimeoutError: when the other shards or the joined data do not appear in time (:func:`wait_for_prepared`).
         """
         if (final / "meta.json").is_file():
             return
+        if shard is not None and not (
+            isinstance(shard[0], int) and isinstance(shard[1], int) and 0 <= shard[0] < shard[1]
+        ):
+            raise ValueError(f"shard={shard!r}: expected (i, n) with 0 <= i < n")
         bar = tqdm(total=5, desc="preparing data", disable=not progress, unit="stage")
         try:
-            self._build(final, cache_dir, progress, bar)
+            self._build(final, cache_dir, progress, bar, None if shard is None or shard[1] == 1 else shard)
         finally:
             bar.close()
 
-    def _build(self, final: Path, cache_dir: Path, progress: bool, bar: tqdm) -> None:
+    def _common(self, cache_dir: Path, progress: bool, bar: tqdm):
+        """Corpus with entity spans, tokenizer, canaries: what every shard computes the same way."""
         bar.set_postfix_str("loading corpus")
         loaded = self.source.load(progress=progress)
         corpus = self.entities.extract(loaded)
@@ -150,9 +175,24 @@ class DataRecipe:
             bar.set_postfix_str("canaries")
             canaries, extra = self._canaries(tok, len(corpus.texts["train"]))
         bar.update()
+        return corpus, tok, tok_key, canaries, extra
+
+    def _build(self, final: Path, cache_dir: Path, progress: bool, bar: tqdm, shard: tuple[int, int] | None) -> None:
+        corpus, tok, tok_key, canaries, extra = self._common(cache_dir, progress, bar)
+        if shard is not None:
+            parts = self._write_shard(corpus, tok, extra, final, shard)
+            if shard[0] != 0:
+                bar.set_postfix_str("waiting for shard 0 to join the shards")
+                wait_for_prepared(final)
+                return
+            for j in range(shard[1]):
+                wait_for_prepared(parts.parent / str(j), marker="done.json")
         tmp = _atomic_dir(final)
         try:
-            packed = self._pack(tok, corpus, extra, tmp, bar, progress)
+            if shard is None:
+                packed = self._pack(tok, corpus, extra, tmp, bar, progress)
+            else:
+                packed = self._join(tok, corpus, tmp, parts.parent, shard[1])
             bar.update()
             bar.set_postfix_str("ground truth")
             self._write_artifacts(tmp, tok, corpus, packed, canaries)
@@ -166,6 +206,60 @@ class DataRecipe:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if shard is not None:
+            shutil.rmtree(parts.parent, ignore_errors=True)
+
+    def _splits(self, corpus: Corpus) -> list[str]:
+        return [s for s in SPLITS if s in corpus.texts and len(corpus.texts[s])]
+
+    def _write_shard(self, corpus: Corpus, tok: Tokenizer, extra: list | None, final: Path, shard: tuple[int, int]):
+        """Tokenize this machine's shard of every split into ``<key>.shards-n/i/`` (atomically; kept if present)."""
+        i, n = shard
+        mine = final.parent / f"{final.name}.shards-{n}" / str(i)
+        if (mine / "done.json").is_file():
+            return mine
+        tmp = _atomic_dir(mine)
+        try:
+            for split in self._splits(corpus):
+                texts = corpus.texts[split]
+                spans = corpus.spans_for(split)
+                if len(spans):
+                    _check_char_spans(spans, len(texts), split)
+                    spans = spans.sort_values("doc", kind="stable")
+                ex = sorted(extra or [], key=lambda e: e[0]) if split == "train" else []
+                bounds = shard_bounds(len(texts), n, exact=True)
+                texts_i, sub, ex_i = shard_inputs(texts, spans if len(spans) else None, ex, bounds, i)
+                state = pack_part(
+                    tok.to_str(), texts_i, sub, ex_i, self.block_size, token_dtype(tok.get_vocab_size()).str,
+                    tmp / f"{split}.bin",
+                )  # fmt: skip
+                save_part(state, tmp / split)
+            (tmp / "done.json").write_text(json.dumps({"shard": i, "of": n}))
+            if mine.exists():
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, mine)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return mine
+
+    def _join(self, tok: Tokenizer, corpus: Corpus, tmp: Path, root: Path, n: int) -> dict[str, PackedSplit]:
+        """Join the ``n`` shards under ``root`` in order into the prepared splits in ``tmp``."""
+        packed = {}
+        for split in self._splits(corpus):
+            bounds = shard_bounds(len(corpus.texts[split]), n, exact=True)
+            writer = _StreamWriter(tok.token_to_id(EOS), self.block_size, token_dtype(tok.get_vocab_size()),
+                                   tmp / f"{split}.bin")  # fmt: skip
+            try:
+                for j in range(n):
+                    writer.append_part(root / str(j) / f"{split}.bin", load_part(root / str(j) / split), int(bounds[j]))
+                packed[split] = writer.finish(split)
+            finally:
+                writer.close()
+            np.save(tmp / f"{split}_doc_offsets.npy", packed[split].doc_offsets)
+            packed[split].spans.to_parquet(tmp / f"{split}_spans.parquet", index=False)
+        return packed
 
     def _canaries(self, tok: Tokenizer, n_docs: int) -> tuple[pd.DataFrame, list[tuple[int, list[int]]]]:
         c = self.canaries
@@ -285,8 +379,8 @@ class PreparedData:
     ground_truth_dir: Path
 
 
-def wait_for_prepared(d: Path, timeout_s: float | None = None) -> None:
-    """Block until ``d/meta.json`` exists (another process prepares ``d``).
+def wait_for_prepared(d: Path, timeout_s: float | None = None, marker: str = "meta.json") -> None:
+    """Block until ``d/marker`` exists (another process prepares ``d``, or a shard of it).
 
     Args:
         timeout_s: seconds to wait (None: ``$DENSITYLAB_PREPARE_TIMEOUT``, default 3600).
@@ -295,9 +389,9 @@ def wait_for_prepared(d: Path, timeout_s: float | None = None) -> None:
     """
     timeout_s = float(os.environ.get("DENSITYLAB_PREPARE_TIMEOUT", 3600)) if timeout_s is None else timeout_s
     deadline = time.time() + timeout_s
-    while not (d / "meta.json").is_file():
+    while not (d / marker).is_file():
         if time.time() > deadline:
-            raise TimeoutError(f"waited too long for local rank 0 to prepare {d}")
+            raise TimeoutError(f"waited too long for {d / marker} (another process prepares it)")
         time.sleep(0.5)
 
 
