@@ -2,10 +2,12 @@
 
     python bench/data_prep.py --mb 40                  # ~40 MB generated text, one document per line
     python bench/data_prep.py --mb 40 --vocab 512 --json out.json
+    python bench/data_prep.py --mb 40 --text tinyshakespeare.txt   # a real text, repeated to 40 MB
 
 The corpus is generated (no download, deterministic in ``--seed``): sentences of made-up lower-case words with
-capitalized names inside them, one sentence group per line, written once to ``--workdir``. Two figures, each
-measured in a fresh child process so that its peak RSS is its own:
+capitalized names inside them, one sentence group per line, written once to ``--workdir``; or ``--text FILE``
+repeated (whole copies) to about ``--mb``, one document per non-blank line. Two figures, each measured in a
+fresh child process so that its peak RSS is its own:
 
 - **bare tokenizer**: ``Tokenizer.encode_batch`` over the documents, 50,000 at a time, each batch's ids into a
   numpy array of the vocabulary's smallest dtype, then one array of all ids; the tokenizer is trained first (on a
@@ -160,6 +162,9 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=40.0, help="generated corpus size in MB (10^6 characters)")
     ap.add_argument("--vocab", type=int, default=512, help="BPE vocabulary size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--text", default=None, help="a real text file repeated (whole copies) to --mb instead of the generated corpus"
+    )
     ap.add_argument("--workdir", default=None, help="folder for the corpus and the data cache (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--child", choices=["bare", "pipeline"], help=argparse.SUPPRESS)
@@ -175,7 +180,7 @@ def main() -> None:
 
 
 def _run(a: argparse.Namespace, work: Path) -> None:
-    corpus = work / f"corpus-{a.mb:g}mb-s{a.seed}.txt"
+    corpus = work / (f"corpus-{a.mb:g}mb-s{a.seed}.txt" if a.text is None else f"{Path(a.text).stem}-{a.mb:g}mb.txt")
     if a.child == "bare":
         print(json.dumps(_bare(corpus, a.vocab)))
         return
@@ -185,7 +190,11 @@ def _run(a: argparse.Namespace, work: Path) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     if not corpus.is_file():
-        corpus.write_text(generate_corpus(int(a.mb * 1e6), a.seed))
+        if a.text is None:
+            corpus.write_text(generate_corpus(int(a.mb * 1e6), a.seed))
+        else:
+            one = Path(a.text).read_text()
+            corpus.write_text(one * max(1, round(a.mb * 1e6 / len(one))))
     out = {"corpus_mb": corpus.stat().st_size / 1e6, "vocab": a.vocab}
     for child in ("bare", "pipeline"):
         cmd = [
@@ -201,6 +210,7 @@ def _run(a: argparse.Namespace, work: Path) -> None:
             str(a.seed),
             "--workdir",
             str(work),
+            *(["--text", a.text] if a.text else []),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:

@@ -673,6 +673,7 @@ def test_impossible_char_spans_raise_dataerror(span_corpus, span_tok, bad):
         tokenize_and_pack(span_tok, texts, spans, 8)
 
 
+@pytest.mark.slow
 def test_sharded_packing_is_independent_of_the_number_of_shards(span_corpus, span_tok, tmp_path):
     """Shards tokenized by separate processes and joined by the prefix sum of their token counts give the same
     stream, document offsets, sample ids and spans as one process, canaries included (one at a shard boundary)."""
@@ -683,7 +684,17 @@ def test_sharded_packing_is_independent_of_the_number_of_shards(span_corpus, spa
     assert bounds.tolist()[0] == 0 and bounds.tolist()[-1] == len(texts) and len(bounds) == 4
     extra = [(int(bounds[1]), [301, 302]), (-1, [303]), (len(texts) + 1, [304] * 5), (7, [305])]
     one = tokenize_and_pack(span_tok, texts, spans, 8, extra_docs=extra, path=tmp_path / "one.bin")
-    three = tokenize_and_pack(span_tok, texts, spans, 8, extra_docs=extra, path=tmp_path / "three.bin", num_proc=3)
+    three = tokenize_and_pack(
+        span_tok,
+        texts,
+        spans,
+        8,
+        extra_docs=extra,
+        path=tmp_path / "three.bin",
+        num_proc=2,
+        min_shard_docs=1,
+        max_shard_docs=9,
+    )  # 3 shards (25 documents, at most 9 each) on 2 processes; fmt: skip
     assert np.array_equal(one.tokens, three.tokens) and np.array_equal(one.doc_offsets, three.doc_offsets)
     pd.testing.assert_frame_equal(one.spans, three.spans)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.bin", "three.bin"]  # part files removed

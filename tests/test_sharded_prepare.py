@@ -93,3 +93,37 @@ def test_a_node_without_a_shard_is_a_config_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="data.prepare_shards=2: this is node 2"):
         dm.prepare_data()
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())  # nothing written
+
+
+def test_sharding_without_a_node_rank_is_a_config_error(tmp_path, monkeypatch):
+    from densitylab.data.datamodule import DataModule
+    from densitylab.errors import ConfigError
+
+    text = tmp_path / "corpus.txt"
+    _corpus(text, 50)
+    r = _recipe(text)
+    dm = DataModule(
+        source=r.source, tokenizer=r.tokenizer, entities=r.entities, block_size=32, batch_size=4, canaries=None,
+        seed=0, cache_dir=str(tmp_path), prepare_shards=2,
+    )  # fmt: skip
+    for var in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="no node rank found"):
+        dm.prepare_data()
+    monkeypatch.setenv("GROUP_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "12")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 3 nodes of 4 processes
+    with pytest.raises(ConfigError, match="this is node 0 of 3"):
+        dm.prepare_data()
+
+
+def test_shards_of_other_data_are_refused_at_the_join(tmp_path):
+    from densitylab.data.prepare import _check_shards
+    from densitylab.errors import DataError
+
+    sig = {"tokenizer": "ab", "documents": {"train": 10}, "canary_copies": 0, "block_size": 32, "of": 2}
+    for j, docs in enumerate((10, 11)):
+        (tmp_path / str(j)).mkdir()
+        (tmp_path / str(j) / "done.json").write_text(json.dumps({"shard": j, **sig, "documents": {"train": docs}}))
+    with pytest.raises(DataError, match=r"shard 1 .* differs from shard 0 in \['documents'\]"):
+        _check_shards(tmp_path, 2, sig)

@@ -4,7 +4,8 @@ Importing this package (or a pure submodule such as :mod:`densitylab.data.packin
 Lightning or Hydra: the Lightning data modules (:class:`DataModule`, :class:`UniformSequenceDataModule`)
 are imported on first use of their names (PEP 562).
 
-Modules: :mod:`~densitylab.data.corpus` (the in-memory corpus), :mod:`~densitylab.data.sources`,
+Modules: :mod:`~densitylab.data.corpus` (the corpus; documents in lists or memory-mapped Arrow),
+:mod:`~densitylab.data.sources`,
 :mod:`~densitylab.data.synthetic` (the generator), :mod:`~densitylab.data.tokenizer` (tokenizer specs),
 :mod:`~densitylab.data.entities` (entity extractors), :mod:`~densitylab.data.packing` (token windows),
 :mod:`~densitylab.data.canaries`, :mod:`~densitylab.data.prepare` (the cached preparation),
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from densitylab.data.corpus import Corpus
+from densitylab.data.corpus import ArrowTexts, Corpus
 from densitylab.data.entities import (
     CapitalizedEntities,
     EntityExtractor,
@@ -27,7 +28,7 @@ from densitylab.data.entities import (
     SyntheticEntities,
 )
 from densitylab.data.loaders import WindowDataset
-from densitylab.data.packing import IGNORE_INDEX, PackedSplit, pack_documents, tokenize_and_pack
+from densitylab.data.packing import IGNORE_INDEX, PackedSplit, pack_documents, token_dtype, tokenize_and_pack
 from densitylab.data.sources import HubSource, Source, SyntheticSource, TextSource
 from densitylab.data.tokenizer import TokenizerFile, TokenizerSpec, TrainedBPE
 
@@ -39,6 +40,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "ArrowTexts",
     "Corpus",
     "DataModule",
     "WindowDataset",
@@ -46,6 +48,7 @@ __all__ = [
     "PackedSplit",
     "pack_documents",
     "tokenize_and_pack",
+    "token_dtype",
     "UniformSequenceDataModule",
     "make_uniform_sequences",
     "Source",

@@ -192,23 +192,36 @@ class DataModule(L.LightningDataModule):
             return
         shard = None
         if self.prepare_shards > 1:
-            rank = self._node_rank()
-            if rank >= self.prepare_shards:
+            rank, nodes = self._node_rank()
+            if rank is None:
                 raise ConfigError(
-                    f"data.prepare_shards={self.prepare_shards}: this is node {rank}; expected one shard per node "
-                    "(data.prepare_shards = trainer.num_nodes)"
+                    f"data.prepare_shards={self.prepare_shards}: no node rank found (NODE_RANK, GROUP_RANK or "
+                    "SLURM_NODEID): expected a multi-node launch (torchrun, SLURM), or data.prepare_shards=1"
+                )
+            if (nodes is not None and nodes != self.prepare_shards) or rank >= self.prepare_shards:
+                raise ConfigError(
+                    f"data.prepare_shards={self.prepare_shards}: this is node {rank} of {nodes or '?'}; expected one "
+                    "shard per node (data.prepare_shards = trainer.num_nodes)"
                 )
             shard = (rank, self.prepare_shards)
         self.recipe.build(self.data_dir, self.cache_dir, progress=self.progress, shard=shard)
 
-    def _node_rank(self) -> int:
-        trainer = self.trainer
-        if trainer is not None:
-            return int(trainer.node_rank)
-        for var in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
-            if os.environ.get(var, "").isdigit():
-                return int(os.environ[var])
-        return 0
+    def _node_rank(self) -> tuple[int | None, int | None]:
+        """(this node's rank, the number of nodes) from the attached trainer, else from the launcher's environment
+        (torchrun: GROUP_RANK, WORLD_SIZE / LOCAL_WORLD_SIZE; SLURM: SLURM_NODEID, SLURM_NNODES; Lightning:
+        NODE_RANK); None where unknown."""
+        if self.trainer is not None:
+            return int(self.trainer.node_rank), int(self.trainer.num_nodes)
+        env = os.environ
+        rank = next(
+            (int(env[v]) for v in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID") if env.get(v, "").isdigit()), None
+        )
+        nodes = None
+        if env.get("WORLD_SIZE", "").isdigit() and env.get("LOCAL_WORLD_SIZE", "").isdigit():
+            nodes = int(env["WORLD_SIZE"]) // max(int(env["LOCAL_WORLD_SIZE"]), 1)
+        elif env.get("SLURM_NNODES", "").isdigit():
+            nodes = int(env["SLURM_NNODES"])
+        return rank, nodes
 
     def setup(self, stage: str | None = None) -> None:
         """Load the prepared data (every process) and copy run-folder artifacts (rank 0)."""

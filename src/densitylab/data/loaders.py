@@ -59,7 +59,7 @@ class WindowDataset(Dataset):
         n, bs = self.packed.n_windows, self.packed.block_size
         real = sid < n
         w = self.packed.gather(sid.clamp(max=n - 1).numpy())  # reads only these windows from the token map
-        x, y = w[:, :-1], w[:, 1:].clone()
+        x, y = w[:, :-1].contiguous(), w[:, 1:].clone()
         # target j of window s sits at stream position s*bs + 1 + j; mask padding past n_real
         pos = sid[:, None] * bs + 1 + torch.arange(bs)
         y[pos >= self.packed.n_real] = IGNORE_INDEX

@@ -574,6 +574,8 @@ def tokenize_and_pack(
     chunk_chars: int = 1 << 22,
     progress: bool = False,
     num_proc: int = 1,
+    min_shard_docs: int = 10_000,
+    max_shard_docs: int = 100_000,
 ) -> PackedSplit:
     """Tokenize ``texts``, map ``char_spans`` (columns ``doc, start, end, kind, entity``) to
     tokens and pack (see :func:`pack_documents`), a chunk of documents at a time, optionally sharded.
@@ -594,7 +596,10 @@ def tokenize_and_pack(
         path: raw token file to write (None: in memory).
         chunk_chars: characters of text tokenized per ``encode_batch`` call (about).
         progress: show a progress bar (documents, with tokens so far).
-        num_proc: worker processes (shards); 1 = this process. Needs ``path``.
+        num_proc: worker processes; 1 = this process. Needs ``path``. A split of fewer than ``2 · min_shard_docs``
+            documents is packed in this process (starting workers would cost more); a larger one is cut into shards
+            of at most ``max_shard_docs`` documents (at least ``num_proc`` shards), at most ``num_proc + 1`` of them
+            in flight, so memory stays bounded by a few shards' texts.
     Raises:
         DataError: see :func:`pack_documents`; also for a span whose document index is outside the split or whose
             character offsets are negative or reversed.
@@ -615,33 +620,60 @@ def tokenize_and_pack(
     extra = sorted(extra_docs or [], key=lambda e: e[0])
     bar = tqdm(total=n, desc=f"tokenizing {split}", unit="doc", disable=not progress, leave=False)
     try:
-        bounds = shard_bounds(n, num_proc)
+        n_shards = 1 if num_proc == 1 or n < 2 * min_shard_docs else max(num_proc, -(-n // max(max_shard_docs, 1)))
+        bounds = shard_bounds(n, n_shards)
         if len(bounds) <= 2:
             _pack_range(tok, texts, char_spans if has_spans else None, extra, writer, chunk_chars, bar)
         else:
-            _pack_sharded(tok, texts, char_spans if has_spans else None, extra, writer, bounds, chunk_chars, bar)
+            _pack_sharded(
+                tok, texts, char_spans if has_spans else None, extra, writer, bounds, chunk_chars, bar, int(num_proc)
+            )
         return writer.finish(split)
     finally:
         writer.close()
         bar.close()
 
 
-def _pack_sharded(tok, texts, char_spans, extra, writer: _StreamWriter, bounds, chunk_chars: int, bar) -> None:
-    """Run :func:`pack_part` on each shard in its own process (spawned: no forked tokenizer threads) and append the
-    parts to ``writer`` in shard order."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+def _pack_sharded(
+    tok, texts, char_spans, extra, writer: _StreamWriter, bounds, chunk_chars: int, bar, num_proc: int
+) -> None:
+    """Run :func:`pack_part` on each shard in ``num_proc`` worker processes (spawned: no forked tokenizer threads),
+    at most ``num_proc + 1`` shards in flight, and append the parts to ``writer`` in shard order.
 
-    jobs = []
+    Raises:
+        RuntimeError: when a worker process dies (e.g. a script without an ``if __name__ == "__main__":`` guard).
+    """
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     tok_json = tok.to_str()
-    with ProcessPoolExecutor(max_workers=len(bounds) - 1, mp_context=mp.get_context("spawn")) as pool:
-        for i in range(len(bounds) - 1):
-            texts_i, sub, mine = shard_inputs(texts, char_spans, extra, bounds, i)
-            part = f"{writer.path}.part{i}"
-            args = (tok_json, texts_i, sub, mine, writer.block_size, writer.dtype.str, part, chunk_chars)
-            jobs.append((int(bounds[i]), int(bounds[i + 1]), part, pool.submit(pack_part, *args)))
-        for a, b, part, fut in jobs:
-            writer.append_part(Path(part), fut.result(), a)
-            Path(part).unlink()
-            bar.update(b - a)
-            bar.set_postfix_str(f"{writer.n:,} tokens", refresh=False)
+    k = len(bounds) - 1
+    pending: deque = deque()
+    nxt = 0
+    try:
+        with ProcessPoolExecutor(max_workers=num_proc, mp_context=mp.get_context("spawn")) as pool:
+            while nxt < k or pending:
+                while nxt < k and len(pending) < num_proc + 1:
+                    texts_i, sub, mine = shard_inputs(texts, char_spans, extra, bounds, nxt)
+                    part = f"{writer.path}.part{nxt}"
+                    args = (tok_json, texts_i, sub, mine, writer.block_size, writer.dtype.str, part, chunk_chars)
+                    pending.append((int(bounds[nxt]), int(bounds[nxt + 1]), part, pool.submit(pack_part, *args)))
+                    nxt += 1
+                a, b, part, fut = pending[0]
+                try:
+                    state = fut.result()
+                except BrokenProcessPool as e:
+                    raise RuntimeError(
+                        f"data.num_proc={num_proc}: a worker process died ({e}); run from a script with an "
+                        "`if __name__ == '__main__':` guard, or use data.num_proc=1"
+                    ) from None
+                writer.append_part(Path(part), state, a)
+                pending.popleft()
+                Path(part).unlink()
+                bar.update(b - a)
+                bar.set_postfix_str(f"{writer.n:,} tokens", refresh=False)
+    finally:
+        for *_, part, _fut in pending:
+            Path(part).unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
@@ -53,6 +54,7 @@ from densitylab.data.packing import (
 )
 from densitylab.data.sources import Source
 from densitylab.data.tokenizer import EOS, TokenizerSpec
+from densitylab.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -180,19 +182,28 @@ class DataRecipe:
     def _build(self, final: Path, cache_dir: Path, progress: bool, bar: tqdm, shard: tuple[int, int] | None) -> None:
         corpus, tok, tok_key, canaries, extra = self._common(cache_dir, progress, bar)
         if shard is not None:
-            parts = self._write_shard(corpus, tok, extra, final, shard)
+            if (final / "meta.json").is_file():  # another job prepared the same data meanwhile
+                return
+            signature = self._shard_signature(corpus, tok, extra, shard[1])
+            mine, created = self._write_shard(corpus, tok, extra, final, shard, signature)
+            root = mine.parent
             if shard[0] != 0:
                 bar.set_postfix_str("waiting for shard 0 to join the shards")
                 wait_for_prepared(final)
                 return
-            for j in range(shard[1]):
-                wait_for_prepared(parts.parent / str(j), marker="done.json")
+            bar.set_postfix_str("waiting for the other shards")
+            if not _wait_for_shards(root, shard[1], final):  # the data appeared: another job joined them
+                if created:
+                    shutil.rmtree(mine, ignore_errors=True)
+                return
+            _check_shards(root, shard[1], signature)
         tmp = _atomic_dir(final)
+        replaced = False
         try:
             if shard is None:
                 packed = self._pack(tok, corpus, extra, tmp, bar, progress)
             else:
-                packed = self._join(tok, corpus, tmp, parts.parent, shard[1])
+                packed = self._join(tok, corpus, tmp, root, shard[1])
             bar.update()
             bar.set_postfix_str("ground truth")
             self._write_artifacts(tmp, tok, corpus, packed, canaries)
@@ -203,21 +214,36 @@ class DataRecipe:
                 shutil.rmtree(tmp)
             else:
                 os.replace(tmp, final)
+                replaced = True
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if shard is not None:
-            shutil.rmtree(parts.parent, ignore_errors=True)
+        if shard is not None and replaced:  # this process joined the shards: nobody needs them any more
+            shutil.rmtree(root, ignore_errors=True)
 
     def _splits(self, corpus: Corpus) -> list[str]:
         return [s for s in SPLITS if s in corpus.texts and len(corpus.texts[s])]
 
-    def _write_shard(self, corpus: Corpus, tok: Tokenizer, extra: list | None, final: Path, shard: tuple[int, int]):
-        """Tokenize this machine's shard of every split into ``<key>.shards-n/i/`` (atomically; kept if present)."""
+    def _shard_signature(self, corpus: Corpus, tok: Tokenizer, extra: list | None, n: int) -> dict:
+        """What every shard of one preparation must agree on (checked before the join): tokenizer, documents per
+        split, canary copies, block size, shard count."""
+        return {
+            "tokenizer": hashlib.sha256(tok.to_str().encode()).hexdigest()[:16],
+            "documents": {s: len(corpus.texts[s]) for s in self._splits(corpus)},
+            "canary_copies": len(extra or []),
+            "block_size": self.block_size,
+            "of": n,
+        }
+
+    def _write_shard(
+        self, corpus: Corpus, tok: Tokenizer, extra: list | None, final: Path, shard: tuple[int, int], signature: dict
+    ) -> tuple[Path, bool]:
+        """Tokenize this machine's shard of every split into ``<key>.shards-n/i/`` (atomically; kept if present).
+        Returns the folder and whether this call wrote it."""
         i, n = shard
         mine = final.parent / f"{final.name}.shards-{n}" / str(i)
         if (mine / "done.json").is_file():
-            return mine
+            return mine, False
         tmp = _atomic_dir(mine)
         try:
             for split in self._splits(corpus):
@@ -234,15 +260,15 @@ class DataRecipe:
                     tmp / f"{split}.bin",
                 )  # fmt: skip
                 save_part(state, tmp / split)
-            (tmp / "done.json").write_text(json.dumps({"shard": i, "of": n}))
+            (tmp / "done.json").write_text(json.dumps({"shard": i, **signature}))
             if mine.exists():
                 shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, mine)
+                return mine, False
+            os.replace(tmp, mine)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return mine
+        return mine, True
 
     def _join(self, tok: Tokenizer, corpus: Corpus, tmp: Path, root: Path, n: int) -> dict[str, PackedSplit]:
         """Join the ``n`` shards under ``root`` in order into the prepared splits in ``tmp``."""
@@ -329,7 +355,7 @@ class DataRecipe:
         canaries: pd.DataFrame | None,
     ) -> dict:
         train = packed["train"]
-        counts = train.token_counts(minlength=tok.get_vocab_size()).astype(np.float64)
+        counts = torch.from_numpy(train.token_counts(minlength=tok.get_vocab_size())).double()
         p = counts[counts > 0] / counts.sum()
         return {
             "corpus": corpus.name,
@@ -348,7 +374,7 @@ class DataRecipe:
                 }
                 for s, pk in packed.items()
             },
-            "unigram_entropy_nats": float(-(p * np.log(p)).sum()),
+            "unigram_entropy_nats": float(-(p * p.log()).sum()),
             "canaries": 0 if canaries is None else len(canaries),
             "entities": {
                 "method": self.entities.method,
@@ -379,6 +405,42 @@ class PreparedData:
     ground_truth_dir: Path
 
 
+def _wait_for_shards(root: Path, n: int, final: Path, timeout_s: float | None = None) -> bool:
+    """Block until every shard ``root/0..n-1/done.json`` exists (True) or ``final/meta.json`` does (False: another
+    job joined the same data).
+
+    Raises:
+        TimeoutError: after ``timeout_s`` (None: ``$DENSITYLAB_PREPARE_TIMEOUT``, default 3600 s).
+    """
+    timeout_s = float(os.environ.get("DENSITYLAB_PREPARE_TIMEOUT", 3600)) if timeout_s is None else timeout_s
+    deadline = time.time() + timeout_s
+    while True:
+        if (final / "meta.json").is_file():
+            return False
+        missing = [j for j in range(n) if not (root / str(j) / "done.json").is_file()]
+        if not missing:
+            return True
+        if time.time() > deadline:
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for shards {missing} of {n} in {root} (DENSITYLAB_PREPARE_TIMEOUT): is "
+                f"data.prepare_shards={n} the number of nodes, each running the same command?"
+            )
+        time.sleep(0.5)
+
+
+def _check_shards(root: Path, n: int, signature: dict) -> None:
+    """Raise DataError (one line) when a shard was prepared from other data or settings than this one."""
+    for j in range(n):
+        got = json.loads((root / str(j) / "done.json").read_text())
+        got.pop("shard", None)
+        if got != signature:
+            diff = sorted(k for k in set(got) | set(signature) if got.get(k) != signature.get(k))
+            raise DataError(
+                f"shard {j} in {root} differs from shard 0 in {diff}: expected every node to read the same corpus with "
+                "the same settings (remove the folder to prepare again)"
+            )
+
+
 def wait_for_prepared(d: Path, timeout_s: float | None = None, marker: str = "meta.json") -> None:
     """Block until ``d/marker`` exists (another process prepares ``d``, or a shard of it).
 
@@ -391,7 +453,9 @@ def wait_for_prepared(d: Path, timeout_s: float | None = None, marker: str = "me
     deadline = time.time() + timeout_s
     while not (d / marker).is_file():
         if time.time() > deadline:
-            raise TimeoutError(f"waited too long for {d / marker} (another process prepares it)")
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for {d / marker} (another process prepares it; DENSITYLAB_PREPARE_TIMEOUT)"
+            )
         time.sleep(0.5)
 
 

@@ -688,6 +688,10 @@ class HubSource:
         from tqdm.auto import tqdm
 
         path = self.stream_dir() / f"{role}.arrow"
+        if path.is_file() and self.data_files is None and not Path(self.name).expanduser().is_dir():
+            # a complete earlier stream of the same dataset, revision and options (written by rename): reused, so
+            # nodes sharing a cache folder neither download twice nor replace a file another node has mapped
+            return ArrowTexts.open_arrow(path)
         ds = self._stream(split, data_files)
         with tqdm(total=n, desc=f"{self.name} {split}", unit=" docs", disable=not progress, leave=False) as bar:
             write_texts(self._values(ds, n), path, chunk_docs=self.chunk_docs, bar=bar)

@@ -28,6 +28,7 @@ import json
 import logging
 import numbers
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,7 @@ def get_tokenizer(
     tok = train_bpe(sample, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        tmp = cached.with_suffix(f".tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")  # unique across nodes too
         tok.save(str(tmp))
         os.replace(tmp, cached)
     return tok, key
