@@ -331,6 +331,7 @@ def test_hub_source_errors_name_the_setting(tmp_path):
         HubSource(name="").load()
 
 
+@pytest.mark.slow
 def test_data_module_prepares_a_streamed_local_hub_source(tmp_path):
     """data=hub end to end offline: stream, tokenize, pack; the held-out split is the file's tail."""
     from densitylab.data import DataModule
