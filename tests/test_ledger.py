@@ -400,6 +400,7 @@ def _ddp_worker(rank: int, world: int, port: int, batches, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # kept out of make test-fast (3 min budget); still run by make test
 def test_two_processes_sum_to_the_single_process_counts():
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 10, (2, 5), generator=g), torch.randint(-1, 4, (2,), generator=g)) for _ in range(8)]

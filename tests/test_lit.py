@@ -202,6 +202,7 @@ def test_checkpoint_alone_rebuilds_the_model(compose_config, tmp_path):
     assert isinstance(again.optimizer_factory, functools.partial)
 
 
+@pytest.mark.slow  # kept out of make test-fast (3 min budget); still run by make test
 def test_in_process_train_run(compose_config, tmp_path):
     """One fast ``train(cfg)`` in this process: the whole build -> fit -> validate -> write path."""
     from densitylab.run import train
