@@ -247,8 +247,8 @@ def string_windows(packed: PackedSplit, tokenizer, strings: Iterable[str]) -> di
     1 s when every string is made of the commonest tokens, each found in ~40% of the windows).
 
     Args:
-        packed: the packed training split (``tokens``: the (n_windows·bs + 1,) int64 stream of token ids >= 0,
-            ``block_size`` bs).
+        packed: the packed training split (``tokens``: the (n_windows·bs + 1,) stream of token ids >= 0, unsigned or
+            int64; ``block_size`` bs).
         tokenizer: the run's ``tokenizers.Tokenizer`` (anything with ``encode(text, add_special_tokens=False).ids``).
         strings: the strings to find (entities, candidate values); duplicates are looked up once.
     Returns:
@@ -259,9 +259,11 @@ def string_windows(packed: PackedSplit, tokenizer, strings: Iterable[str]) -> di
     bs = int(packed.block_size)
     n_windows = (int(packed.tokens.shape[0]) - 1) // bs
     # every window's inputs, in order (the last stream position is only a target)
-    x = np.asarray(packed.tokens[: n_windows * bs], dtype=np.int64)
+    x = packed.tokens[: n_windows * bs]  # unsigned ids (the memory-mapped stream: no copy)
+    if x.dtype.kind != "u":
+        x = np.asarray(x, dtype=np.int64)
     L = x.size
-    small = x.astype(np.int32) if L and 0 <= x.min() and x.max() < 2**31 else x
+    small = x.astype(np.int32) if x.dtype.kind != "u" and L and 0 <= x.min() and x.max() < 2**31 else x
     order = np.argsort(small, kind="stable")  # positions grouped by token id, ascending within a group
     first = np.zeros(int(small.max()) + 2 if L else 1, dtype=np.int64)  # token t: order[first[t]:first[t + 1]]
     if L:
