@@ -78,17 +78,23 @@ def test_a_bad_shard_is_refused(tmp_path):
         _recipe(text).build(tmp_path / "x", tmp_path, shard=(2, 2))
 
 
-def test_a_node_without_a_shard_is_a_config_error(tmp_path, monkeypatch):
+def _sharded_data_module(tmp_path: Path, prepare_shards: int = 2):
+    """A DataModule over a small generated text that prepares in ``prepare_shards`` shards."""
     from densitylab.data.datamodule import DataModule
-    from densitylab.errors import ConfigError
 
     text = tmp_path / "corpus.txt"
     _corpus(text, 50)
     r = _recipe(text)
-    dm = DataModule(
+    return DataModule(
         source=r.source, tokenizer=r.tokenizer, entities=r.entities, block_size=32, batch_size=4, canaries=None,
-        seed=0, cache_dir=str(tmp_path), prepare_shards=2,
+        seed=0, cache_dir=str(tmp_path), prepare_shards=prepare_shards,
     )  # fmt: skip
+
+
+def test_a_node_without_a_shard_is_a_config_error(tmp_path, monkeypatch):
+    from densitylab.errors import ConfigError
+
+    dm = _sharded_data_module(tmp_path)
     monkeypatch.setenv("NODE_RANK", "2")
     with pytest.raises(ConfigError, match="data.prepare_shards=2: this is node 2"):
         dm.prepare_data()
@@ -96,16 +102,9 @@ def test_a_node_without_a_shard_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_sharding_without_a_node_rank_is_a_config_error(tmp_path, monkeypatch):
-    from densitylab.data.datamodule import DataModule
     from densitylab.errors import ConfigError
 
-    text = tmp_path / "corpus.txt"
-    _corpus(text, 50)
-    r = _recipe(text)
-    dm = DataModule(
-        source=r.source, tokenizer=r.tokenizer, entities=r.entities, block_size=32, batch_size=4, canaries=None,
-        seed=0, cache_dir=str(tmp_path), prepare_shards=2,
-    )  # fmt: skip
+    dm = _sharded_data_module(tmp_path)
     for var in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="no node rank found"):
